@@ -1,0 +1,91 @@
+// Portable SIMD helpers on GCC/Clang vector extensions. Included only by the
+// ISA-variant translation units: the vector width follows the flags each copy
+// is compiled with (SSE2: 4 floats, AVX2: 8, AVX-512: 16). Everything lives
+// in the variant's namespace so no inline copy crosses variants at link time.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#ifndef PYENGINE_KERNEL_NS
+#error "simd.h is for kernel variants; PYENGINE_KERNEL_NS must be defined"
+#endif
+
+namespace pyengine {
+namespace PYENGINE_KERNEL_NS {
+namespace simd {
+
+#if defined(__AVX512F__)
+constexpr int kWidth = 16;
+#elif defined(__AVX2__)
+constexpr int kWidth = 8;
+#else
+constexpr int kWidth = 4;
+#endif
+
+typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
+typedef int32_t vint __attribute__((vector_size(kWidth * sizeof(int32_t))));
+
+inline vfloat load(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof v);  // unaligned load
+  return v;
+}
+inline void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
+inline vfloat splat(float x) { return vfloat{} + x; }
+
+// The first `count` lanes from p, the rest `fill`.
+inline vfloat load_partial(const float* p, int64_t count, float fill) {
+  vfloat v = splat(fill);
+  for (int64_t i = 0; i < count; ++i) v[i] = p[i];
+  return v;
+}
+inline void store_partial(float* p, vfloat v, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) p[i] = v[i];
+}
+
+inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
+
+inline float hsum(vfloat v) {
+  float s = 0.0f;
+  for (int i = 0; i < kWidth; ++i) s += v[i];
+  return s;
+}
+inline float hmax(vfloat v) {
+  float m = v[0];
+  for (int i = 1; i < kWidth; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// exp(x) within about 2 ulp on [-87.3, 88.3]: range reduction x = n ln2 + r
+// with |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n built in the
+// exponent bits. Above 88.38 it gives +inf, below -87.34 it gives 0 (no
+// denormal results), NaN stays NaN. Uses only IEEE arithmetic.
+inline vfloat exp(vfloat x) {
+  const vfloat hi = splat(88.3762626647949f);
+  const vfloat lo = splat(-87.3365478515625f);
+  const vfloat round_magic = splat(12582912.0f);  // 1.5 * 2^23
+  vfloat xc = x > hi ? hi : x;
+  xc = xc < lo ? lo : xc;  // NaN compares false and passes through
+  vfloat t = xc * splat(1.44269504088896341f) + round_magic;
+  vfloat n = t - round_magic;  // round-to-nearest(x / ln2)
+  vint ni = reinterpret_cast<vint&>(t) - reinterpret_cast<const vint&>(round_magic);
+  vfloat r = xc - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vfloat p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * (r * r) + r + splat(1.0f);
+  vint bits = (ni + 127) << 23;
+  vfloat y = p * reinterpret_cast<vfloat&>(bits);
+  y = x > hi ? splat(std::numeric_limits<float>::infinity()) : y;
+  y = x < lo ? splat(0.0f) : y;
+  return y;
+}
+
+}  // namespace simd
+}  // namespace PYENGINE_KERNEL_NS
+}  // namespace pyengine

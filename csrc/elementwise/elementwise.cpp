@@ -1,0 +1,173 @@
+// Vectorized, threaded elementwise kernels. Loops are written so that GCC
+// vectorizes them for the variant's ISA; exp uses the SIMD polynomial.
+#include <algorithm>
+#include <cmath>
+
+#include "core/kernel_list.inc"
+#include "core/parallel.h"
+#include "core/simd.h"
+#include "elementwise/elementwise_common.h"
+
+namespace pyengine {
+namespace PYENGINE_KERNEL_NS {
+namespace {
+
+constexpr int64_t kChunk = 1 << 14;  // elements per parallel task
+
+bool worth_threads(int64_t n) { return n >= 4 * kChunk; }
+
+template <BinaryOp OP>
+void binary_inner(float* out, const float* a, const float* b, int64_t n, int64_t ia, int64_t ib) {
+  if (ia == 1 && ib == 1) {
+    for (int64_t i = 0; i < n; ++i) out[i] = ew::binary_apply(OP, a[i], b[i]);
+  } else if (ia == 1 && ib == 0) {
+    const float bv = b[0];
+    for (int64_t i = 0; i < n; ++i) out[i] = ew::binary_apply(OP, a[i], bv);
+  } else if (ia == 0 && ib == 1) {
+    const float av = a[0];
+    for (int64_t i = 0; i < n; ++i) out[i] = ew::binary_apply(OP, av, b[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = ew::binary_apply(OP, a[i * ia], b[i * ib]);
+  }
+}
+
+template <BinaryOp OP>
+void binary_forward_impl(float* out, const float* a, const float* b, int64_t ndim,
+                         const int64_t* shape, const int64_t* sa, const int64_t* sb) {
+  const int64_t inner = ndim ? shape[ndim - 1] : 1;
+  const int64_t ia = ndim ? sa[ndim - 1] : 0, ib = ndim ? sb[ndim - 1] : 0;
+  int64_t outer = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) outer *= shape[d];
+  if (outer == 1) {  // one flat run: split it into chunks
+    PYENGINE_OMP(omp parallel for if (worth_threads(inner)) schedule(static))
+    for (int64_t i0 = 0; i0 < inner; i0 += kChunk)
+      binary_inner<OP>(out + i0, a + i0 * ia, b + i0 * ib, std::min(kChunk, inner - i0), ia, ib);
+    return;
+  }
+  PYENGINE_OMP(omp parallel for if (worth_threads(outer * inner)) schedule(static))
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t oa, ob;
+    ew::outer_offsets(o, ndim, shape, sa, sb, &oa, &ob);
+    binary_inner<OP>(out + o * inner, a + oa, b + ob, inner, ia, ib);
+  }
+}
+
+bool is_broadcast(int64_t ndim, const int64_t* shape, const int64_t* strides) {
+  for (int64_t d = 0; d < ndim; ++d)
+    if (strides[d] == 0 && shape[d] > 1) return true;
+  return false;
+}
+
+// grad (strided like `self`) += dout * d(a op b)/d(self). Threads split the
+// outer dims only when `self` is not broadcast, so no two write one element.
+template <bool WRT_A>
+void binary_grad(float* grad, const float* dout, const float* a, const float* b, BinaryOp op,
+                 int64_t ndim, const int64_t* shape, const int64_t* sa, const int64_t* sb) {
+  const int64_t inner = ndim ? shape[ndim - 1] : 1;
+  const int64_t ia = ndim ? sa[ndim - 1] : 0, ib = ndim ? sb[ndim - 1] : 0;
+  const int64_t is = WRT_A ? ia : ib;
+  int64_t outer = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) outer *= shape[d];
+  const bool parallel =
+      worth_threads(outer * inner) && !is_broadcast(ndim, shape, WRT_A ? sa : sb);
+  (void)parallel;
+  PYENGINE_OMP(omp parallel for if (parallel) schedule(static))
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t oa, ob;
+    ew::outer_offsets(o, ndim, shape, sa, sb, &oa, &ob);
+    const float* g = dout + o * inner;
+    const float* ap = a + oa;
+    const float* bp = b + ob;
+    float* dst = grad + (WRT_A ? oa : ob);
+    if (is == 0) {  // reduce the whole inner run into one element
+      float acc = 0.0f;
+      for (int64_t i = 0; i < inner; ++i)
+        acc += g[i] * (WRT_A ? ew::binary_grad_a(op, ap[i * ia], bp[i * ib])
+                             : ew::binary_grad_b(op, ap[i * ia], bp[i * ib]));
+      dst[0] += acc;
+    } else {
+      for (int64_t i = 0; i < inner; ++i)
+        dst[i * is] += g[i] * (WRT_A ? ew::binary_grad_a(op, ap[i * ia], bp[i * ib])
+                                     : ew::binary_grad_b(op, ap[i * ia], bp[i * ib]));
+    }
+  }
+}
+
+// out[i] = f(in[i]) over chunks, threaded when large.
+template <typename F>
+void map_unary(float* out, const float* in, int64_t n, F f) {
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static))
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    for (int64_t i = i0; i < i1; ++i) out[i] = f(in[i]);
+  }
+}
+// dx[i] += dy[i] * g(v[i]), threaded when large.
+template <typename G>
+void accumulate_grad(float* dx, const float* dy, const float* v, int64_t n, G g) {
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static))
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    for (int64_t i = i0; i < i1; ++i) dx[i] += dy[i] * g(v[i]);
+  }
+}
+
+}  // namespace
+
+void binary_forward(float* out, const float* a, const float* b, BinaryOp op, int64_t ndim,
+                    const int64_t* shape, const int64_t* sa, const int64_t* sb) {
+  switch (op) {
+    case BinaryOp::add: return binary_forward_impl<BinaryOp::add>(out, a, b, ndim, shape, sa, sb);
+    case BinaryOp::sub: return binary_forward_impl<BinaryOp::sub>(out, a, b, ndim, shape, sa, sb);
+    case BinaryOp::mul: return binary_forward_impl<BinaryOp::mul>(out, a, b, ndim, shape, sa, sb);
+    case BinaryOp::div: return binary_forward_impl<BinaryOp::div>(out, a, b, ndim, shape, sa, sb);
+  }
+}
+
+void binary_backward(float* da, float* db, const float* dout, const float* a, const float* b,
+                     BinaryOp op, int64_t ndim, const int64_t* shape, const int64_t* sa,
+                     const int64_t* sb) {
+  if (da) binary_grad<true>(da, dout, a, b, op, ndim, shape, sa, sb);
+  if (db) binary_grad<false>(db, dout, a, b, op, ndim, shape, sa, sb);
+}
+
+void scalar_forward(float* out, const float* a, ScalarOp op, float s, int64_t n) {
+  map_unary(out, a, n, [op, s](float v) { return ew::scalar_apply(op, v, s); });
+}
+void scalar_backward(float* da, const float* dout, const float* a, ScalarOp op, float s,
+                     int64_t n) {
+  accumulate_grad(da, dout, a, n, [op, s](float v) { return ew::scalar_grad(op, v, s); });
+}
+
+void relu_forward(float* y, const float* x, int64_t n) {
+  map_unary(y, x, n, [](float v) { return v > 0.0f ? v : 0.0f; });
+}
+void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  accumulate_grad(dx, dy, x, n, [](float v) { return v > 0.0f ? 1.0f : 0.0f; });
+}
+void gelu_forward(float* y, const float* x, int64_t n) { map_unary(y, x, n, ew::gelu); }
+void gelu_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  accumulate_grad(dx, dy, x, n, ew::gelu_grad);
+}
+void tanh_forward(float* y, const float* x, int64_t n) {
+  map_unary(y, x, n, [](float v) { return std::tanh(v); });
+}
+void tanh_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  accumulate_grad(dx, dy, y, n, [](float v) { return 1.0f - v * v; });
+}
+void exp_forward(float* y, const float* x, int64_t n) {
+  using simd::kWidth;
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static))
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    int64_t i = i0;
+    for (; i + kWidth <= i1; i += kWidth) simd::store(y + i, simd::exp(simd::load(x + i)));
+    if (i < i1) simd::store_partial(y + i, simd::exp(simd::load_partial(x + i, i1 - i, 0.0f)), i1 - i);
+  }
+}
+void exp_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  accumulate_grad(dx, dy, y, n, [](float v) { return v; });
+}
+
+}  // namespace PYENGINE_KERNEL_NS
+}  // namespace pyengine

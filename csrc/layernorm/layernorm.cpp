@@ -1,0 +1,103 @@
+// Layer norm over the last axis. The forward saves mean and rstd per row;
+// the backward reduces dweight/dbias in per-thread partial rows, then sums
+// them, so threads never write the same element.
+#include <algorithm>
+#include <cmath>
+
+#include "core/kernel_list.inc"
+#include "core/parallel.h"
+#include "core/scratch.h"
+#include "core/simd.h"
+
+namespace pyengine {
+namespace PYENGINE_KERNEL_NS {
+namespace {
+
+using simd::kWidth;
+using simd::vfloat;
+
+bool worth_threads(int64_t rows, int64_t cols) {
+  return rows > 1 && rows * cols >= PYENGINE_PARALLEL_MIN_WORK;
+}
+
+}  // namespace
+
+void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight,
+                       const float* bias, int64_t rows, int64_t cols, float eps) {
+  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static))
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* yr = y + r * cols;
+    vfloat acc{};
+    int64_t i = 0;
+    for (; i + kWidth <= cols; i += kWidth) acc += simd::load(xr + i);
+    float s = simd::hsum(acc);
+    for (; i < cols; ++i) s += xr[i];
+    const float mu = s / static_cast<float>(cols);
+    // Second pass over the (cached) row: variance without cancellation.
+    const vfloat vmu = simd::splat(mu);
+    acc = vfloat{};
+    for (i = 0; i + kWidth <= cols; i += kWidth) {
+      const vfloat d = simd::load(xr + i) - vmu;
+      acc += d * d;
+    }
+    float ss = simd::hsum(acc);
+    for (; i < cols; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
+    const float rs = 1.0f / std::sqrt(ss / static_cast<float>(cols) + eps);
+    for (i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * weight[i] + bias[i];
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+}
+
+void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
+                        const float* weight, const float* mean, const float* rstd, int64_t rows,
+                        int64_t cols) {
+  const bool parallel = worth_threads(rows, cols);
+  const int threads = parallel ? max_threads() : 1;
+  // Per-thread partial sums: [thread][0..cols) for dweight, [cols..2 cols) for dbias.
+  float* partial = scratch_floats(2, static_cast<size_t>(threads) * 2 * cols);
+  std::fill(partial, partial + static_cast<size_t>(threads) * 2 * cols, 0.0f);
+
+  PYENGINE_OMP(omp parallel num_threads(threads) if (parallel))
+  {
+    float* pw = partial + static_cast<size_t>(thread_index()) * 2 * cols;
+    float* pb = pw + cols;
+    PYENGINE_OMP(omp for schedule(static))
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * cols;
+      const float* dyr = dy + r * cols;
+      const float mu = mean[r], rs = rstd[r];
+      float sum_g = 0.0f, sum_g_xhat = 0.0f;  // g = dy * weight
+      for (int64_t i = 0; i < cols; ++i) {
+        const float xhat = (xr[i] - mu) * rs;
+        const float g = dyr[i] * weight[i];
+        sum_g += g;
+        sum_g_xhat += g * xhat;
+        pw[i] += dyr[i] * xhat;
+        pb[i] += dyr[i];
+      }
+      if (!dx) continue;
+      const float mean_g = sum_g / static_cast<float>(cols);
+      const float mean_g_xhat = sum_g_xhat / static_cast<float>(cols);
+      float* dxr = dx + r * cols;
+      for (int64_t i = 0; i < cols; ++i) {
+        const float xhat = (xr[i] - mu) * rs;
+        dxr[i] += rs * (dyr[i] * weight[i] - mean_g - xhat * mean_g_xhat);
+      }
+    }
+    PYENGINE_OMP(omp for schedule(static))
+    for (int64_t i = 0; i < cols; ++i) {
+      float w = 0.0f, b = 0.0f;
+      for (int t = 0; t < threads; ++t) {
+        w += partial[static_cast<size_t>(t) * 2 * cols + i];
+        b += partial[static_cast<size_t>(t) * 2 * cols + cols + i];
+      }
+      if (dweight) dweight[i] += w;
+      if (dbias) dbias[i] += b;
+    }
+  }
+}
+
+}  // namespace PYENGINE_KERNEL_NS
+}  // namespace pyengine

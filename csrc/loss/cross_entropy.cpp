@@ -1,0 +1,115 @@
+// Cross-entropy from logits with a fused softmax backward.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/kernel_list.inc"
+#include "core/parallel.h"
+#include "core/simd.h"
+
+namespace pyengine {
+namespace PYENGINE_KERNEL_NS {
+namespace {
+
+using simd::kWidth;
+using simd::vfloat;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+float row_max(const float* x, int64_t n) {
+  vfloat m = simd::splat(kNegInf);
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) m = simd::vmax(m, simd::load(x + i));
+  float out = simd::hmax(m);
+  for (; i < n; ++i) out = x[i] > out ? x[i] : out;
+  return out;
+}
+
+// sum exp(x - shift), and when p is given p = exp(x - shift).
+float exp_sum(float* p, const float* x, int64_t n, float shift) {
+  const vfloat vs = simd::splat(shift);
+  vfloat acc{};
+  for (int64_t i = 0; i < n; i += kWidth) {
+    const int64_t count = std::min<int64_t>(kWidth, n - i);
+    const vfloat e = simd::exp((count == kWidth ? simd::load(x + i)
+                                                : simd::load_partial(x + i, count, kNegInf)) - vs);
+    if (p) simd::store_partial(p + i, e, count);
+    acc += e;
+  }
+  return simd::hsum(acc);
+}
+
+template <typename Index>
+int64_t count_valid(const Index* target, int64_t rows, int64_t ignore_index) {
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) count += static_cast<int64_t>(target[r]) != ignore_index;
+  return count;
+}
+
+template <typename Index>
+void forward_impl(float* loss, const float* logits, const Index* target, int64_t rows,
+                  int64_t classes, int64_t ignore_index) {
+  double total = 0.0;
+  const bool parallel = rows > 1 && rows * classes >= PYENGINE_PARALLEL_MIN_WORK;
+  (void)parallel;
+  PYENGINE_OMP(omp parallel for if (parallel) reduction(+ : total) schedule(static))
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = static_cast<int64_t>(target[r]);
+    if (t == ignore_index) continue;
+    const float* xr = logits + r * classes;
+    const float m = row_max(xr, classes);
+    const float lse = m + std::log(exp_sum(nullptr, xr, classes, m));
+    total += static_cast<double>(lse - xr[t]);
+  }
+  const int64_t count = count_valid(target, rows, ignore_index);
+  loss[0] = count ? static_cast<float>(total / static_cast<double>(count))
+                  : std::numeric_limits<float>::quiet_NaN();
+}
+
+template <typename Index>
+void backward_impl(float* dlogits, const float* dloss, const float* logits, const Index* target,
+                   int64_t rows, int64_t classes, int64_t ignore_index) {
+  const int64_t count = count_valid(target, rows, ignore_index);
+  if (count == 0) return;
+  const float scale = dloss[0] / static_cast<float>(count);
+  const bool parallel = rows > 1 && rows * classes >= PYENGINE_PARALLEL_MIN_WORK;
+  (void)parallel;
+  PYENGINE_OMP(omp parallel for if (parallel) schedule(static))
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = static_cast<int64_t>(target[r]);
+    if (t == ignore_index) continue;
+    const float* xr = logits + r * classes;
+    float* dr = dlogits + r * classes;
+    const float m = row_max(xr, classes);
+    const float s = scale / exp_sum(nullptr, xr, classes, m);  // scale * softmax = e * s
+    const vfloat vm = simd::splat(m), vs = simd::splat(s);
+    int64_t i = 0;
+    for (; i + kWidth <= classes; i += kWidth)
+      simd::store(dr + i, simd::load(dr + i) + simd::exp(simd::load(xr + i) - vm) * vs);
+    for (; i < classes; ++i) dr[i] += std::exp(xr[i] - m) * s;
+    dr[t] -= scale;
+  }
+}
+
+}  // namespace
+
+void cross_entropy_forward(float* loss, const float* logits, const int64_t* target, int64_t rows,
+                           int64_t classes, int64_t ignore_index) {
+  forward_impl(loss, logits, target, rows, classes, ignore_index);
+}
+void cross_entropy_forward(float* loss, const float* logits, const int32_t* target, int64_t rows,
+                           int64_t classes, int64_t ignore_index) {
+  forward_impl(loss, logits, target, rows, classes, ignore_index);
+}
+void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
+                            const int64_t* target, int64_t rows, int64_t classes,
+                            int64_t ignore_index) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+}
+void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
+                            const int32_t* target, int64_t rows, int64_t classes,
+                            int64_t ignore_index) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+}
+
+}  // namespace PYENGINE_KERNEL_NS
+}  // namespace pyengine

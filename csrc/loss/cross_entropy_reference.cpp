@@ -1,0 +1,73 @@
+// Plain cross-entropy from logits, in double.
+#include <cmath>
+#include <limits>
+
+#include "core/kernel_list.inc"
+
+namespace pyengine {
+namespace reference {
+namespace {
+
+template <typename Index>
+void forward_impl(float* loss, const float* logits, const Index* target, int64_t rows,
+                  int64_t classes, int64_t ignore_index) {
+  double total = 0.0;
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = target[r];
+    if (t == ignore_index) continue;
+    const float* xr = logits + r * classes;
+    double m = xr[0];
+    for (int64_t i = 1; i < classes; ++i) m = xr[i] > m ? xr[i] : m;
+    double s = 0.0;
+    for (int64_t i = 0; i < classes; ++i) s += std::exp(xr[i] - m);
+    total += m + std::log(s) - xr[t];
+    ++count;
+  }
+  loss[0] = count ? static_cast<float>(total / count) : std::numeric_limits<float>::quiet_NaN();
+}
+
+template <typename Index>
+void backward_impl(float* dlogits, const float* dloss, const float* logits, const Index* target,
+                   int64_t rows, int64_t classes, int64_t ignore_index) {
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) count += target[r] != ignore_index;
+  if (count == 0) return;
+  const double scale = double(dloss[0]) / count;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = target[r];
+    if (t == ignore_index) continue;
+    const float* xr = logits + r * classes;
+    double m = xr[0];
+    for (int64_t i = 1; i < classes; ++i) m = xr[i] > m ? xr[i] : m;
+    double s = 0.0;
+    for (int64_t i = 0; i < classes; ++i) s += std::exp(xr[i] - m);
+    for (int64_t i = 0; i < classes; ++i)
+      dlogits[r * classes + i] +=
+          static_cast<float>(scale * (std::exp(xr[i] - m) / s - (i == t ? 1.0 : 0.0)));
+  }
+}
+
+}  // namespace
+
+void cross_entropy_forward(float* loss, const float* logits, const int64_t* target, int64_t rows,
+                           int64_t classes, int64_t ignore_index) {
+  forward_impl(loss, logits, target, rows, classes, ignore_index);
+}
+void cross_entropy_forward(float* loss, const float* logits, const int32_t* target, int64_t rows,
+                           int64_t classes, int64_t ignore_index) {
+  forward_impl(loss, logits, target, rows, classes, ignore_index);
+}
+void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
+                            const int64_t* target, int64_t rows, int64_t classes,
+                            int64_t ignore_index) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+}
+void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
+                            const int32_t* target, int64_t rows, int64_t classes,
+                            int64_t ignore_index) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+}
+
+}  // namespace reference
+}  // namespace pyengine

@@ -1,0 +1,1 @@
+from pyengine import _C  # noqa: F401
