@@ -1,1 +1,87 @@
-from pyengine import _C  # noqa: F401
+"""pyengine: a deep-learning engine with hand-written C++ kernels.
+
+The kernels live in the compiled module ``pyengine._C``; ``pyengine.kernels``
+exposes them on numpy arrays, ``pyengine.Tensor`` adds reverse-mode autodiff,
+and ``pyengine.graph`` captures a training step into a static, memory-planned
+graph that replays without allocating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+from pyengine import _C
+
+__version__ = "0.1.0"
+
+
+def get_isa() -> str:
+    """The ISA level the kernels run at: reference, baseline, avx2 or avx512."""
+    return _C.get_isa()
+
+
+def available_isas() -> list:
+    """Every level this CPU can run, from 'reference' up to the best."""
+    return list(_C.available_isas())
+
+
+def set_isa(level: str) -> None:
+    """Run the kernels at `level` (at most the best this CPU supports)."""
+    _C.set_isa(level)
+
+
+@contextlib.contextmanager
+def use_isa(level: str):
+    """Run the kernels at `level` inside a with-block."""
+    previous = get_isa()
+    set_isa(level)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the kernels use (OpenMP). A build without OpenMP ignores it."""
+    _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return _C.get_num_threads()
+
+
+def has_openmp() -> bool:
+    return bool(_C.has_openmp)
+
+
+def has_cuda() -> bool:
+    return bool(_C.has_cuda)
+
+
+def _apply_isa_from_environment() -> None:
+    # PYENGINE_ISA lowers the level for the whole process (documented in README).
+    requested = os.environ.get("PYENGINE_ISA")
+    if not requested:
+        return
+    try:
+        set_isa(requested)
+    except ValueError as error:
+        warnings.warn(f"PYENGINE_ISA={requested!r} ignored: {error}", RuntimeWarning, stacklevel=2)
+
+
+_apply_isa_from_environment()
+
+from pyengine import kernels  # noqa: E402
+from pyengine.tensor import Tensor, no_grad, is_grad_enabled, tensor  # noqa: E402
+from pyengine.random import manual_seed  # noqa: E402
+from pyengine import functional, nn, optim, graph  # noqa: E402
+from pyengine.graph import capture  # noqa: E402
+
+__all__ = [
+    "Tensor", "tensor", "no_grad", "is_grad_enabled", "manual_seed", "capture",
+    "kernels", "functional", "nn", "optim", "graph",
+    "get_isa", "set_isa", "use_isa", "available_isas", "set_num_threads", "get_num_threads",
+    "has_openmp", "has_cuda", "__version__",
+]

@@ -1,0 +1,298 @@
+"""Capture a computation once, replay it as a static, memory-planned graph.
+
+``capture(fn, *example_inputs, optimizer=opt)`` runs `fn` eagerly once on the
+example inputs while recording every op (graph building), then:
+
+1. orders the recorded nodes topologically from the output (iteratively);
+2. adds a backward step per differentiable node, in reverse order, and the
+   optimizer's update, when an optimizer is given (a training step);
+3. gives every temporary value (activations, saved values, gradients of
+   intermediates, the inputs) a lifetime over the schedule and places them
+   in one 64-byte aligned arena by liveness (pyengine.graph.planner);
+4. binds each step to its arrays once.
+
+``graph.run(*inputs)`` then copies the inputs into their buffers and calls the
+bound steps in order: no array is allocated, no shape is inferred again.
+Parameters, their gradients and the optimizer's state live outside the
+arena (they persist across steps); ``param.grad`` is the gradient buffer.
+Reshapes are views: their outputs, and their gradients, share the memory of
+their inputs instead of being copied.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pyengine import ops as O
+from pyengine.graph.planner import ALIGNMENT, Interval, place
+from pyengine.tensor import Tensor, _capturing, topological_order
+
+__all__ = ["capture", "CompiledGraph"]
+
+PERSISTENT_KINDS = ("param", "param_grad", "const")
+
+
+@dataclass(eq=False)
+class Value:
+    """A buffer of the graph."""
+
+    index: int
+    spec: O.Spec
+    kind: str  # input | param | param_grad | const | activation | saved | grad
+    name: str
+    alias_of: Value | None = None  # this value is a view of another one's memory
+    array: np.ndarray | None = None  # bound at plan time
+    offset: int | None = None  # in the arena, for planned roots
+
+    @property
+    def root(self) -> Value:
+        value = self
+        while value.alias_of is not None:
+            value = value.alias_of
+        return value
+
+
+@dataclass(eq=False)
+class Step:
+    kind: str  # forward | backward
+    op: O.Op
+    ins: list
+    outs: list
+    grad_out: Value | None = None
+    grad_ins: list = field(default_factory=list)  # Value or None per input
+    zero_first: list = field(default_factory=list)  # grad roots first written here
+
+    def reads(self) -> list:
+        if self.kind == "forward":
+            return list(self.ins)
+        return [*self.ins, *self.outs, self.grad_out]
+
+    def writes(self) -> list:
+        return list(self.outs) if self.kind == "forward" else [g for g in self.grad_ins if g is not None]
+
+
+def capture(fn, *example_inputs, optimizer=None) -> CompiledGraph:
+    """Record `fn(*inputs)` and compile it; with `optimizer`, the graph is a
+    full training step (forward, backward of the scalar output, update)."""
+    inputs = [Tensor(np.array(x.data if isinstance(x, Tensor) else x)) for x in example_inputs]
+    with _capturing():
+        output = fn(*inputs)
+    if not isinstance(output, Tensor):
+        raise TypeError(f"capture: fn must return a Tensor, got {type(output).__name__}")
+    if optimizer is not None and (output.size != 1 or not output.requires_grad):
+        raise ValueError(f"capture: a training step needs a scalar loss that requires grad, got shape {output.shape}")
+    return CompiledGraph(inputs, output, optimizer)
+
+
+class CompiledGraph:
+    def __init__(self, inputs: list, output: Tensor, optimizer=None):
+        self.optimizer = optimizer
+        self.values: list = []
+        self._by_tensor: dict = {}
+        self._grad_of: dict = {}
+        self.inputs = [self._new_value(t, "input", f"input{i}") for i, t in enumerate(inputs)]
+        order = topological_order([output], lambda t: () if t._node is None else t._node.inputs)
+        self.steps = self._forward_steps(order)
+        self.output = self._value_of(output)
+        self.params = []
+        if optimizer is not None:
+            self.steps += self._backward_steps(order, output)
+        self.arena_bytes, self.planned_bytes = self._plan()
+        self._program = self._bind()
+
+    # ---------------------------------------------------------------- building
+    def _new_value(self, tensor, kind, name, spec=None, alias_of=None) -> Value:
+        spec = spec or O.Spec(tensor.shape, tensor.dtype)
+        value = Value(len(self.values), spec, kind, name, alias_of)
+        self.values.append(value)
+        if tensor is not None:
+            self._by_tensor[id(tensor)] = (tensor, value)
+        return value
+
+    def _value_of(self, tensor: Tensor) -> Value:
+        entry = self._by_tensor.get(id(tensor))
+        if entry is not None:
+            return entry[1]
+        # A leaf that is not an input: a parameter or a constant, used in place.
+        kind = "param" if tensor.requires_grad else "const"
+        value = self._new_value(tensor, kind, tensor.name or f"{kind}{len(self.values)}")
+        value.array = tensor.data
+        return value
+
+    def _forward_steps(self, order: list) -> list:
+        steps = []
+        for tensor in order:
+            node = tensor._node
+            if node is None:
+                self._value_of(tensor)
+                continue
+            ins = [self._value_of(t) for t in node.inputs]
+            specs = node.op.infer(*(v.spec for v in ins))
+            alias = ins[0] if node.op.is_view else None
+            outs = [self._new_value(tensor, "activation", f"{node.op.name}{len(self.values)}", specs[0], alias)]
+            outs += [self._new_value(None, "saved", f"{node.op.name}.saved{i}", s) for i, s in enumerate(specs[1:], 1)]
+            # A view's step runs no kernel; it stays in the schedule so the
+            # lifetimes of its buffers are right.
+            steps.append(Step("forward", node.op, ins, outs))
+        return steps
+
+    def _grad_value(self, tensor: Tensor) -> Value:
+        """The gradient buffer of `tensor`. A view's gradient is a view of its
+        input's gradient, so backward through a reshape needs no step."""
+        value = self._grad_of.get(id(tensor))
+        if value is not None:
+            return value
+        source = self._value_of(tensor)
+        node = tensor._node
+        if node is not None and node.op.is_view:
+            base = self._grad_value(node.inputs[0])
+            value = self._new_value(None, "grad", f"grad({source.name})", source.spec, alias_of=base)
+        elif node is None:
+            value = self._new_value(None, "param_grad", f"grad({source.name})", source.spec)
+            self.params.append((tensor, value))
+        else:
+            value = self._new_value(None, "grad", f"grad({source.name})", source.spec)
+        self._grad_of[id(tensor)] = value
+        return value
+
+    def _backward_steps(self, order: list, loss: Tensor) -> list:
+        seed = self._new_value(None, "const", "grad(loss)", O.Spec(loss.shape))
+        seed.array = np.ones(loss.shape, dtype=np.float32)
+        self._grad_of[id(loss)] = seed
+        forward_step = {id(s.outs[0]): s for s in self.steps}
+        steps, written = [], set()
+        for tensor in reversed(order):
+            node = tensor._node
+            if node is None or not tensor.requires_grad or id(tensor) not in self._grad_of:
+                continue
+            forward = forward_step[id(self._value_of(tensor))]
+            grad_ins = [self._grad_value(t) if t.requires_grad else None for t in node.inputs]
+            if node.op.is_view:
+                continue  # the gradient buffers are shared
+            step = Step("backward", node.op, forward.ins, forward.outs, self._grad_of[id(tensor)], grad_ins)
+            for grad in grad_ins:
+                if grad is not None and id(grad.root) not in written:
+                    written.add(id(grad.root))
+                    step.zero_first.append(grad.root)
+            steps.append(step)
+        return steps
+
+    # ---------------------------------------------------------------- planning
+    def _lifetimes(self) -> dict:
+        """[first, last] schedule index per planned root value."""
+        span: dict = {}
+
+        def touch(value, index):
+            root = value.root
+            if root.kind in PERSISTENT_KINDS:
+                return
+            first, last = span.get(id(root), (index, index))
+            span[id(root)] = (min(first, index), max(last, index))
+
+        for value in self.inputs:
+            touch(value, -1)  # filled before the first step
+        for index, step in enumerate(self.steps):
+            for value in step.reads() + step.writes():
+                touch(value, index)
+        touch(self.output, len(self.steps))  # read by the caller after the last step
+        return span
+
+    def _plan(self) -> tuple:
+        span = self._lifetimes()
+        roots = [v for v in self.values if id(v) in span]
+        intervals = [Interval(*span[id(v)], v.spec.nbytes) for v in roots]
+        offsets, total = place(intervals)
+        for value, offset in zip(roots, offsets):
+            value.offset = offset
+        self._planned_roots = roots
+        return total, sum(i.nbytes for i in intervals)
+
+    def _bind(self) -> list:
+        self.arena = np.empty(self.arena_bytes + ALIGNMENT, dtype=np.uint8)
+        shift = (-self.arena.ctypes.data) % ALIGNMENT
+        for value in self._planned_roots:
+            start = shift + value.offset
+            raw = self.arena[start:start + value.spec.nbytes]
+            value.array = raw.view(value.spec.dtype).reshape(value.spec.shape)
+        for _, grad in self.params:
+            grad.array = np.zeros(grad.spec.shape, dtype=np.float32)
+        for value in self.values:  # views of other buffers
+            if value.array is None and value.alias_of is not None:
+                value.array = value.root.array.reshape(value.spec.shape)
+        program = []
+        for step in self.steps:
+            if step.kind == "forward" and step.op.is_view:
+                continue
+            arrays = lambda values: [None if v is None else v.array for v in values]  # noqa: E731
+            program += [functools.partial(root.array.fill, 0) for root in step.zero_first]
+            if step.kind == "forward":
+                program.append(functools.partial(step.op.forward, arrays(step.outs), arrays(step.ins)))
+            else:
+                program.append(functools.partial(step.op.backward, arrays(step.grad_ins),
+                                                 step.grad_out.array, arrays(step.ins), arrays(step.outs)))
+        if self.optimizer is not None:
+            program.append(self.optimizer.step)
+        return program
+
+    # ---------------------------------------------------------------- running
+    def run(self, *inputs) -> Tensor:
+        """Replay the graph on new inputs (same shapes and dtypes as captured).
+
+        Returns the output as a Tensor over its arena buffer: it is overwritten
+        by the next run, so copy it if you keep it.
+        """
+        if len(inputs) != len(self.inputs):
+            raise ValueError(f"run: expected {len(self.inputs)} inputs, got {len(inputs)}")
+        for index, (value, given) in enumerate(zip(self.inputs, inputs)):
+            data = given.data if isinstance(given, Tensor) else given
+            if not isinstance(data, np.ndarray):
+                raise TypeError(f"run: input {index} must be a numpy array or Tensor, got {type(data).__name__}")
+            if data.shape != value.spec.shape or data.dtype != value.spec.dtype:
+                raise ValueError(f"run: input {index} has shape {data.shape} and dtype {data.dtype}, "
+                                 f"the graph was captured for {value.spec.shape} {value.spec.dtype}")
+            np.copyto(value.array, data)
+        for tensor, grad in self.params:
+            tensor._grad = grad.array
+        for call in self._program:
+            call()
+        return Tensor(self.output.array)
+
+    __call__ = run
+
+    # ---------------------------------------------------------------- inspecting
+    def plan_text(self) -> str:
+        """The schedule and the memory plan, one line per step and buffer."""
+        lines = [f"graph: {len(self.steps)} steps, {len(self._planned_roots)} planned buffers, "
+                 f"arena {self.arena_bytes} bytes for {self.planned_bytes} bytes of buffers "
+                 f"({self.planned_bytes / max(self.arena_bytes, 1):.2f}x reuse)"]
+        for index, step in enumerate(self.steps):
+            target = step.outs if step.kind == "forward" else [g for g in step.grad_ins if g is not None]
+            written = ", ".join(f"{v.name}{list(v.spec.shape)}" for v in target)
+            read = ", ".join(v.name for v in step.reads())
+            lines.append(f"{index:4d} {step.kind:8s} {step.op.label():20s} {read} -> {written}")
+        lines.append("buffers (offset, bytes, name):")
+        for value in sorted(self._planned_roots, key=lambda v: v.offset):
+            lines.append(f"  {value.offset:10d} {value.spec.nbytes:10d} {value.name}")
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz dot: ops as boxes, buffers as ellipses."""
+        lines = ["digraph pyengine {", "  rankdir=TB;", '  node [fontname="Helvetica"];']
+        used = set()
+        for index, step in enumerate(self.steps):
+            color = "lightblue" if step.kind == "forward" else "mistyrose"
+            lines.append(f'  s{index} [shape=box, style=filled, fillcolor={color}, '
+                         f'label="{step.op.label()} ({step.kind})"];')
+            for value in step.reads():
+                used.add(value)
+                lines.append(f"  v{value.index} -> s{index};")
+            for value in step.writes():
+                used.add(value)
+                lines.append(f"  s{index} -> v{value.index};")
+        for value in sorted(used, key=lambda v: v.index):
+            lines.append(f'  v{value.index} [label="{value.name}\\n{list(value.spec.shape)}"];')
+        lines.append("}")
+        return "\n".join(lines)

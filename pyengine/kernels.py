@@ -1,0 +1,384 @@
+"""Every kernel as a plain function on numpy arrays, without autodiff.
+
+Inputs are float32, C-contiguous numpy arrays (int64 or int32 for class
+indices). Nothing is copied or cast: a wrong dtype, layout or shape raises a
+TypeError or ValueError that names the op and the shapes.
+
+Each op comes as ``<op>(...)`` and ``<op>_backward(...)``. Forward functions
+return a new array unless ``out=`` is given. Backward functions return the
+input gradients; pass ``grad_<name>=`` arrays to accumulate into them
+instead (gradients always accumulate, ``+=``), which is what the graph
+executor does with its pre-planned buffers.
+
+``reference`` kernels (plain loops) run when the ISA level is set to
+``"reference"``; see :func:`pyengine.set_isa`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pyengine import _C
+
+__all__ = [
+    "matmul", "matmul_backward",
+    "add", "sub", "mul", "div", "add_backward", "sub_backward", "mul_backward", "div_backward",
+    "add_scalar", "sub_scalar", "rsub_scalar", "mul_scalar", "div_scalar", "rdiv_scalar",
+    "pow_scalar", "scalar_backward",
+    "relu", "relu_backward", "gelu", "gelu_backward", "tanh", "tanh_backward",
+    "exp", "exp_backward",
+    "sum", "sum_backward", "mean", "mean_backward",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+    "layer_norm", "layer_norm_backward",
+    "cross_entropy", "cross_entropy_backward",
+    "sgd_update", "matmul_shape",
+    "BINARY_OPS", "SCALAR_OPS", "reduced_shape", "normalize_axes",
+]
+
+BINARY_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3}
+SCALAR_OPS = {"add": 0, "sub": 1, "rsub": 2, "mul": 3, "div": 4, "rdiv": 5, "pow": 6}
+
+_f32 = np.float32
+
+
+def _empty(shape) -> np.ndarray:
+    return np.empty(shape, dtype=_f32)
+
+
+def _zeros_like(x: np.ndarray) -> np.ndarray:
+    return np.zeros(x.shape, dtype=_f32)
+
+
+def _grad_buffer(given, like: np.ndarray) -> np.ndarray:
+    return _zeros_like(like) if given is None else given
+
+
+# ---------------------------------------------------------------- matmul
+
+
+def matmul_shape(a_shape, b_shape, trans_a=False, trans_b=False) -> tuple:
+    """The output shape of matmul; ValueError when the operands do not fit."""
+    a_shape, b_shape = tuple(a_shape), tuple(b_shape)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise ValueError(f"matmul: operands need at least 2 dims, got {a_shape} and {b_shape}")
+    m, ka = (a_shape[-1], a_shape[-2]) if trans_a else (a_shape[-2], a_shape[-1])
+    kb, n = (b_shape[-1], b_shape[-2]) if trans_b else (b_shape[-2], b_shape[-1])
+    batch_a, batch_b = a_shape[:-2], b_shape[:-2]
+    if ka != kb or (batch_a and batch_b and batch_a != batch_b):
+        raise ValueError(f"matmul: shapes {a_shape} and {b_shape} do not fit "
+                         f"(trans_a={trans_a}, trans_b={trans_b})")
+    return (*(batch_a or batch_b), m, n)
+
+
+def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None):
+    """op(a) @ op(b) (+ bias); op transposes the last two dims when flagged.
+
+    a: (..., m, k) or (..., k, m); b: (..., k, n) or (..., n, k). Either operand
+    may be 2-D to share it across the other's batch dims. bias: (n,).
+    """
+    if out is None:
+        out = _empty(matmul_shape(np.shape(a), np.shape(b), trans_a, trans_b))
+    _C.matmul_forward(out, a, b, bias, trans_a, trans_b)
+    return out
+
+
+def matmul_backward(grad_c, a, b, *, trans_a=False, trans_b=False, with_bias=False,
+                    needs_a=True, needs_b=True, grad_a=None, grad_b=None, grad_bias=None):
+    """Gradients of matmul: returns (grad_a, grad_b, grad_bias); None where not asked."""
+    if needs_a:
+        grad_a = _grad_buffer(grad_a, a)
+    if needs_b:
+        grad_b = _grad_buffer(grad_b, b)
+    if with_bias and grad_bias is None:
+        n = grad_c.shape[-1] if isinstance(grad_c, np.ndarray) and grad_c.ndim else 0
+        grad_bias = np.zeros((n,), dtype=_f32)
+    _C.matmul_backward(grad_a if needs_a else None, grad_b if needs_b else None,
+                       grad_bias if with_bias else None, grad_c, a, b, trans_a, trans_b)
+    return (grad_a if needs_a else None, grad_b if needs_b else None,
+            grad_bias if with_bias else None)
+
+
+# ---------------------------------------------------------------- broadcasting binary ops
+
+
+def _binary(op):
+    code = BINARY_OPS[op]
+
+    def forward(a, b, *, out=None):
+        if out is None:
+            shape = np.broadcast_shapes(np.shape(a), np.shape(b)) if (
+                isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) else (0,)
+            out = _empty(shape)
+        _C.binary_forward(out, a, b, code)
+        return out
+
+    def backward(grad_out, a, b, *, needs_a=True, needs_b=True, grad_a=None, grad_b=None):
+        if needs_a:
+            grad_a = _grad_buffer(grad_a, a)
+        if needs_b:
+            grad_b = _grad_buffer(grad_b, b)
+        _C.binary_backward(grad_a if needs_a else None, grad_b if needs_b else None,
+                           grad_out, a, b, code)
+        return (grad_a if needs_a else None, grad_b if needs_b else None)
+
+    forward.__name__, backward.__name__ = op, op + "_backward"
+    forward.__doc__ = f"Elementwise {op} with numpy broadcasting."
+    backward.__doc__ = f"Gradients of {op}, summed over broadcast dims: (grad_a, grad_b)."
+    return forward, backward
+
+
+add, add_backward = _binary("add")
+sub, sub_backward = _binary("sub")
+mul, mul_backward = _binary("mul")
+div, div_backward = _binary("div")
+
+
+# ---------------------------------------------------------------- scalar ops
+
+
+def _scalar(op):
+    code = SCALAR_OPS[op]
+
+    def forward(a, s, *, out=None):
+        if out is None:
+            out = _empty(np.shape(a))
+        _C.scalar_forward(out, a, code, float(s))
+        return out
+
+    forward.__name__ = op + "_scalar"
+    forward.__doc__ = f"Elementwise {op} with the Python scalar s."
+    return forward
+
+
+add_scalar = _scalar("add")
+sub_scalar = _scalar("sub")
+rsub_scalar = _scalar("rsub")
+mul_scalar = _scalar("mul")
+div_scalar = _scalar("div")
+rdiv_scalar = _scalar("rdiv")
+pow_scalar = _scalar("pow")
+
+
+def scalar_backward(op, grad_out, a, s, *, grad_a=None):
+    """Gradient of ``<op>_scalar(a, s)`` with respect to a."""
+    grad_a = _grad_buffer(grad_a, a)
+    _C.scalar_backward(grad_a, grad_out, a, SCALAR_OPS[op], float(s))
+    return grad_a
+
+
+# ---------------------------------------------------------------- activations
+
+
+def _unary(name, saved):
+    fwd_kernel = getattr(_C, name + "_forward")
+    bwd_kernel = getattr(_C, name + "_backward")
+
+    def forward(x, *, out=None):
+        if out is None:
+            out = _empty(np.shape(x))
+        fwd_kernel(out, x)
+        return out
+
+    def backward(grad_y, saved_array, *, grad_x=None):
+        grad_x = _grad_buffer(grad_x, saved_array)
+        bwd_kernel(grad_x, grad_y, saved_array)
+        return grad_x
+
+    forward.__name__, backward.__name__ = name, name + "_backward"
+    backward.__doc__ = f"Gradient of {name}; takes the forward's {saved} as saved_array."
+    return forward, backward
+
+
+relu, relu_backward = _unary("relu", "input x")
+gelu, gelu_backward = _unary("gelu", "input x")
+tanh, tanh_backward = _unary("tanh", "output y")
+exp, exp_backward = _unary("exp", "output y")
+
+
+# ---------------------------------------------------------------- reductions
+
+
+def normalize_axes(axis, ndim: int) -> tuple:
+    """Sorted, non-negative, unique axes; None means all."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for ax in axes:
+        if not -ndim <= ax < ndim:
+            raise ValueError(f"sum: axis {ax} is out of range for {ndim} dims")
+        out.append(int(ax) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"sum: repeated axis in {axis}")
+    return tuple(sorted(out))
+
+
+def reduced_shape(shape, axes, keepdims) -> tuple:
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _axis_runs(axes):
+    """Group sorted axes into runs of adjacent axes: (0, 1, 3) -> [(0, 2), (3, 4)]."""
+    runs = []
+    for ax in axes:
+        if runs and runs[-1][1] == ax:
+            runs[-1][1] = ax + 1
+        else:
+            runs.append([ax, ax + 1])
+    return [tuple(r) for r in runs]
+
+
+def _check_array(op, x):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{op}: expected a numpy.ndarray, got {type(x).__name__}")
+
+
+def sum(x, axis=None, keepdims=False, *, out=None, _scale=1.0):  # noqa: A001 - numpy's name
+    """Sum over the given axes (all when None), like numpy.sum."""
+    _check_array("sum", x)
+    axes = normalize_axes(axis, x.ndim)
+    runs = _axis_runs(axes)
+    if out is None:
+        out = _empty(reduced_shape(x.shape, axes, keepdims))
+    if len(runs) <= 1:
+        begin, end = runs[0] if runs else (0, 0)
+        _C.sum_forward(out, x, begin, end, _scale)
+        return out
+    # Non-adjacent axes: reduce one run at a time, the last run first so the
+    # axis numbers of the earlier runs stay valid.
+    partial = x
+    for begin, end in reversed(runs):
+        step = _empty(reduced_shape(partial.shape, tuple(range(begin, end)), True))
+        _C.sum_forward(step, partial, begin, end, 1.0)
+        partial = step
+    _C.scalar_forward(out.reshape(partial.shape), partial, SCALAR_OPS["mul"], _scale)
+    return out
+
+
+def sum_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None, _scale=1.0):
+    """Gradient of sum: grad_out broadcast back to x_shape."""
+    x_shape = tuple(x_shape)
+    axes = normalize_axes(axis, len(x_shape))
+    if grad_x is None:
+        grad_x = np.zeros(x_shape, dtype=_f32)
+    runs = _axis_runs(axes)
+    if len(runs) <= 1:
+        begin, end = runs[0] if runs else (0, 0)
+        _C.sum_backward(grad_x, grad_out, begin, end, _scale)
+        return grad_x
+    _check_array("sum_backward", grad_out)
+    kept = grad_out.reshape(reduced_shape(x_shape, axes, True))
+    scaled = mul_scalar(kept, _scale)
+    _C.binary_forward(grad_x, grad_x, scaled, BINARY_OPS["add"])
+    return grad_x
+
+
+def _count(x_shape, axis) -> int:
+    axes = normalize_axes(axis, len(x_shape))
+    return int(np.prod([x_shape[a] for a in axes], dtype=np.int64))
+
+
+def mean(x, axis=None, keepdims=False, *, out=None):
+    """Mean over the given axes (all when None), like numpy.mean."""
+    _check_array("mean", x)
+    n = _count(x.shape, axis)
+    return sum(x, axis, keepdims, out=out, _scale=1.0 / n if n else float("nan"))
+
+
+def mean_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None):
+    n = _count(tuple(x_shape), axis)
+    return sum_backward(grad_out, x_shape, axis, keepdims, grad_x=grad_x,
+                        _scale=1.0 / n if n else float("nan"))
+
+
+# ---------------------------------------------------------------- softmax
+
+
+def softmax(x, *, out=None):
+    """Softmax over the last axis."""
+    if out is None:
+        out = _empty(np.shape(x))
+    _C.softmax_forward(out, x)
+    return out
+
+
+def softmax_backward(grad_y, y, *, grad_x=None):
+    """Gradient of softmax from its output y."""
+    grad_x = _grad_buffer(grad_x, y)
+    _C.softmax_backward(grad_x, grad_y, y)
+    return grad_x
+
+
+def log_softmax(x, *, out=None):
+    """Log-softmax over the last axis."""
+    if out is None:
+        out = _empty(np.shape(x))
+    _C.log_softmax_forward(out, x)
+    return out
+
+
+def log_softmax_backward(grad_y, y, *, grad_x=None):
+    """Gradient of log_softmax from its output y."""
+    grad_x = _grad_buffer(grad_x, y)
+    _C.log_softmax_backward(grad_x, grad_y, y)
+    return grad_x
+
+
+# ---------------------------------------------------------------- layer norm
+
+
+def layer_norm(x, weight, bias, eps=1e-5, *, out=None, mean=None, rstd=None):
+    """Layer norm over the last axis: returns (y, mean, rstd); keep mean and rstd for the backward."""
+    rows_shape = np.shape(x)[:-1]
+    y = _empty(np.shape(x)) if out is None else out
+    mean = _empty(rows_shape) if mean is None else mean
+    rstd = _empty(rows_shape) if rstd is None else rstd
+    _C.layernorm_forward(y, mean, rstd, x, weight, bias, float(eps))
+    return y, mean, rstd
+
+
+def layer_norm_backward(grad_y, x, weight, mean, rstd, *, needs_x=True, needs_params=True,
+                        grad_x=None, grad_weight=None, grad_bias=None):
+    """Gradients of layer_norm: (grad_x, grad_weight, grad_bias)."""
+    if needs_x:
+        grad_x = _grad_buffer(grad_x, x)
+    if needs_params:
+        grad_weight = _grad_buffer(grad_weight, weight)
+        grad_bias = _grad_buffer(grad_bias, weight)
+    _C.layernorm_backward(grad_x if needs_x else None, grad_weight if needs_params else None,
+                          grad_bias if needs_params else None, grad_y, x, weight, mean, rstd)
+    return (grad_x if needs_x else None, grad_weight if needs_params else None,
+            grad_bias if needs_params else None)
+
+
+# ---------------------------------------------------------------- cross-entropy
+
+
+def cross_entropy(logits, target, ignore_index=-100, *, out=None):
+    """Mean cross-entropy of (rows, classes) logits against integer targets, as a 0-d array."""
+    if out is None:
+        out = _empty(())
+    _C.cross_entropy_forward(out, logits, target, int(ignore_index))
+    return out
+
+
+def cross_entropy_backward(grad_loss, logits, target, ignore_index=-100, *, grad_logits=None):
+    """Fused softmax + loss gradient with respect to the logits."""
+    if not isinstance(grad_loss, np.ndarray):
+        grad_loss = np.asarray(grad_loss, dtype=_f32)
+    grad_logits = _grad_buffer(grad_logits, logits)
+    _C.cross_entropy_backward(grad_logits, grad_loss, logits, target, int(ignore_index))
+    return grad_logits
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+def sgd_update(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0,
+               weight_decay=0.0, nesterov=False, first_step=False):
+    """One SGD step in place (PyTorch's rule); momentum_buffer is updated in place."""
+    _C.sgd_update(param, momentum_buffer, grad, float(lr), float(momentum), float(dampening),
+                  float(weight_decay), bool(nesterov), bool(first_step))
+    return param

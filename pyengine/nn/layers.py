@@ -1,0 +1,97 @@
+"""Layers: Linear, LayerNorm, activations, Sequential, losses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pyengine import functional as F
+from pyengine.nn.module import Module, Parameter
+from pyengine.random import default_generator
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias; weight is (out_features, in_features) as in PyTorch.
+
+    Initialised like PyTorch: uniform in +-1/sqrt(in_features), drawn from
+    `generator` (or pyengine's default generator, see pyengine.manual_seed).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, generator=None):
+        super().__init__()
+        rng = generator or default_generator()
+        bound = 1.0 / math.sqrt(in_features) if in_features else 0.0
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)))
+        self.bias = Parameter(rng.uniform(-bound, bound, (out_features,))) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class LayerNorm(Module):
+    """Layer norm over the last axis with a learned scale (ones) and shift (zeros)."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5):
+        super().__init__()
+        self.normalized_shape, self.eps = int(normalized_shape), float(eps)
+        self.weight = Parameter(np.ones(self.normalized_shape))
+        self.bias = Parameter(np.zeros(self.normalized_shape))
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class GELU(Module):
+    """GELU with the tanh approximation."""
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class Sequential(Module):
+    """Applies its modules in order; they are named '0', '1', ... as in PyTorch."""
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        for index, module in enumerate(modules):
+            setattr(self, str(index), module)
+
+    def __getitem__(self, index: int) -> Module:
+        return list(self._modules.values())[index]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+
+class CrossEntropyLoss(Module):
+    """Mean cross-entropy from logits (rows, classes) and integer targets (rows,)."""
+
+    def __init__(self, ignore_index: int = -100):
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, logits, target):
+        return F.cross_entropy(logits, target, self.ignore_index)

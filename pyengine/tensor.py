@@ -1,0 +1,290 @@
+"""Tensor: a numpy array with reverse-mode autodiff.
+
+Every operation on tensors runs its kernel at once (eager mode) and, when a
+gradient may be needed, records a :class:`Node` linking the result to its
+inputs. ``loss.backward()`` walks those nodes in reverse topological order
+(computed iteratively, so deep graphs do not hit Python's recursion limit)
+and accumulates gradients into ``.grad``.
+
+While a graph capture is active (see :mod:`pyengine.graph`), every node is
+recorded, even where no gradient is needed, so the same code that runs
+eagerly can be captured into a static, memory-planned graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from pyengine import ops as O
+
+__all__ = ["Tensor", "Node", "no_grad", "is_grad_enabled", "tensor", "topological_order"]
+
+
+class _State(threading.local):
+    def __init__(self):
+        self.grad_enabled = True
+        self.capturing = False  # inside pyengine.graph.capture: record every node
+
+
+_state = _State()
+
+
+def is_grad_enabled() -> bool:
+    return _state.grad_enabled
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Run operations without recording them for backward."""
+    previous = _state.grad_enabled
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+@contextlib.contextmanager
+def _capturing():
+    previous = _state.capturing
+    _state.capturing = True
+    try:
+        yield
+    finally:
+        _state.capturing = previous
+
+
+class Node:
+    """One application of an op: its inputs (tensors) and output arrays."""
+
+    __slots__ = ("op", "inputs", "outputs")
+
+    def __init__(self, op: O.Op, inputs: tuple, outputs: list):
+        self.op, self.inputs, self.outputs = op, inputs, outputs
+
+
+def topological_order(roots, parents) -> list:
+    """Every item reachable from `roots` through `parents(item)`, each after its
+    parents. Iterative depth-first search: no recursion limit."""
+    order, visited = [], set()
+    for root in roots:
+        if id(root) in visited:
+            continue
+        visited.add(id(root))
+        stack = [(root, iter(parents(root)))]
+        while stack:
+            item, pending = stack[-1]
+            for parent in pending:
+                if id(parent) not in visited:
+                    visited.add(id(parent))
+                    stack.append((parent, iter(parents(parent))))
+                    break
+            else:
+                stack.pop()
+                order.append(item)
+    return order
+
+
+def _as_array(data) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data
+    array = np.asarray(data)
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32)
+    elif array.dtype.kind in "iu":
+        array = array.astype(np.int64)
+    return np.ascontiguousarray(array)
+
+
+class Tensor:
+    """An n-dimensional array that can record the operations applied to it.
+
+    ``Tensor(numpy_array)`` wraps the array without copying. Lists and scalars
+    are converted (floats to float32, integers to int64).
+    """
+
+    __array_priority__ = 1000  # numpy defers `ndarray op Tensor` to Tensor
+
+    def __init__(self, data, requires_grad: bool = False, name: str | None = None):
+        self.data = _as_array(data)
+        if requires_grad and self.data.dtype != np.float32:
+            raise TypeError(f"Tensor: only float32 tensors can require grad, got {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.name = name
+        self._grad: np.ndarray | None = None
+        self._node: Node | None = None
+
+    # ---- plain attributes
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def grad(self) -> Tensor | None:
+        return None if self._grad is None else Tensor(self._grad)
+
+    @grad.setter
+    def grad(self, value) -> None:
+        self._grad = None if value is None else _as_array(value.data if isinstance(value, Tensor) else value)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def item(self) -> float:
+        return self.data.item()
+
+    def detach(self) -> Tensor:
+        return Tensor(self.data)
+
+    def zero_grad(self) -> None:
+        self._grad = None
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad})"
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    # ---- autodiff
+    def backward(self, grad=None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        `grad` defaults to 1 for a scalar (one-element) tensor.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad (no input did)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward: grad can be implicit only for a scalar, got shape {self.shape}")
+            seed = np.ones(self.shape, dtype=np.float32)
+        else:
+            seed = np.array(grad.data if isinstance(grad, Tensor) else grad, dtype=np.float32).reshape(self.shape)
+        order = topological_order([self], _differentiable_parents)
+        grads = {id(self): seed}
+        for tensor in reversed(order):
+            node = tensor._node
+            grad_out = grads.pop(id(tensor), None)
+            if node is None or grad_out is None:
+                continue
+            grad_ins = [_grad_buffer(t, grads) if t.requires_grad else None for t in node.inputs]
+            node.op.backward(grad_ins, grad_out, [t.data for t in node.inputs], node.outputs)
+
+    # ---- operators
+    def _binary(self, other, op: str, reverse: bool = False) -> Tensor:
+        if isinstance(other, Tensor):
+            a, b = (other, self) if reverse else (self, other)
+            return apply(O.Binary(op), a, b)
+        if isinstance(other, (int, float, np.floating, np.integer)):
+            scalar_op = {("add", False): "add", ("add", True): "add",
+                         ("sub", False): "sub", ("sub", True): "rsub",
+                         ("mul", False): "mul", ("mul", True): "mul",
+                         ("div", False): "div", ("div", True): "rdiv"}[(op, reverse)]
+            return apply(O.Scalar(scalar_op, float(other)), self)
+        if isinstance(other, np.ndarray):
+            return self._binary(Tensor(other), op, reverse)
+        return NotImplemented
+
+    def __add__(self, other): return self._binary(other, "add")
+    def __radd__(self, other): return self._binary(other, "add", reverse=True)
+    def __sub__(self, other): return self._binary(other, "sub")
+    def __rsub__(self, other): return self._binary(other, "sub", reverse=True)
+    def __mul__(self, other): return self._binary(other, "mul")
+    def __rmul__(self, other): return self._binary(other, "mul", reverse=True)
+    def __truediv__(self, other): return self._binary(other, "div")
+    def __rtruediv__(self, other): return self._binary(other, "div", reverse=True)
+    def __neg__(self): return apply(O.Scalar("mul", -1.0), self)
+
+    def __pow__(self, exponent):
+        if not isinstance(exponent, (int, float)):
+            raise TypeError("Tensor ** x: only a Python number exponent is supported")
+        return apply(O.Scalar("pow", float(exponent)), self)
+
+    def __matmul__(self, other):
+        return apply(O.MatMul(), self, other if isinstance(other, Tensor) else Tensor(other))
+
+    def __rmatmul__(self, other):
+        return apply(O.MatMul(), Tensor(other), self)
+
+    # ---- functions
+    def matmul(self, other, trans_a=False, trans_b=False) -> Tensor:
+        return apply(O.MatMul(trans_a, trans_b), self, other)
+
+    def relu(self) -> Tensor: return apply(O.Unary("relu"), self)
+    def gelu(self) -> Tensor: return apply(O.Unary("gelu"), self)
+    def tanh(self) -> Tensor: return apply(O.Unary("tanh"), self)
+    def exp(self) -> Tensor: return apply(O.Unary("exp"), self)
+    def softmax(self) -> Tensor: return apply(O.RowWise("softmax"), self)
+    def log_softmax(self) -> Tensor: return apply(O.RowWise("log_softmax"), self)
+
+    def sum(self, axis=None, keepdims=False) -> Tensor:
+        return apply(O.Sum(axis, keepdims), self)
+
+    def mean(self, axis=None, keepdims=False) -> Tensor:
+        return apply(O.Sum(axis, keepdims, mean=True), self)
+
+    def reshape(self, *shape) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return apply(O.Reshape(shape), self)
+
+
+def tensor(data, requires_grad: bool = False) -> Tensor:
+    """A tensor holding a copy of `data`."""
+    return Tensor(np.array(_as_array(data)), requires_grad=requires_grad)
+
+
+def _differentiable_parents(t: Tensor):
+    return () if t._node is None else [p for p in t._node.inputs if p.requires_grad]
+
+
+def _grad_buffer(t: Tensor, grads: dict) -> np.ndarray:
+    """The array that t's gradient accumulates into: .grad for a leaf, a
+    temporary for an intermediate tensor."""
+    if t._node is None:
+        if t._grad is None:
+            t._grad = np.zeros(t.shape, dtype=np.float32)
+        return t._grad
+    buffer = grads.get(id(t))
+    if buffer is None:
+        buffer = grads[id(t)] = np.zeros(t.shape, dtype=np.float32)
+    return buffer
+
+
+def apply(op: O.Op, *inputs: Tensor) -> Tensor:
+    """Run `op` eagerly on `inputs` and record it for backward and capture."""
+    for t in inputs:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op.name}: expected Tensor inputs, got {type(t).__name__}")
+    specs = [O.Spec(t.shape, t.dtype) for t in inputs]
+    out_specs = op.infer(*specs)
+    if op.is_view:
+        outputs = [op.view_of(inputs[0].data, out_specs[0])]
+    else:
+        outputs = [np.empty(s.shape, dtype=s.dtype) for s in out_specs]
+        op.forward(outputs, [t.data for t in inputs])
+    requires_grad = _state.grad_enabled and any(t.requires_grad for t in inputs)
+    result = Tensor(outputs[0], requires_grad=requires_grad)
+    if requires_grad or _state.capturing:
+        result._node = Node(op, inputs, outputs)
+    return result
+
