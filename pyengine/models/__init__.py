@@ -1,0 +1,5 @@
+"""Models built from pyengine.nn."""
+
+from pyengine.models.mlp import MLP
+
+__all__ = ["MLP"]
