@@ -68,8 +68,21 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
       const float* xr = x + r * cols;
       const float* dyr = dy + r * cols;
       const float mu = mean[r], rs = rstd[r];
-      float sum_g = 0.0f, sum_g_xhat = 0.0f;  // g = dy * weight
-      for (int64_t i = 0; i < cols; ++i) {
+      // g = dy * weight; the row needs sum(g) and sum(g * xhat).
+      const vfloat vmu = simd::splat(mu), vrs = simd::splat(rs);
+      vfloat acc_g{}, acc_gx{};
+      int64_t i = 0;
+      for (; i + kWidth <= cols; i += kWidth) {
+        const vfloat xhat = (simd::load(xr + i) - vmu) * vrs;
+        const vfloat d = simd::load(dyr + i);
+        const vfloat g = d * simd::load(weight + i);
+        acc_g += g;
+        acc_gx += g * xhat;
+        simd::store(pw + i, simd::load(pw + i) + d * xhat);
+        simd::store(pb + i, simd::load(pb + i) + d);
+      }
+      float sum_g = simd::hsum(acc_g), sum_g_xhat = simd::hsum(acc_gx);
+      for (; i < cols; ++i) {
         const float xhat = (xr[i] - mu) * rs;
         const float g = dyr[i] * weight[i];
         sum_g += g;
@@ -81,7 +94,7 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
       const float mean_g = sum_g / static_cast<float>(cols);
       const float mean_g_xhat = sum_g_xhat / static_cast<float>(cols);
       float* dxr = dx + r * cols;
-      for (int64_t i = 0; i < cols; ++i) {
+      for (i = 0; i < cols; ++i) {
         const float xhat = (xr[i] - mu) * rs;
         dxr[i] += rs * (dyr[i] * weight[i] - mean_g - xhat * mean_g_xhat);
       }
