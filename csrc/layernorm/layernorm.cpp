@@ -6,6 +6,7 @@
 
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
+#include "core/row_ops.h"
 #include "core/scratch.h"
 #include "core/simd.h"
 
@@ -28,16 +29,12 @@ void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
-    vfloat acc{};
-    int64_t i = 0;
-    for (; i + kWidth <= cols; i += kWidth) acc += simd::load(xr + i);
-    float s = simd::hsum(acc);
-    for (; i < cols; ++i) s += xr[i];
-    const float mu = s / static_cast<float>(cols);
+    const float mu = row::sum(xr, cols) / static_cast<float>(cols);
     // Second pass over the (cached) row: variance without cancellation.
     const vfloat vmu = simd::splat(mu);
-    acc = vfloat{};
-    for (i = 0; i + kWidth <= cols; i += kWidth) {
+    vfloat acc{};
+    int64_t i = 0;
+    for (; i + kWidth <= cols; i += kWidth) {
       const vfloat d = simd::load(xr + i) - vmu;
       acc += d * d;
     }

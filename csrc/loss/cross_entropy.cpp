@@ -5,6 +5,7 @@
 
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
+#include "core/row_ops.h"
 #include "core/simd.h"
 
 namespace pyengine {
@@ -13,30 +14,6 @@ namespace {
 
 using simd::kWidth;
 using simd::vfloat;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-float row_max(const float* x, int64_t n) {
-  vfloat m = simd::splat(kNegInf);
-  int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) m = simd::vmax(m, simd::load(x + i));
-  float out = simd::hmax(m);
-  for (; i < n; ++i) out = x[i] > out ? x[i] : out;
-  return out;
-}
-
-// sum exp(x - shift), and when p is given p = exp(x - shift).
-float exp_sum(float* p, const float* x, int64_t n, float shift) {
-  const vfloat vs = simd::splat(shift);
-  vfloat acc{};
-  for (int64_t i = 0; i < n; i += kWidth) {
-    const int64_t count = std::min<int64_t>(kWidth, n - i);
-    const vfloat e = simd::exp((count == kWidth ? simd::load(x + i)
-                                                : simd::load_partial(x + i, count, kNegInf)) - vs);
-    if (p) simd::store_partial(p + i, e, count);
-    acc += e;
-  }
-  return simd::hsum(acc);
-}
 
 template <typename Index>
 int64_t count_valid(const Index* target, int64_t rows, int64_t ignore_index) {
@@ -56,8 +33,8 @@ void forward_impl(float* loss, const float* logits, const Index* target, int64_t
     const int64_t t = static_cast<int64_t>(target[r]);
     if (t == ignore_index) continue;
     const float* xr = logits + r * classes;
-    const float m = row_max(xr, classes);
-    const float lse = m + std::log(exp_sum(nullptr, xr, classes, m));
+    const float m = row::max(xr, classes);
+    const float lse = m + std::log(row::exp_shifted(nullptr, xr, classes, m));
     total += static_cast<double>(lse - xr[t]);
   }
   const int64_t count = count_valid(target, rows, ignore_index);
@@ -79,8 +56,8 @@ void backward_impl(float* dlogits, const float* dloss, const float* logits, cons
     if (t == ignore_index) continue;
     const float* xr = logits + r * classes;
     float* dr = dlogits + r * classes;
-    const float m = row_max(xr, classes);
-    const float s = scale / exp_sum(nullptr, xr, classes, m);  // scale * softmax = e * s
+    const float m = row::max(xr, classes);
+    const float s = scale / row::exp_shifted(nullptr, xr, classes, m);  // scale * softmax = e * s
     const vfloat vm = simd::splat(m), vs = simd::splat(s);
     int64_t i = 0;
     for (; i + kWidth <= classes; i += kWidth)
