@@ -32,7 +32,8 @@ __all__ = [
     "layer_norm", "layer_norm_backward",
     "cross_entropy", "cross_entropy_backward",
     "sgd_update", "matmul_shape",
-    "BINARY_OPS", "SCALAR_OPS", "reduced_shape", "normalize_axes",
+    "BINARY_OPS", "SCALAR_OPS", "reduced_shape", "normalize_axes", "axis_runs",
+    "sum_partial_shapes", "mean_scale",
 ]
 
 BINARY_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3}
@@ -219,7 +220,7 @@ def reduced_shape(shape, axes, keepdims) -> tuple:
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
-def _axis_runs(axes):
+def axis_runs(axes) -> list:
     """Group sorted axes into runs of adjacent axes: (0, 1, 3) -> [(0, 2), (3, 4)]."""
     runs = []
     for ax in axes:
@@ -230,48 +231,70 @@ def _axis_runs(axes):
     return [tuple(r) for r in runs]
 
 
+def sum_partial_shapes(x_shape, axes) -> list:
+    """Shapes of the partial sums a reduction over non-adjacent axes goes
+    through: one run of adjacent axes at a time, the last run first."""
+    shapes, shape = [], tuple(x_shape)
+    for begin, end in reversed(axis_runs(axes)[1:]):
+        shape = reduced_shape(shape, tuple(range(begin, end)), True)
+        shapes.append(shape)
+    return shapes
+
+
 def _check_array(op, x):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{op}: expected a numpy.ndarray, got {type(x).__name__}")
 
 
-def sum(x, axis=None, keepdims=False, *, out=None, _scale=1.0):  # noqa: A001 - numpy's name
-    """Sum over the given axes (all when None), like numpy.sum."""
+def sum(x, axis=None, keepdims=False, *, out=None, scale=1.0, partials=None):  # noqa: A001
+    """Sum over the given axes (all when None), like numpy.sum, times `scale`.
+
+    Non-adjacent axes are reduced one run at a time through `partials`
+    (arrays of sum_partial_shapes(); allocated when not given).
+    """
     _check_array("sum", x)
     axes = normalize_axes(axis, x.ndim)
-    runs = _axis_runs(axes)
+    runs = axis_runs(axes)
     if out is None:
         out = _empty(reduced_shape(x.shape, axes, keepdims))
     if len(runs) <= 1:
         begin, end = runs[0] if runs else (0, 0)
-        _C.sum_forward(out, x, begin, end, _scale)
+        _C.sum_forward(out, x, begin, end, scale)
         return out
-    # Non-adjacent axes: reduce one run at a time, the last run first so the
-    # axis numbers of the earlier runs stay valid.
+    if partials is None:
+        partials = [_empty(shape) for shape in sum_partial_shapes(x.shape, axes)]
     partial = x
-    for begin, end in reversed(runs):
-        step = _empty(reduced_shape(partial.shape, tuple(range(begin, end)), True))
-        _C.sum_forward(step, partial, begin, end, 1.0)
-        partial = step
-    _C.scalar_forward(out.reshape(partial.shape), partial, SCALAR_OPS["mul"], _scale)
+    for (begin, end), buffer in zip(reversed(runs[1:]), partials):
+        _C.sum_forward(buffer, partial, begin, end, 1.0)
+        partial = buffer
+    begin, end = runs[0]
+    _C.sum_forward(out.reshape(reduced_shape(x.shape, axes, True)), partial, begin, end, scale)
     return out
 
 
-def sum_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None, _scale=1.0):
-    """Gradient of sum: grad_out broadcast back to x_shape."""
+def sum_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None, scale=1.0,
+                 scaled=None):
+    """Gradient of sum: grad_out (times scale) broadcast back to x_shape.
+
+    Non-adjacent axes with scale != 1 go through `scaled`, an array of the
+    reduced shape with kept dims (allocated when not given).
+    """
     x_shape = tuple(x_shape)
     axes = normalize_axes(axis, len(x_shape))
     if grad_x is None:
         grad_x = np.zeros(x_shape, dtype=_f32)
-    runs = _axis_runs(axes)
+    runs = axis_runs(axes)
     if len(runs) <= 1:
         begin, end = runs[0] if runs else (0, 0)
-        _C.sum_backward(grad_x, grad_out, begin, end, _scale)
+        _C.sum_backward(grad_x, grad_out, begin, end, scale)
         return grad_x
     _check_array("sum_backward", grad_out)
     kept = grad_out.reshape(reduced_shape(x_shape, axes, True))
-    scaled = mul_scalar(kept, _scale)
-    _C.binary_forward(grad_x, grad_x, scaled, BINARY_OPS["add"])
+    if scale != 1.0:
+        scaled = _empty(kept.shape) if scaled is None else scaled
+        _C.scalar_forward(scaled, kept, SCALAR_OPS["mul"], scale)
+        kept = scaled
+    _C.binary_forward(grad_x, grad_x, kept, BINARY_OPS["add"])
     return grad_x
 
 
@@ -280,17 +303,20 @@ def _count(x_shape, axis) -> int:
     return int(np.prod([x_shape[a] for a in axes], dtype=np.int64))
 
 
+def mean_scale(x_shape, axis) -> float:
+    n = _count(tuple(x_shape), axis)
+    return 1.0 / n if n else float("nan")
+
+
 def mean(x, axis=None, keepdims=False, *, out=None):
     """Mean over the given axes (all when None), like numpy.mean."""
     _check_array("mean", x)
-    n = _count(x.shape, axis)
-    return sum(x, axis, keepdims, out=out, _scale=1.0 / n if n else float("nan"))
+    return sum(x, axis, keepdims, out=out, scale=mean_scale(x.shape, axis))
 
 
 def mean_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None):
-    n = _count(tuple(x_shape), axis)
     return sum_backward(grad_out, x_shape, axis, keepdims, grad_x=grad_x,
-                        _scale=1.0 / n if n else float("nan"))
+                        scale=mean_scale(x_shape, axis))
 
 
 # ---------------------------------------------------------------- softmax

@@ -140,7 +140,8 @@ class Unary(Op):
 
 
 class Sum(Op):
-    """Sum (or mean) over axes; a run of adjacent axes is one kernel call."""
+    """Sum (or mean) over axes. Adjacent axes are one kernel call; others go
+    through partial sums, which are extra outputs so the executor plans them."""
 
     def __init__(self, axis=None, keepdims=False, mean=False):
         self.axis, self.keepdims, self.mean = axis, keepdims, mean
@@ -149,15 +150,23 @@ class Sum(Op):
     def infer(self, x):
         _check_float(self.name, x)
         self._axes = K.normalize_axes(self.axis, len(x.shape))
-        return [Spec(K.reduced_shape(x.shape, self._axes, self.keepdims))]
+        self._scale = K.mean_scale(x.shape, self._axes) if self.mean else 1.0
+        partials = K.sum_partial_shapes(x.shape, self._axes)
+        self._n_partials = len(partials)
+        specs = [Spec(K.reduced_shape(x.shape, self._axes, self.keepdims))]
+        specs += [Spec(shape) for shape in partials]
+        if partials and self._scale != 1.0:  # the backward's scaled gradient
+            specs.append(Spec(K.reduced_shape(x.shape, self._axes, True)))
+        return specs
 
     def forward(self, outs, ins):
-        fn = K.mean if self.mean else K.sum
-        fn(ins[0], self._axes, self.keepdims, out=outs[0])
+        K.sum(ins[0], self._axes, self.keepdims, out=outs[0], scale=self._scale,
+              partials=outs[1:1 + self._n_partials])
 
     def backward(self, grad_ins, grad_out, ins, outs):
-        fn = K.mean_backward if self.mean else K.sum_backward
-        fn(grad_out, ins[0].shape, self._axes, self.keepdims, grad_x=grad_ins[0])
+        scaled = outs[-1] if len(outs) > 1 + self._n_partials else None
+        K.sum_backward(grad_out, ins[0].shape, self._axes, self.keepdims, grad_x=grad_ins[0],
+                       scale=self._scale, scaled=scaled)
 
     def label(self):
         return f"{self.name}(axis={self.axis})"

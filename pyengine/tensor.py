@@ -96,7 +96,7 @@ def _as_array(data) -> np.ndarray:
         array = array.astype(np.float32)
     elif array.dtype.kind in "iu":
         array = array.astype(np.int64)
-    return np.ascontiguousarray(array)
+    return np.require(array, requirements="C")  # keeps 0-d arrays 0-d
 
 
 class Tensor:

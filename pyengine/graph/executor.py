@@ -98,8 +98,13 @@ class CompiledGraph:
         self.steps = self._forward_steps(order)
         self.output = self._value_of(output)
         self.params = []
+        self._untouched_params = []
         if optimizer is not None:
             self.steps += self._backward_steps(order, output)
+            # Parameters the optimizer holds but the graph does not reach get
+            # no gradient, as after zero_grad() in an eager loop.
+            reached = {id(tensor) for tensor, _ in self.params}
+            self._untouched_params = [p for p in optimizer.params if id(p) not in reached]
         self.arena_bytes, self.planned_bytes = self._plan()
         self._program = self._bind()
 
@@ -159,9 +164,15 @@ class CompiledGraph:
         return value
 
     def _backward_steps(self, order: list, loss: Tensor) -> list:
-        seed = self._new_value(None, "const", "grad(loss)", O.Spec(loss.shape))
-        seed.array = np.ones(loss.shape, dtype=np.float32)
-        self._grad_of[id(loss)] = seed
+        # The seed d(loss)/d(loss) = 1 belongs to the first non-view tensor
+        # under the loss, so that a loss reshaped at the end shares it.
+        base = loss
+        while base._node is not None and base._node.op.is_view:
+            base = base._node.inputs[0]
+        seed = self._new_value(None, "const", "grad(loss)", O.Spec(base.shape))
+        seed.array = np.ones(base.shape, dtype=np.float32)
+        self._grad_of[id(base)] = seed
+        self._grad_value(loss)
         forward_step = {id(s.outs[0]): s for s in self.steps}
         steps, written = [], set()
         for tensor in reversed(order):
@@ -256,6 +267,8 @@ class CompiledGraph:
             np.copyto(value.array, data)
         for tensor, grad in self.params:
             tensor._grad = grad.array
+        for tensor in self._untouched_params:
+            tensor._grad = None
         for call in self._program:
             call()
         return Tensor(self.output.array)
