@@ -163,7 +163,8 @@ void matmul_forward(py::object c_obj, py::object a_obj, py::object b_obj, py::ob
   MatmulDims d = matmul_dims(op, a, b, trans_a, trans_b);
   expect_shape(op, "c", c, d.c_shape);
   if (bias) expect_shape(op, "bias", *bias, {d.n});
-  if (overlaps(c, a) || overlaps(c, b)) value_error(op, "output 'c' overlaps an input");
+  if (overlaps(c, a) || overlaps(c, b) || (bias && overlaps(c, *bias)))
+    value_error(op, "output 'c' with shape ", shape_str(d.c_shape), " overlaps an input");
   const float* bias_ptr = bias ? cptr(*bias) : nullptr;
   py::gil_scoped_release release;
   PYENGINE_DISPATCH(matmul_forward)(mptr(c), cptr(a), cptr(b), bias_ptr, d.batch, d.m, d.n, d.k,

@@ -107,9 +107,12 @@ def _binary(op):
 
     def forward(a, b, *, out=None):
         if out is None:
-            shape = np.broadcast_shapes(np.shape(a), np.shape(b)) if (
-                isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) else (0,)
-            out = _empty(shape)
+            _check_array(op, a)
+            _check_array(op, b)
+            try:
+                out = _empty(np.broadcast_shapes(a.shape, b.shape))
+            except ValueError:
+                raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from None
         _C.binary_forward(out, a, b, code)
         return out
 
@@ -199,18 +202,18 @@ exp, exp_backward = _unary("exp", "output y")
 # ---------------------------------------------------------------- reductions
 
 
-def normalize_axes(axis, ndim: int) -> tuple:
-    """Sorted, non-negative, unique axes; None means all."""
+def normalize_axes(axis, ndim: int, op: str = "sum") -> tuple:
+    """Sorted, non-negative, unique axes; None means all. Errors name `op`."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for ax in axes:
         if not -ndim <= ax < ndim:
-            raise ValueError(f"sum: axis {ax} is out of range for {ndim} dims")
+            raise ValueError(f"{op}: axis {ax} is out of range for {ndim} dims")
         out.append(int(ax) % ndim)
     if len(set(out)) != len(out):
-        raise ValueError(f"sum: repeated axis in {axis}")
+        raise ValueError(f"{op}: repeated axis in {axis}")
     return tuple(sorted(out))
 
 
@@ -246,14 +249,15 @@ def _check_array(op, x):
         raise TypeError(f"{op}: expected a numpy.ndarray, got {type(x).__name__}")
 
 
-def sum(x, axis=None, keepdims=False, *, out=None, scale=1.0, partials=None):  # noqa: A001
+def sum(x, axis=None, keepdims=False, *, out=None, scale=1.0, partials=None,  # noqa: A001
+        _op="sum"):
     """Sum over the given axes (all when None), like numpy.sum, times `scale`.
 
     Non-adjacent axes are reduced one run at a time through `partials`
     (arrays of sum_partial_shapes(); allocated when not given).
     """
-    _check_array("sum", x)
-    axes = normalize_axes(axis, x.ndim)
+    _check_array(_op, x)
+    axes = normalize_axes(axis, x.ndim, _op)
     runs = axis_runs(axes)
     if out is None:
         out = _empty(reduced_shape(x.shape, axes, keepdims))
@@ -273,14 +277,14 @@ def sum(x, axis=None, keepdims=False, *, out=None, scale=1.0, partials=None):  #
 
 
 def sum_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None, scale=1.0,
-                 scaled=None):
+                 scaled=None, _op="sum_backward"):
     """Gradient of sum: grad_out (times scale) broadcast back to x_shape.
 
     Non-adjacent axes with scale != 1 go through `scaled`, an array of the
     reduced shape with kept dims (allocated when not given).
     """
     x_shape = tuple(x_shape)
-    axes = normalize_axes(axis, len(x_shape))
+    axes = normalize_axes(axis, len(x_shape), _op)
     if grad_x is None:
         grad_x = np.zeros(x_shape, dtype=_f32)
     runs = axis_runs(axes)
@@ -288,7 +292,10 @@ def sum_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None, s
         begin, end = runs[0] if runs else (0, 0)
         _C.sum_backward(grad_x, grad_out, begin, end, scale)
         return grad_x
-    _check_array("sum_backward", grad_out)
+    _check_array(_op, grad_out)
+    if grad_out.shape != reduced_shape(x_shape, axes, keepdims):
+        raise ValueError(f"{_op}: grad_out has shape {grad_out.shape}, expected "
+                         f"{reduced_shape(x_shape, axes, keepdims)} for axes {axes} of {x_shape}")
     kept = grad_out.reshape(reduced_shape(x_shape, axes, True))
     if scale != 1.0:
         scaled = _empty(kept.shape) if scaled is None else scaled
@@ -298,25 +305,22 @@ def sum_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None, s
     return grad_x
 
 
-def _count(x_shape, axis) -> int:
-    axes = normalize_axes(axis, len(x_shape))
-    return int(np.prod([x_shape[a] for a in axes], dtype=np.int64))
-
-
-def mean_scale(x_shape, axis) -> float:
-    n = _count(tuple(x_shape), axis)
+def mean_scale(x_shape, axis, op: str = "mean") -> float:
+    """1 / (number of elements averaged), NaN for an empty reduction."""
+    axes = normalize_axes(axis, len(x_shape), op)
+    n = int(np.prod([x_shape[a] for a in axes], dtype=np.int64))
     return 1.0 / n if n else float("nan")
 
 
 def mean(x, axis=None, keepdims=False, *, out=None):
     """Mean over the given axes (all when None), like numpy.mean."""
     _check_array("mean", x)
-    return sum(x, axis, keepdims, out=out, scale=mean_scale(x.shape, axis))
+    return sum(x, axis, keepdims, out=out, scale=mean_scale(x.shape, axis), _op="mean")
 
 
 def mean_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None):
     return sum_backward(grad_out, x_shape, axis, keepdims, grad_x=grad_x,
-                        scale=mean_scale(x_shape, axis))
+                        scale=mean_scale(tuple(x_shape), axis, "mean_backward"), _op="mean_backward")
 
 
 # ---------------------------------------------------------------- softmax

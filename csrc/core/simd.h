@@ -57,13 +57,15 @@ inline float hmax(vfloat v) {
   return m;
 }
 
-// exp(x) within about 2 ulp on [-87.3, 88.3]: range reduction x = n ln2 + r
-// with |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n built in the
-// exponent bits. Above 88.38 it gives +inf, below -87.34 it gives 0 (no
-// denormal results), NaN stays NaN. Uses only IEEE arithmetic.
+// exp(x) within about 2 ulp: range reduction x = n ln2 + r with
+// |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n built in the exponent
+// bits as 2^(n/2) * 2^(n - n/2), so that n from -150 to 128 stays exact
+// (denormal results near the bottom, the largest floats near the top).
+// Above ln(FLT_MAX) it gives +inf, below about -104 it gives 0, NaN stays
+// NaN. Uses only IEEE arithmetic.
 inline vfloat exp(vfloat x) {
-  const vfloat hi = splat(88.3762626647949f);
-  const vfloat lo = splat(-87.3365478515625f);
+  const vfloat hi = splat(88.72283935546875f);  // largest x with finite exp(x)
+  const vfloat lo = splat(-103.97207708f);      // exp(x) rounds to 0 below
   const vfloat round_magic = splat(12582912.0f);  // 1.5 * 2^23
   vfloat xc = x > hi ? hi : x;
   xc = xc < lo ? lo : xc;  // NaN compares false and passes through
@@ -79,8 +81,10 @@ inline vfloat exp(vfloat x) {
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
   p = p * (r * r) + r + splat(1.0f);
-  vint bits = (ni + 127) << 23;
-  vfloat y = p * reinterpret_cast<vfloat&>(bits);
+  const vint half = ni >> 1;  // arithmetic shift: floor(n / 2)
+  vint bits_a = (half + 127) << 23;
+  vint bits_b = (ni - half + 127) << 23;
+  vfloat y = (p * reinterpret_cast<vfloat&>(bits_a)) * reinterpret_cast<vfloat&>(bits_b);
   y = x > hi ? splat(std::numeric_limits<float>::infinity()) : y;
   y = x < lo ? splat(0.0f) : y;
   return y;

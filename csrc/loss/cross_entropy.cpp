@@ -34,8 +34,8 @@ void forward_impl(float* loss, const float* logits, const Index* target, int64_t
     if (t == ignore_index) continue;
     const float* xr = logits + r * classes;
     const float m = row::max(xr, classes);
-    const float lse = m + std::log(row::exp_shifted(nullptr, xr, classes, m));
-    total += static_cast<double>(lse - xr[t]);
+    // log(sum exp(x - m)) - (x[t] - m): no large m is added and taken away again.
+    total += static_cast<double>(std::log(row::exp_shifted(nullptr, xr, classes, m)) - (xr[t] - m));
   }
   const int64_t count = count_valid(target, rows, ignore_index);
   loss[0] = count ? static_cast<float>(total / static_cast<double>(count))

@@ -21,7 +21,7 @@ void forward_impl(float* loss, const float* logits, const Index* target, int64_t
     for (int64_t i = 1; i < classes; ++i) m = xr[i] > m ? xr[i] : m;
     double s = 0.0;
     for (int64_t i = 0; i < classes; ++i) s += std::exp(xr[i] - m);
-    total += m + std::log(s) - xr[t];
+    total += std::log(s) - (xr[t] - m);
     ++count;
   }
   loss[0] = count ? static_cast<float>(total / count) : std::numeric_limits<float>::quiet_NaN();

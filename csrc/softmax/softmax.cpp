@@ -49,8 +49,9 @@ void log_softmax_forward(float* y, const float* x, int64_t rows, int64_t cols) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
     const float m = row::max(xr, cols);
-    const float shift = m + std::log(row::exp_shifted(nullptr, xr, cols, m));
-    for (int64_t i = 0; i < cols; ++i) yr[i] = xr[i] - shift;
+    const float log_total = std::log(row::exp_shifted(nullptr, xr, cols, m));
+    // (x - m) first: exact for nearby values, so large logits keep their precision.
+    for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - m) - log_total;
   }
 }
 

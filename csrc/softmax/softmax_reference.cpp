@@ -34,8 +34,9 @@ void log_softmax_forward(float* y, const float* x, int64_t rows, int64_t cols) {
     for (int64_t i = 1; i < cols; ++i) m = xr[i] > m ? xr[i] : m;
     double total = 0.0;
     for (int64_t i = 0; i < cols; ++i) total += std::exp(double(xr[i]) - m);
-    const double shift = m + std::log(total);
-    for (int64_t i = 0; i < cols; ++i) y[r * cols + i] = static_cast<float>(xr[i] - shift);
+    const double log_total = std::log(total);
+    for (int64_t i = 0; i < cols; ++i)
+      y[r * cols + i] = static_cast<float>((double(xr[i]) - m) - log_total);
   }
 }
 

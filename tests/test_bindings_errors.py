@@ -1,0 +1,337 @@
+"""Bad inputs at the binding boundary raise TypeError / ValueError that name the op and show the
+shapes, through ``pyengine._C`` directly and through ``pyengine.kernels``; nothing crashes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pyengine
+from pyengine import _C
+from pyengine import kernels as K
+
+
+def f32(*shape, value=1.0):
+    return np.full(shape, value, dtype=np.float32)
+
+
+def read_only(*shape):
+    a = f32(*shape)
+    a.setflags(write=False)
+    return a
+
+
+def transposed(rows, cols):
+    """A float32 (rows, cols) view that is not C-contiguous."""
+    return f32(cols, rows).T
+
+
+T3 = np.array([0, 2, 1], dtype=np.int64)
+
+
+def params(cases):
+    """pytest params named by each case's id."""
+    return [pytest.param(*c, id=c[0]) for c in cases]
+
+# (id, call, exception, fragments that must all appear in the message)
+C_CASES = [
+    # dtype, layout and type of the arguments
+    ("float64", lambda: _C.softmax_forward(f32(3, 4), np.ones((3, 4))), TypeError,
+     ["softmax_forward", "'x'", "float32", "float64", "(3, 4)"]),
+    ("int32", lambda: _C.relu_forward(f32(2, 5), np.ones((2, 5), np.int32)), TypeError,
+     ["relu_forward", "float32", "int32", "(2, 5)"]),
+    ("int64-output", lambda: _C.exp_forward(np.ones((2, 5), np.int64), f32(2, 5)), TypeError,
+     ["exp_forward", "'y'", "int64", "(2, 5)"]),
+    ("transposed-view", lambda: _C.softmax_forward(f32(4, 3), transposed(4, 3)), ValueError,
+     ["softmax_forward", "'x'", "(4, 3)", "C-contiguous"]),
+    ("strided-slice", lambda: _C.tanh_forward(f32(3, 4), f32(3, 8)[:, ::2]), ValueError,
+     ["tanh_forward", "(3, 4)", "C-contiguous"]),
+    ("strided-output", lambda: _C.gelu_forward(f32(6, 4)[::2], f32(3, 4)), ValueError,
+     ["gelu_forward", "'y'", "(3, 4)", "C-contiguous"]),
+    ("list", lambda: _C.softmax_forward(f32(1, 2), [[1.0, 2.0]]), TypeError,
+     ["softmax_forward", "numpy.ndarray", "list"]),
+    ("none", lambda: _C.matmul_forward(None, f32(2, 2), f32(2, 2)), TypeError,
+     ["matmul_forward", "'c'", "numpy.ndarray", "NoneType"]),
+    ("read-only", lambda: _C.softmax_forward(read_only(3, 4), f32(3, 4)), ValueError,
+     ["softmax_forward", "'y'", "(3, 4)", "read-only"]),
+    ("read-only-grad", lambda: _C.relu_backward(read_only(3, 4), f32(3, 4), f32(3, 4)),
+     ValueError, ["relu_backward", "'dx'", "read-only"]),
+    # rank and shapes
+    ("softmax-0d", lambda: _C.softmax_forward(f32(), f32()), ValueError,
+     ["softmax_forward", "at least 1 dims", "()"]),
+    ("matmul-1d", lambda: _C.matmul_forward(f32(3), f32(4), f32(4, 3)), ValueError,
+     ["matmul_forward", "'a'", "at least 2 dims", "(4,)"]),
+    ("matmul-inner", lambda: _C.matmul_forward(f32(3, 6), f32(3, 4), f32(5, 6)), ValueError,
+     ["matmul_forward", "inner dims", "(3, 4)", "(5, 6)", "4 vs 5"]),
+    ("matmul-inner-trans", lambda: _C.matmul_forward(f32(4, 6), f32(3, 4), f32(6, 5), None,
+                                                     True, True), ValueError,
+     ["matmul_forward", "(3, 4) (transposed)", "(6, 5) (transposed)"]),
+    ("matmul-out", lambda: _C.matmul_forward(f32(3, 5), f32(3, 4), f32(4, 6)), ValueError,
+     ["matmul_forward", "'c' has shape (3, 5)", "expected (3, 6)"]),
+    ("matmul-batch", lambda: _C.matmul_forward(f32(2, 3, 6), f32(2, 3, 4), f32(3, 4, 6)),
+     ValueError, ["matmul_forward", "batch dims", "(2, 3, 4)", "(3, 4, 6)"]),
+    ("matmul-bias", lambda: _C.matmul_forward(f32(3, 6), f32(3, 4), f32(4, 6), f32(4)),
+     ValueError, ["matmul_forward", "'bias' has shape (4,)", "expected (6,)"]),
+    ("matmul-grad", lambda: _C.matmul_backward(f32(4, 3), None, None, f32(3, 6), f32(3, 4),
+                                               f32(4, 6)), ValueError,
+     ["matmul_backward", "'da' has shape (4, 3)", "expected (3, 4)"]),
+    ("matmul-dc", lambda: _C.matmul_backward(None, f32(4, 6), None, f32(3, 5), f32(3, 4),
+                                             f32(4, 6)), ValueError,
+     ["matmul_backward", "'dc' has shape (3, 5)", "expected (3, 6)"]),
+    ("broadcast", lambda: _C.binary_forward(f32(3, 4), f32(3, 4), f32(5), 0), ValueError,
+     ["binary_forward", "(3, 4)", "(5,)", "do not broadcast"]),
+    ("broadcast-out", lambda: _C.binary_forward(f32(3, 4), f32(3, 1), f32(1, 5), 2), ValueError,
+     ["binary_forward", "'out' has shape (3, 4)", "expected (3, 5)"]),
+    ("binary-grad", lambda: _C.binary_backward(None, f32(3, 4), f32(3, 4), f32(3, 4), f32(4), 1),
+     ValueError, ["binary_backward", "'db' has shape (3, 4)", "expected (4,)"]),
+    ("binary-code", lambda: _C.binary_forward(f32(2), f32(2), f32(2), 7), ValueError,
+     ["binary_forward", "op code 7"]),
+    ("scalar-code", lambda: _C.scalar_forward(f32(2), f32(2), -1, 1.0), ValueError,
+     ["scalar_forward", "op code -1"]),
+    ("scalar-out", lambda: _C.scalar_forward(f32(2, 3), f32(3, 2), 0, 1.0), ValueError,
+     ["scalar_forward", "'out' has shape (2, 3)", "expected (3, 2)"]),
+    ("unary-grad", lambda: _C.tanh_backward(f32(3, 4), f32(3, 5), f32(3, 4)), ValueError,
+     ["tanh_backward", "'dy' has shape (3, 5)", "expected (3, 4)"]),
+    ("sum-axes", lambda: _C.sum_forward(f32(3), f32(3, 4), 1, 3), ValueError,
+     ["sum_forward", "axes [1, 3)", "(3, 4)"]),
+    ("sum-out", lambda: _C.sum_forward(f32(4), f32(3, 4), 1, 2), ValueError,
+     ["sum_forward", "'out' has shape (4,)", "(3,)", "(3, 1)"]),
+    ("sum-grad", lambda: _C.sum_backward(f32(3, 4), f32(4), 1, 2), ValueError,
+     ["sum_backward", "(4,)", "(3, 4)"]),
+    ("softmax-empty", lambda: _C.softmax_forward(f32(3, 0), f32(3, 0)), ValueError,
+     ["softmax_forward", "non-empty", "(3, 0)"]),
+    ("log-softmax-grad", lambda: _C.log_softmax_backward(f32(3, 4), f32(4, 3), f32(3, 4)),
+     ValueError, ["log_softmax_backward", "'dy' has shape (4, 3)", "expected (3, 4)"]),
+    ("layernorm-empty", lambda: _C.layernorm_forward(f32(3, 0), f32(3), f32(3), f32(3, 0), f32(0),
+                                                     f32(0), 1e-5), ValueError,
+     ["layernorm_forward", "non-empty", "(3, 0)"]),
+    ("layernorm-weight", lambda: _C.layernorm_forward(f32(3, 4), f32(3), f32(3), f32(3, 4),
+                                                      f32(5), f32(4), 1e-5), ValueError,
+     ["layernorm_forward", "'weight' has shape (5,)", "expected (4,)"]),
+    ("layernorm-rstd", lambda: _C.layernorm_forward(f32(3, 4), f32(3), f32(4), f32(3, 4), f32(4),
+                                                    f32(4), 1e-5), ValueError,
+     ["layernorm_forward", "'rstd' has shape (4,)", "expected (3,)"]),
+    ("layernorm-eps", lambda: _C.layernorm_forward(f32(3, 4), f32(3), f32(3), f32(3, 4), f32(4),
+                                                   f32(4), -1.0), ValueError,
+     ["layernorm_forward", "eps"]),
+    ("layernorm-grad", lambda: _C.layernorm_backward(None, f32(3), None, f32(2, 4), f32(2, 4),
+                                                     f32(4), f32(2), f32(2)), ValueError,
+     ["layernorm_backward", "'dweight' has shape (3,)", "expected (4,)"]),
+    # cross-entropy targets
+    ("ce-negative", lambda: _C.cross_entropy_forward(f32(), f32(3, 4), np.array([0, -1, 2])),
+     ValueError, ["cross_entropy_forward", "target[1] = -1", "4 classes", "ignore_index = -100"]),
+    ("ce-too-large", lambda: _C.cross_entropy_forward(f32(), f32(3, 4), np.array([0, 1, 4])),
+     ValueError, ["cross_entropy_forward", "target[2] = 4", "out of range", "4 classes"]),
+    ("ce-too-large-int32", lambda: _C.cross_entropy_backward(
+        f32(3, 4), f32(), f32(3, 4), np.array([9, 1, 0], np.int32), 2), ValueError,
+     ["cross_entropy_backward", "target[0] = 9", "ignore_index = 2"]),
+    ("ce-not-ignore", lambda: _C.cross_entropy_forward(f32(), f32(3, 4), np.array([0, -100, 1]),
+                                                       -1), ValueError,
+     ["cross_entropy_forward", "target[1] = -100", "ignore_index = -1"]),
+    ("ce-target-float", lambda: _C.cross_entropy_forward(f32(), f32(3, 4), f32(3)), TypeError,
+     ["cross_entropy_forward", "'target'", "int64 or int32", "float32"]),
+    ("ce-target-int16", lambda: _C.cross_entropy_forward(f32(), f32(3, 4),
+                                                         np.zeros(3, np.int16)), TypeError,
+     ["cross_entropy_forward", "int64 or int32", "int16"]),
+    ("ce-target-list", lambda: _C.cross_entropy_forward(f32(), f32(3, 4), [0, 1, 2]), TypeError,
+     ["cross_entropy_forward", "'target'", "numpy.ndarray"]),
+    ("ce-target-shape", lambda: _C.cross_entropy_forward(f32(), f32(3, 4), np.zeros(4, np.int64)),
+     ValueError, ["cross_entropy_forward", "'target' has shape (4,)", "expected (3,)"]),
+    ("ce-target-strided", lambda: _C.cross_entropy_forward(f32(), f32(3, 4),
+                                                           np.zeros(6, np.int64)[::2]),
+     ValueError, ["cross_entropy_forward", "'target'", "C-contiguous"]),
+    ("ce-logits-3d", lambda: _C.cross_entropy_forward(f32(), f32(2, 3, 4), T3), ValueError,
+     ["cross_entropy_forward", "2-D", "(2, 3, 4)"]),
+    ("ce-no-classes", lambda: _C.cross_entropy_forward(f32(), f32(3, 0), T3), ValueError,
+     ["cross_entropy_forward", "no classes", "(3, 0)"]),
+    ("ce-loss-shape", lambda: _C.cross_entropy_forward(f32(1), f32(3, 4), T3), ValueError,
+     ["cross_entropy_forward", "'loss' has shape (1,)", "expected ()"]),
+    ("ce-dloss-shape", lambda: _C.cross_entropy_backward(f32(3, 4), f32(1), f32(3, 4), T3),
+     ValueError, ["cross_entropy_backward", "'dloss' has shape (1,)"]),
+    # optimizer
+    ("sgd-no-buffer", lambda: _C.sgd_update(f32(3), None, f32(3), 0.1, 0.9), ValueError,
+     ["sgd_update", "momentum", "momentum_buffer"]),
+    ("sgd-nesterov", lambda: _C.sgd_update(f32(3), f32(3), f32(3), 0.1, 0.9, 0.5, 0.0, True),
+     ValueError, ["sgd_update", "nesterov"]),
+    ("sgd-grad-shape", lambda: _C.sgd_update(f32(3), None, f32(4), 0.1), ValueError,
+     ["sgd_update", "'grad' has shape (4,)", "expected (3,)"]),
+    ("sgd-buffer-shape", lambda: _C.sgd_update(f32(3), f32(2), f32(3), 0.1, 0.9), ValueError,
+     ["sgd_update", "'momentum_buffer' has shape (2,)"]),
+    ("sgd-read-only", lambda: _C.sgd_update(read_only(3), None, f32(3), 0.1), ValueError,
+     ["sgd_update", "'param'", "read-only"]),
+    # aliasing
+    ("matmul-overlap-a", lambda: (lambda a: _C.matmul_forward(a, a, f32(4, 4)))(f32(4, 4)),
+     ValueError, ["matmul_forward", "overlaps"]),
+    ("matmul-overlap-view", lambda: (lambda buf: _C.matmul_forward(
+        buf[8:16].reshape(2, 4), f32(2, 3), buf[:12].reshape(3, 4)))(f32(20)), ValueError,
+     ["matmul_forward", "overlaps"]),
+    ("matmul-overlap-bias", lambda: (lambda c: _C.matmul_forward(
+            c, f32(3, 2), f32(2, 4), c[0]))(f32(3, 4)), ValueError, ["matmul_forward", "overlaps"]),
+    ("matmul-grad-overlap", lambda: (lambda a: _C.matmul_backward(
+        a, None, None, f32(3, 3), a, f32(3, 3)))(f32(3, 3)), ValueError,
+     ["matmul_backward", "overlaps"]),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,fragments", params(C_CASES))
+def test_binding_errors(name, call, exc, fragments):
+    with pytest.raises(exc) as info:
+        call()
+    message = str(info.value)
+    for fragment in fragments:  # a tuple: any one of its alternatives
+        options = fragment if isinstance(fragment, tuple) else (fragment,)
+        assert any(o in message for o in options), f"{fragment!r} not in {message!r}"
+
+
+def test_failed_call_leaves_output_untouched():
+    out = f32(3, 4, value=5.0)
+    with pytest.raises(ValueError):
+        _C.binary_forward(out, f32(3, 4), f32(5), 0)
+    with pytest.raises(ValueError):
+        _C.cross_entropy_backward(out, f32(), f32(3, 4), np.array([0, 1, 7]))
+    np.testing.assert_array_equal(out, 5.0)
+
+
+# Through pyengine.kernels: (id, call, exception, fragments)
+K_CASES = [
+    ("softmax-float64", lambda: K.softmax(np.ones((3, 4))), TypeError,
+     ["softmax_forward", "float64", "(3, 4)"]),
+    ("softmax-list", lambda: K.softmax([[1.0, 2.0]]), TypeError, ["softmax_forward", "list"]),
+    ("softmax-empty", lambda: K.softmax(f32(2, 0)), ValueError, ["softmax_forward", "(2, 0)"]),
+    ("log-softmax-rank", lambda: K.log_softmax(f32()), ValueError, ["log_softmax_forward"]),
+    ("relu-transposed", lambda: K.relu(transposed(3, 5)), ValueError,
+     ["relu_forward", "(3, 5)", "C-contiguous"]),
+    ("exp-read-only-out", lambda: K.exp(f32(3), out=read_only(3)), ValueError,
+     ["exp_forward", "read-only"]),
+    ("gelu-grad-shape", lambda: K.gelu_backward(f32(2, 3), f32(3, 2)), ValueError,
+     ["gelu_backward", "(2, 3)", "(3, 2)"]),
+    ("matmul-inner", lambda: K.matmul(f32(3, 4), f32(5, 6)), ValueError,
+     ["matmul", "(3, 4)", "(5, 6)"]),
+    ("matmul-rank", lambda: K.matmul(f32(4), f32(4, 2)), ValueError,
+     ["matmul", "(4,)"]),
+    ("matmul-int", lambda: K.matmul(np.ones((2, 2), np.int64), f32(2, 2)), TypeError,
+     ["matmul_forward", "int64"]),
+    ("matmul-batch", lambda: K.matmul(f32(2, 3, 4), f32(3, 4, 5)), ValueError,
+     ["matmul", "(2, 3, 4)", "(3, 4, 5)"]),
+    ("matmul-overlap", lambda: (lambda a: K.matmul(a, f32(4, 4), out=a))(f32(4, 4)), ValueError,
+     ["matmul_forward", "overlaps"]),
+    ("matmul-grad-buffer", lambda: K.matmul_backward(f32(3, 5), f32(3, 4), f32(4, 5),
+                                                     grad_b=f32(5, 4)), ValueError,
+     ["matmul_backward", "(5, 4)", "(4, 5)"]),
+    ("add-out-shape", lambda: K.add(f32(3, 4), f32(4), out=f32(4, 3)), ValueError,
+     ["binary_forward", "(4, 3)", "(3, 4)"]),
+    ("mul-float64", lambda: K.mul(f32(3), np.ones(3)), TypeError, ["binary_forward", "float64"]),
+    ("add-broadcast", lambda: K.add(f32(3, 4), f32(5)), ValueError,
+        [("add", "binary_forward"), "(3, 4)", "(5,)"]),
+    ("sub-broadcast-backward", lambda: K.sub_backward(f32(3, 4), f32(3, 4), f32(5)), ValueError,
+     ["binary_backward", "(3, 4)", "(5,)"]),
+    ("pow-list", lambda: K.pow_scalar([1.0, 2.0], 2.0), TypeError, ["scalar_forward", "list"]),
+    ("layer-norm-weight", lambda: K.layer_norm(f32(3, 4), f32(5), f32(4)), ValueError,
+     ["layernorm_forward", "(5,)", "(4,)"]),
+    ("layer-norm-empty", lambda: K.layer_norm(f32(3, 0), f32(0), f32(0)), ValueError,
+     ["layernorm_forward", "(3, 0)"]),
+    ("ce-out-of-range", lambda: K.cross_entropy(f32(2, 3), np.array([0, 3])), ValueError,
+     ["cross_entropy_forward", "target[1] = 3", "3 classes"]),
+    ("ce-negative", lambda: K.cross_entropy_backward(1.0, f32(2, 3), np.array([-2, 0], np.int32)),
+     ValueError, ["cross_entropy_backward", "target[0] = -2"]),
+    ("ce-target-dtype", lambda: K.cross_entropy(f32(2, 3), np.array([0.0, 1.0])), TypeError,
+     ["cross_entropy_forward", "int64 or int32", "float64"]),
+    ("sgd-no-buffer", lambda: K.sgd_update(f32(3), f32(3), lr=0.1, momentum=0.9), ValueError,
+     ["sgd_update", "momentum_buffer"]),
+    ("sum-axis", lambda: K.sum(f32(2, 3), axis=2), ValueError, ["sum", "axis 2", "2 dims"]),
+    ("sum-repeated-axis", lambda: K.sum(f32(2, 3), axis=(1, -1)), ValueError, ["sum", "repeated"]),
+    ("sum-list", lambda: K.sum([1.0, 2.0]), TypeError, ["sum", "list"]),
+    ("sum-float64", lambda: K.sum(np.ones((2, 3)), axis=(0, 1)), TypeError,
+     ["sum_forward", "float64", "(2, 3)"]),
+    ("mean-axis", lambda: K.mean(f32(2, 3), axis=-3), ValueError, ["mean", "axis -3"]),
+    ("sum-backward-shape", lambda: K.sum_backward(f32(3, 4), (2, 3, 4), axis=(0, 2)),
+        ValueError, ["sum_backward", "(3, 4)", "(2, 3, 4)"]),
+    ("sum-backward-shape-adjacent", lambda: K.sum_backward(f32(5), (2, 3, 4), axis=(1, 2)),
+     ValueError, ["sum_backward", "(5,)", "(2, 3, 4)"]),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,fragments", params(K_CASES))
+def test_kernels_api_errors(name, call, exc, fragments):
+    with pytest.raises(exc) as info:
+        call()
+    message = str(info.value)
+    for fragment in fragments:  # a tuple: any one of its alternatives
+        options = fragment if isinstance(fragment, tuple) else (fragment,)
+        assert any(o in message for o in options), f"{fragment!r} not in {message!r}"
+
+
+# ---------------------------------------------------------------- no crash, whatever the input
+
+
+def _valid_calls():
+    """One valid positional argument tuple per compiled kernel."""
+    x, t = (lambda *s: np.ones(s, np.float32)), np.array([0, 2, 1], np.int64)
+    unary = {f"{op}_{d}": (x(3, 4), x(3, 4)) if d == "forward" else (x(3, 4), x(3, 4), x(3, 4))
+             for op in ("relu", "gelu", "tanh", "exp", "softmax", "log_softmax")
+             for d in ("forward", "backward")}
+    return {
+        **unary,
+        "matmul_forward": (x(3, 5), x(3, 4), x(4, 5), x(5), False, False),
+        "matmul_backward": (x(3, 4), x(4, 5), x(5), x(3, 5), x(3, 4), x(4, 5), False, False),
+        "binary_forward": (x(3, 4), x(3, 4), x(4), 3),
+        "binary_backward": (x(3, 4), x(4), x(3, 4), x(3, 4), x(4), 3),
+        "scalar_forward": (x(3, 4), x(3, 4), 6, 2.0),
+        "scalar_backward": (x(3, 4), x(3, 4), x(3, 4), 5, 2.0),
+        "sum_forward": (x(3), x(3, 4), 1, 2, 1.0),
+        "sum_backward": (x(3, 4), x(3), 1, 2, 0.5),
+        "layernorm_forward": (x(3, 4), x(3), x(3), x(3, 4), x(4), x(4), 1e-5),
+        "layernorm_backward": (x(3, 4), x(4), x(4), x(3, 4), x(3, 4), x(4), x(3), x(3)),
+        "cross_entropy_forward": (x(), x(3, 4), t, -100),
+        "cross_entropy_backward": (x(3, 4), x(), x(3, 4), t, -100),
+        "sgd_update": (x(3, 4), x(3, 4), x(3, 4), 0.1, 0.9, 0.0, 0.0, False, False),
+    }
+
+
+def _bad_values():
+    return [None, 1.5, -1, 10**20, "x", [[1.0]], np.ones((3, 4)), np.ones((3, 4), np.int32),
+            np.ones((3, 4), np.int64), np.ones((4, 3), np.float32).T, np.ones((), np.float32),
+            np.ones((0,), np.float32), np.ones((3, 0), np.float32), np.ones((0, 4), np.float32),
+            np.ones((2, 3, 4), np.float32), np.ones(3, np.float32), np.ones((1, 4), np.float32),
+            np.array([5, -7, 1], np.int64), np.array([0, 1, 2], np.int32), read_only(3, 4)]
+
+
+def fuzz() -> list[str]:
+    """Every kernel with each argument replaced by each bad value, at every ISA level: only
+    TypeError / ValueError naming the kernel may come out (or a successful call)."""
+    problems = []
+    for isa in pyengine.available_isas():
+        with pyengine.use_isa(isa):
+            for name, args in _valid_calls().items():
+                getattr(_C, name)(*args)  # the valid call itself works
+                for i in range(len(args)):
+                    for bad in _bad_values():
+                        call_args = list(_valid_calls()[name])
+                        call_args[i] = bad
+                        try:
+                            getattr(_C, name)(*call_args)
+                        except (TypeError, ValueError) as error:
+                            if name not in str(error):
+                                problems.append(f"{name} arg {i}={bad!r}: {error}")
+                        except Exception as error:  # noqa: BLE001 - anything else is a bug
+                            problems.append(f"{name} arg {i}={bad!r}: {type(error).__name__}")
+    return problems
+
+
+def test_fuzzed_arguments_never_crash():
+    # In a child process, so a crash (segfault, abort) fails this test instead of the run.
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0, f"child exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert proc.stdout.strip().endswith("fuzz: ok"), proc.stdout[-3000:]
+
+
+if __name__ == "__main__":
+    found = fuzz()
+    print("\n".join(found) if found else "fuzz: ok")
+    sys.exit(1 if found else 0)

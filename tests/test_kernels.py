@@ -1,0 +1,725 @@
+"""Every kernel at every ISA level: forward and backward against float64 numpy references and
+PyTorch autograd (when installed), gradient accumulation, and finite differences.
+
+Each ``*_case`` factory returns the keyword arguments of ``helpers.helper_test_op`` for one
+op and problem; the tests run them with explicit tolerances, and ``test_finite_differences``
+reuses the same factories on small problems.
+"""
+
+from __future__ import annotations
+
+import operator
+import zlib
+
+import numpy as np
+import pytest
+
+from helpers import (F32, F64, assert_close, away_from_zero, check_finite_differences,
+                     helper_test_op, randn, torch, unbroadcast)
+from pyengine import kernels as K
+
+pytestmark = pytest.mark.usefixtures("isa")  # every test runs once per available ISA level
+
+if torch is not None:
+    import torch.nn.functional as TF
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded from the test parameters (stable across runs and processes)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _grads(grads, count):
+    return (None,) * count if grads is None else tuple(grads) + (None,) * (count - len(grads))
+
+
+# ---------------------------------------------------------------- matmul
+
+
+def _t(x, flag):  # numpy and torch alike
+    return x.swapaxes(-1, -2) if flag else x
+
+
+def matmul_case(rng, m, n, k, trans_a, trans_b, with_bias, batch_a=(), batch_b=()):
+    a = randn(rng, *batch_a, *((k, m) if trans_a else (m, k)))
+    b = randn(rng, *batch_b, *((n, k) if trans_b else (k, n)))
+    inputs = [a, b] + ([randn(rng, n)] if with_bias else [])
+
+    def pe_fwd(a, b, bias=None):
+        return K.matmul(a, b, bias, trans_a=trans_a, trans_b=trans_b)
+
+    def ref_fwd(a, b, bias=None):  # numpy arrays or torch tensors
+        c = _t(a, trans_a) @ _t(b, trans_b)
+        return c if bias is None else c + bias
+
+    def pe_bwd(g, xs, outs, grads):
+        ga, gb, gbias = _grads(grads, 3)
+        res = K.matmul_backward(g, xs[0], xs[1], trans_a=trans_a, trans_b=trans_b,
+                                with_bias=with_bias, grad_a=ga, grad_b=gb, grad_bias=gbias)
+        return res[:len(xs)]
+
+    def np_bwd(g, a, b, bias=None):
+        op_a, op_b = _t(a, trans_a), _t(b, trans_b)
+        ga = unbroadcast(_t(g @ op_b.swapaxes(-1, -2), trans_a), a.shape)
+        gb = unbroadcast(_t(op_a.swapaxes(-1, -2) @ g, trans_b), b.shape)
+        return (ga, gb) + (() if bias is None else (g.reshape(-1, n).sum(0),))
+
+    return dict(inputs=inputs, pe_fwd=pe_fwd, np_fwd=ref_fwd, torch_fwd=ref_fwd, pe_bwd=pe_bwd,
+                np_bwd=np_bwd)
+
+
+def matmul_tol(m, n, k, batch=1):
+    # float32 dot products of length L err by ~sqrt(L) ulps typically, L ulps at worst; the
+    # gradients sum over n (grad_a), batch * m (grad_b, shared) and batch * m (grad_bias).
+    length = max(k, n, m * batch)
+    return dict(atol=3e-6 * length + 1e-5, rtol=1e-4)
+
+
+_MM_RNG = np.random.default_rng(2024)
+MATMUL_SIZES = [(1, 1, 1), (1, 1, 37), (1, 45, 1), (63, 1, 1)] + [
+    tuple(int(v) for v in 2 * _MM_RNG.integers(0, 150, size=3) + 1) for _ in range(4)
+] + [(299, 131, 257), (7, 1031, 401)]
+# Odd sizes in 1..300: partial micro-tiles everywhere, several row tasks and k blocks; the last
+# one crosses the packed-B column block (1024) and the baseline k block (384).
+TRANS = [(False, False), (True, False), (False, True), (True, True)]
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize("m,n,k", MATMUL_SIZES)
+def test_matmul(m, n, k, trans_a, trans_b, with_bias):
+    case = matmul_case(rng_for(m, n, k, trans_a, trans_b), m, n, k, trans_a, trans_b, with_bias)
+    tol = matmul_tol(m, n, k)
+    helper_test_op(**case, **tol, grad_atol=tol["atol"], grad_rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize("batch_a,batch_b", [((2, 3), (2, 3)), ((4,), ()), ((), (3,))],
+                         ids=["batched", "shared_b", "shared_a"])
+def test_matmul_batched(batch_a, batch_b, trans_a, trans_b, with_bias):
+    m, n, k = 13, 37, 71
+    case = matmul_case(rng_for(batch_a, batch_b, trans_a, trans_b), m, n, k, trans_a, trans_b,
+                       with_bias, batch_a, batch_b)
+    batch = int(np.prod(batch_a or batch_b))
+    out, _ = helper_test_op(**case, **matmul_tol(m, n, k, batch),
+                            grad_atol=matmul_tol(m, n, k, batch)["atol"], grad_rtol=1e-4)
+    assert out[0].shape == (*(batch_a or batch_b), m, n)
+
+
+# ---------------------------------------------------------------- broadcasting binary ops
+
+BINARY = {  # name: (forward, d/da, d/db), on numpy arrays (forward also on torch tensors)
+    "add": (operator.add, lambda a, b: np.ones_like(a * b), lambda a, b: np.ones_like(a * b)),
+    "sub": (operator.sub, lambda a, b: np.ones_like(a * b), lambda a, b: -np.ones_like(a * b)),
+    "mul": (operator.mul, lambda a, b: b + 0 * a, lambda a, b: a + 0 * b),
+    "div": (operator.truediv, lambda a, b: 1 / b + 0 * a, lambda a, b: -a / b**2),
+}
+
+
+def binary_case(rng, op, shape_a, shape_b):
+    fwd, da, db = BINARY[op]
+    a = randn(rng, *shape_a)
+    b = away_from_zero(rng, *shape_b) if op == "div" else randn(rng, *shape_b)
+    pe_fwd, pe_back = getattr(K, op), getattr(K, op + "_backward")
+
+    def pe_bwd(g, xs, outs, grads):
+        ga, gb = _grads(grads, 2)
+        return pe_back(g, xs[0], xs[1], grad_a=ga, grad_b=gb)
+
+    def np_bwd(g, a, b):
+        return unbroadcast(g * da(a, b), a.shape), unbroadcast(g * db(a, b), b.shape)
+
+    return dict(inputs=[a, b], pe_fwd=pe_fwd, np_fwd=fwd, torch_fwd=fwd, pe_bwd=pe_bwd,
+                np_bwd=np_bwd)
+
+
+SHAPE_PAIRS = [
+    ((3, 4), (3, 4)),          # same shape
+    ((3, 4), (1,)),            # scalar-like
+    ((1,), (5,)),              # scalar-like on the left
+    ((2, 3, 4), (4,)),         # leading broadcast
+    ((4,), (2, 3, 4)),         # leading broadcast on the left
+    ((2, 3, 4), (2, 1, 4)),    # middle broadcast
+    ((2, 1, 4), (1, 3, 1)),    # both broadcast
+    ((5, 1), (1, 6)),          # both broadcast, outer product
+    ((), (2, 3)),              # 0-d operand
+    ((256, 300), (300,)),      # large: threaded forward
+    ((256, 1), (256, 300)),    # large, broadcast along the inner run
+]
+
+
+@pytest.mark.parametrize("shape_a,shape_b", SHAPE_PAIRS, ids=str)
+@pytest.mark.parametrize("op", list(BINARY))
+def test_binary(op, shape_a, shape_b):
+    case = binary_case(rng_for(op, shape_a, shape_b), op, shape_a, shape_b)
+    out_size = int(np.prod(np.broadcast_shapes(shape_a, shape_b)))
+    summed = out_size / max(1, min(int(np.prod(shape_a)), int(np.prod(shape_b))))
+    out, _ = helper_test_op(**case, atol=1e-6, rtol=1e-6, grad_atol=2e-6 * summed + 1e-6,
+                            grad_rtol=1e-5)
+    assert out[0].shape == np.broadcast_shapes(shape_a, shape_b)
+
+
+# ---------------------------------------------------------------- scalar ops
+
+SCALAR = {  # name: (forward, d/da) on arrays or tensors
+    "add": (lambda a, s: a + s, lambda a, s: 1 + 0 * a),
+    "sub": (lambda a, s: a - s, lambda a, s: 1 + 0 * a),
+    "rsub": (lambda a, s: s - a, lambda a, s: -1 + 0 * a),
+    "mul": (lambda a, s: a * s, lambda a, s: s + 0 * a),
+    "div": (lambda a, s: a / s, lambda a, s: 1 / s + 0 * a),
+    "rdiv": (lambda a, s: s / a, lambda a, s: -s / a**2),
+    "pow": (lambda a, s: a**s, lambda a, s: s * a ** (s - 1) if s else 0 * a),
+}
+SCALAR_CASES = [("add", 1.5), ("sub", 0.75), ("rsub", 2.0), ("mul", -1.25), ("div", 0.8),
+                ("rdiv", 1.5), ("pow", 2.0), ("pow", 3.0), ("pow", 1.0), ("pow", 0.0),
+                ("pow", 0.5), ("pow", -1.5)]
+
+
+def scalar_case(rng, op, s, shape):
+    fwd, grad = SCALAR[op]
+    a = away_from_zero(rng, *shape)
+    if op == "pow" and s != int(s):
+        a = np.abs(a)  # fractional powers of positive numbers only
+    pe_fwd = getattr(K, op + "_scalar")
+
+    def pe_bwd(g, xs, outs, grads):
+        return (K.scalar_backward(op, g, xs[0], s, grad_a=_grads(grads, 1)[0]),)
+
+    return dict(inputs=[a], pe_fwd=lambda a: pe_fwd(a, s), np_fwd=lambda a: fwd(a, s),
+                torch_fwd=lambda a: fwd(a, s), pe_bwd=pe_bwd,
+                np_bwd=lambda g, a: (g * grad(a, s),))
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (256, 300)], ids=["small", "large"])
+@pytest.mark.parametrize("op,s", SCALAR_CASES, ids=[f"{o}-{s}" for o, s in SCALAR_CASES])
+def test_scalar(op, s, shape):
+    case = scalar_case(rng_for(op, s, shape), op, s, shape)
+    helper_test_op(**case, atol=1e-6, rtol=2e-6, grad_atol=1e-6, grad_rtol=4e-6)
+
+
+# ---------------------------------------------------------------- activations
+
+_C0, _C1 = np.sqrt(2 / np.pi), 0.044715
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(_C0 * (x + _C1 * x**3)))
+
+
+def _gelu_grad(x):
+    t = np.tanh(_C0 * (x + _C1 * x**3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * _C0 * (1 + 3 * _C1 * x**2)
+
+
+UNARY = {  # name: (numpy forward, numpy d/dx, torch forward, backward takes output y?)
+    "relu": (lambda x: np.maximum(x, 0), lambda x: (x > 0) * 1.0, lambda x: torch.relu(x), False),
+    "gelu": (_gelu, _gelu_grad, lambda x: TF.gelu(x, approximate="tanh"), False),
+    "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2, lambda x: torch.tanh(x), True),
+    "exp": (np.exp, np.exp, lambda x: torch.exp(x), True),
+}
+
+
+def unary_case(rng, op, shape, scale=3.0):
+    np_fwd, np_grad, torch_fwd, takes_y = UNARY[op]
+    x = away_from_zero(rng, *shape, margin=0.1) * F32(scale)
+    fwd, back = getattr(K, op), getattr(K, op + "_backward")
+
+    def pe_bwd(g, xs, outs, grads):
+        return (back(g, outs[0] if takes_y else xs[0], grad_x=_grads(grads, 1)[0]),)
+
+    return dict(inputs=[x], pe_fwd=fwd, np_fwd=np_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd,
+                np_bwd=lambda g, x: (g * np_grad(x),))
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (256, 300)], ids=["small", "large"])
+@pytest.mark.parametrize("op", list(UNARY))
+def test_unary(op, shape):
+    case = unary_case(rng_for(op, shape), op, shape)
+    helper_test_op(**case, atol=1e-6, rtol=2e-6, grad_atol=2e-6, grad_rtol=1e-5)
+
+
+def test_relu_at_zero():
+    x = np.array([-1.0, -0.0, 0.0, 1e-30, 2.0], dtype=F32)
+    np.testing.assert_array_equal(K.relu(x), np.array([0, 0, 0, 1e-30, 2], F32))
+    np.testing.assert_array_equal(K.relu_backward(np.ones(5, F32), x), [0, 0, 0, 1, 1])
+
+
+def test_gelu_matches_torch_tanh_approximation():
+    torch_ = pytest.importorskip("torch")
+    x = np.linspace(-8, 8, 1001, dtype=F32)
+    ref = torch_.nn.functional.gelu(torch_.from_numpy(x.astype(F64)), approximate="tanh").numpy()
+    assert_close(K.gelu(x), ref, atol=1e-6, rtol=1e-6)
+    assert abs(K.gelu(np.array([1.0], F32))[0] - 0.841192) < 1e-5  # tanh form, not erf (0.841345)
+
+
+def test_exp_extremes():
+    x = np.array([-np.inf, -1000, -100, -87.0, -20, 0, 1, 20, 80, 88, 100, 1000, np.inf, np.nan],
+                 dtype=F32)
+    y = K.exp(x)
+    assert np.all(y[:3] < 1e-40) and np.all(y[:3] >= 0)  # exp(-100) = 3.7e-44 or flushed to 0
+    assert_close(y[3:10], np.exp(x[3:10].astype(F64)), atol=0, rtol=1e-6)
+    assert np.isfinite(y[9]) and y[9] > 1.6e38  # exp(88) = 1.65e38 is finite in float32
+    assert np.all(np.isposinf(y[10:13]))
+    assert np.isnan(y[13])
+
+
+def test_exp_near_float32_overflow(isa):
+    # exp(x) < FLT_MAX = 3.40e38 up to x = 88.7228; numpy and torch return finite values.
+    x = np.array([88.4, 88.5, 88.7], dtype=F32)
+    assert_close(K.exp(x), np.exp(x.astype(F64)), atol=0, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- reductions
+
+
+def reduce_case(rng, op, shape, axis, keepdims):
+    x = randn(rng, *shape)
+    fwd, back = getattr(K, op), getattr(K, op + "_backward")
+    np_fwd = getattr(np, op)
+    axes = tuple(range(len(shape))) if axis is None else (
+        (axis,) if isinstance(axis, int) else axis)
+    count = int(np.prod([shape[a] for a in axes]))
+
+    def pe_bwd(g, xs, outs, grads):
+        return (back(g, xs[0].shape, axis, keepdims, grad_x=_grads(grads, 1)[0]),)
+
+    def np_bwd(g, x):
+        g = g if keepdims else np.expand_dims(g, tuple(a % x.ndim for a in axes))
+        return (np.broadcast_to(g / (count if op == "mean" else 1), x.shape),)
+
+    def torch_fwd(x):
+        return getattr(torch, op)(x, dim=axis, keepdim=keepdims)
+
+    return dict(inputs=[x], pe_fwd=lambda x: fwd(x, axis, keepdims),
+                np_fwd=lambda x: np_fwd(x, axis=axis, keepdims=keepdims), torch_fwd=torch_fwd,
+                pe_bwd=pe_bwd, np_bwd=np_bwd)
+
+
+AXES = [None, 0, 2, -1, -3, (0, 1), (1, 3), (0, 2, 3), (-1, -3), (3, 0), (0, 1, 2, 3)]
+
+
+@pytest.mark.parametrize("keepdims", [False, True], ids=["drop", "keep"])
+@pytest.mark.parametrize("axis", AXES, ids=str)
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_reduce(op, axis, keepdims):
+    shape = (3, 4, 5, 6)
+    case = reduce_case(rng_for(op, axis, keepdims), op, shape, axis, keepdims)
+    out, _ = helper_test_op(**case, atol=1e-5, rtol=1e-5, grad_atol=1e-6, grad_rtol=1e-6)
+    assert out[0].shape == np.sum(np.zeros(shape), axis=axis, keepdims=keepdims).shape
+
+
+@pytest.mark.parametrize("shape,axis", [((64, 33, 40), 1), ((64, 33, 40), -1),
+                                        ((64, 33, 40), (0, 2)), ((64, 33, 40), None),
+                                        ((3, 7, 1100), 1)], ids=str)  # inner run > 1024
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_reduce_large(op, shape, axis):
+    case = reduce_case(rng_for(op, shape, axis), op, shape, axis, False)
+    helper_test_op(**case, atol=2e-4, rtol=1e-5, grad_atol=1e-6, grad_rtol=1e-6)
+
+
+# ---------------------------------------------------------------- softmax / log-softmax
+
+
+def _np_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _np_log_softmax(x):
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def softmax_case(op, x):
+    fwd, back = getattr(K, op), getattr(K, op + "_backward")
+
+    def pe_bwd(g, xs, outs, grads):
+        return (back(g, outs[0], grad_x=_grads(grads, 1)[0]),)
+
+    def np_bwd(g, x):
+        if op == "softmax":
+            y = _np_softmax(x)
+            return (y * (g - (g * y).sum(-1, keepdims=True)),)
+        return (g - np.exp(_np_log_softmax(x)) * g.sum(-1, keepdims=True),)
+
+    return dict(inputs=[x], pe_fwd=fwd, np_fwd=_np_softmax if op == "softmax" else _np_log_softmax,
+                torch_fwd=lambda x: getattr(torch, op)(x, dim=-1), pe_bwd=pe_bwd, np_bwd=np_bwd)
+
+
+SOFTMAX_SHAPES = [(1, 1), (1, 7), (3, 5), (4, 33), (2, 3, 17), (64, 768)]
+
+
+@pytest.mark.parametrize("magnitude", ["unit", "large"])
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax(op, shape, magnitude):
+    # "large": logits up to ~+-200, where exp overflows / underflows unless the row max is
+    # subtracted first (large constant offsets: test_log_softmax_large_offset_precision).
+    scale = 1.0 if magnitude == "unit" else 40.0
+    x = randn(rng_for(op, shape, magnitude), *shape, scale=scale)
+    # log_softmax's float32 outputs carry a few ulps of max|x| (its row shift is a float32).
+    atol = 1e-6 if op == "softmax" else 1e-6 + 4 * float(np.spacing(np.abs(x).max()))
+    out, _ = helper_test_op(**softmax_case(op, x), atol=atol, rtol=1e-5, grad_atol=1e-5,
+                            grad_rtol=1e-4)
+    assert np.all(np.isfinite(out[0]))
+    if op == "softmax":
+        assert_close(out[0].sum(-1), np.ones(shape[:-1]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_extreme_logits(op):
+    rng = rng_for(op)
+    x = randn(rng, 4, 37)
+    x[0] *= 1e4                      # huge spread: exp(x) over- and underflows everywhere
+    x[1, :3] = [-1e30, 1e30, 0.0]    # far beyond exp's range
+    x[2] = x[2] * 50 - 200           # all very negative: exp(x) underflows to 0 everywhere
+    x[3] = 7.0                       # all equal
+    y = getattr(K, op)(x)
+    ref = (_np_softmax if op == "softmax" else _np_log_softmax)(x.astype(F64))
+    assert np.all(np.isfinite(y))
+    assert_close(y, ref, atol=1e-5, rtol=1e-6)
+    grad = getattr(K, op + "_backward")(randn(rng, 4, 37), y)
+    assert np.all(np.isfinite(grad))
+
+
+LARGE_OFFSETS = [("log_softmax", 1e4), ("log_softmax", 1e6), ("log_softmax", 3e38),
+                 ("cross_entropy", 1e5), ("cross_entropy", 1e6)]
+
+
+@pytest.mark.parametrize("op,offset", LARGE_OFFSETS, ids=[f"{o}-{v:g}" for o, v in LARGE_OFFSETS])
+def test_log_softmax_large_offset_precision(op, offset, isa):
+    """log_softmax(x + c) == log_softmax(x): a stable float32 implementation, computing
+    (x - max) - log(sum(exp(x - max))), stays within ~1e-5 of the exact result for any
+    offset c (PyTorch's float32 log_softmax / cross_entropy do: 1.5e-5 at c = 1e6)."""
+    rng = rng_for(op, offset)
+    x = randn(rng, 16, 100, scale=5.0)
+    x = (x + F32(offset)) if offset < 1e38 else np.full((16, 100), offset, F32) + x * F32(1e31)
+    z = x.astype(F64) - x.max(-1, keepdims=True)
+    ref = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    if op == "log_softmax":
+        assert_close(K.log_softmax(x), ref, atol=5e-5, rtol=1e-6)
+    else:
+        target = rng.integers(0, 100, size=16)
+        assert_close(K.cross_entropy(x, target), -ref[np.arange(16), target].mean(), atol=5e-5,
+                     rtol=1e-6)
+
+
+# ---------------------------------------------------------------- layer norm
+
+
+def layer_norm_case(rng, shape, eps=1e-5):
+    cols = shape[-1]
+    x, w, b = randn(rng, *shape, scale=2.0, shift=3.0), randn(rng, cols), randn(rng, cols)
+
+    def ref_fwd(x, w, b):  # numpy arrays or torch tensors
+        mean = x.mean(-1)
+        var = ((x - mean[..., None]) ** 2).mean(-1)
+        rstd = 1 / (var + eps) ** 0.5
+        return (x - mean[..., None]) * rstd[..., None] * w + b, mean, rstd
+
+    def torch_fwd(x, w, b):
+        return (TF.layer_norm(x, (cols,), w, b, eps),) + ref_fwd(x, w, b)[1:]
+
+    def pe_bwd(g, xs, outs, grads):
+        gx, gw, gb = _grads(grads, 3)
+        return K.layer_norm_backward(g, xs[0], xs[1], outs[1], outs[2], grad_x=gx, grad_weight=gw,
+                                     grad_bias=gb)
+
+    def np_bwd(g, x, w, b):
+        _, mean, rstd = ref_fwd(x, w, b)
+        xhat = (x - mean[..., None]) * rstd[..., None]
+        gw = g * w
+        dx = rstd[..., None] * (gw - gw.mean(-1, keepdims=True)
+                                - xhat * (gw * xhat).mean(-1, keepdims=True))
+        return dx, (g * xhat).reshape(-1, cols).sum(0), g.reshape(-1, cols).sum(0)
+
+    return dict(inputs=[x, w, b], pe_fwd=lambda x, w, b: K.layer_norm(x, w, b, eps),
+                np_fwd=ref_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
+
+
+@pytest.mark.parametrize("cols", [1, 5, 33, 768])
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_layer_norm(rows, cols):
+    case = layer_norm_case(rng_for(rows, cols), (rows, cols))
+    out, _ = helper_test_op(**case, atol=2e-5, rtol=1e-4, grad_atol=1e-4, grad_rtol=1e-4)
+    y, mean, rstd = out
+    assert y.shape == (rows, cols) and mean.shape == (rows,) and rstd.shape == (rows,)
+
+
+def test_layer_norm_batched_rows():
+    case = layer_norm_case(rng_for("3d"), (2, 3, 33), eps=1e-3)
+    out, _ = helper_test_op(**case, atol=2e-5, rtol=1e-4, grad_atol=1e-4, grad_rtol=1e-4)
+    assert out[1].shape == (2, 3)
+
+
+# ---------------------------------------------------------------- cross-entropy
+
+
+def cross_entropy_case(logits, target, ignore_index):
+    valid = target != ignore_index
+
+    def np_fwd(x):
+        lse = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+        picked = x[np.arange(len(x)), np.where(valid, target, 0)]
+        return np.array(np.nan) if not valid.any() else np.mean((lse - picked)[valid])
+
+    def np_bwd(g, x):
+        onehot = np.zeros_like(x)
+        onehot[np.arange(len(x))[valid], target[valid]] = 1
+        grad = (_np_softmax(x) - onehot) * valid[:, None]
+        return (g * grad / max(1, valid.sum()),)
+
+    def torch_fwd(x):
+        return TF.cross_entropy(x, torch.from_numpy(target.astype(np.int64)),
+                                ignore_index=ignore_index)
+
+    def pe_bwd(g, xs, outs, grads):
+        return (K.cross_entropy_backward(g, xs[0], target, ignore_index,
+                                         grad_logits=_grads(grads, 1)[0]),)
+
+    return dict(inputs=[logits], pe_fwd=lambda x: K.cross_entropy(x, target, ignore_index),
+                np_fwd=np_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
+
+
+def make_targets(rng, rows, classes, dtype, ignore, ignore_index):
+    target = rng.integers(0, classes, size=rows).astype(dtype)
+    if ignore == "some":
+        target[::3] = ignore_index
+    elif ignore == "all":
+        target[:] = ignore_index
+    return target
+
+
+@pytest.mark.parametrize("ignore", ["none", "some", "all"])
+@pytest.mark.parametrize("ignore_index", [-100, 3])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32], ids=["int64", "int32"])
+@pytest.mark.parametrize("rows,classes", [(1, 1), (1, 5), (7, 5), (64, 33), (48, 1000)], ids=str)
+def test_cross_entropy(rows, classes, dtype, ignore_index, ignore):
+    rng = rng_for(rows, classes, dtype, ignore_index, ignore)
+    target = make_targets(rng, rows, classes, dtype, ignore, ignore_index)
+    logits = randn(rng, rows, classes, scale=2.0)
+    out, grads = helper_test_op(**cross_entropy_case(logits, target, ignore_index), atol=1e-5,
+                                rtol=1e-5, grad_atol=1e-6, grad_rtol=1e-5)
+    assert out[0].shape == ()
+    if not np.any(target != ignore_index):
+        assert np.isnan(out[0])  # 0 / 0 like torch; the backward adds nothing
+        np.testing.assert_array_equal(grads[0], np.zeros_like(logits))
+    else:
+        assert np.isfinite(out[0])
+        np.testing.assert_array_equal(grads[0][target == ignore_index], 0)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32], ids=["int64", "int32"])
+def test_cross_entropy_large_logits(dtype):
+    rng = rng_for("large", dtype)
+    logits = randn(rng, 32, 77, scale=100.0, shift=500.0)
+    target = make_targets(rng, 32, 77, dtype, "some", -100)
+    out, _ = helper_test_op(**cross_entropy_case(logits, target, -100), atol=2e-4, rtol=1e-5,
+                            grad_atol=1e-6, grad_rtol=1e-5)
+    assert np.isfinite(out[0])
+
+
+# ---------------------------------------------------------------- SGD
+
+SGD_CONFIGS = [
+    dict(momentum=0.0),
+    dict(momentum=0.0, weight_decay=0.01),
+    dict(momentum=0.9),
+    dict(momentum=0.9, dampening=0.5),
+    dict(momentum=0.9, nesterov=True),
+    dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+    dict(momentum=0.5, dampening=0.1, weight_decay=0.1),
+]
+
+
+def _sgd_config_id(cfg):
+    return "-".join(f"{k}={v}" for k, v in cfg.items())
+
+
+def _run_pyengine_sgd(param, grads, lr, cfg):
+    param = param.copy()
+    # NaN: first_step=True must initialise the buffer without reading it (as PyTorch does).
+    buf = np.full(param.shape, np.nan, dtype=F32) if cfg["momentum"] else None
+    for step, grad in enumerate(grads):
+        result = K.sgd_update(param, grad, buf, lr=lr, first_step=step == 0, **cfg)
+        assert result is param
+    return param, buf
+
+
+def _sgd_inputs(cfg, shape):
+    rng = rng_for(_sgd_config_id(cfg), shape)
+    return randn(rng, *shape), [randn(rng, *shape) for _ in range(3)]
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (300, 300)], ids=["small", "large"])
+@pytest.mark.parametrize("cfg", SGD_CONFIGS, ids=_sgd_config_id)
+def test_sgd_matches_numpy(cfg, shape):
+    param0, grads = _sgd_inputs(cfg, shape)
+    param, buf = _run_pyengine_sgd(param0, grads, 0.1, cfg)
+    mom, damp = cfg["momentum"], cfg.get("dampening", 0.0)
+    p, b = param0.astype(F64), None
+    for grad in grads:
+        g = grad + cfg.get("weight_decay", 0.0) * p
+        if mom:
+            b = g if b is None else mom * b + (1 - damp) * g
+            g = g + mom * b if cfg.get("nesterov") else b
+        p = p - 0.1 * g
+    assert_close(param, p, atol=1e-6, rtol=1e-5)
+    if mom:
+        assert_close(buf, b, atol=1e-6, rtol=1e-5)
+    assert np.abs(param - param0).max() > 1e-2  # the update did something
+
+
+@pytest.mark.parametrize("cfg", SGD_CONFIGS, ids=_sgd_config_id)
+def test_sgd_matches_torch(cfg):
+    torch_ = pytest.importorskip("torch")
+    param0, grads = _sgd_inputs(cfg, (5, 7))
+    param, buf = _run_pyengine_sgd(param0, grads, 0.1, cfg)
+    p = torch_.nn.Parameter(torch_.from_numpy(param0.copy()))
+    opt = torch_.optim.SGD([p], lr=0.1, **cfg)
+    for grad in grads:
+        p.grad = torch_.from_numpy(grad.copy())
+        opt.step()
+    assert_close(param, p.detach().numpy(), atol=1e-6, rtol=1e-6)
+    if cfg["momentum"]:
+        assert_close(buf, opt.state[p]["momentum_buffer"].numpy(), atol=1e-6, rtol=1e-6)
+
+
+def test_sgd_without_momentum_ignores_buffer():
+    param, grad = np.ones(9, F32), np.full(9, 2.0, F32)
+    buf = np.full(9, 7.0, F32)
+    K.sgd_update(param, grad, buf, lr=0.25, weight_decay=0.5)
+    np.testing.assert_allclose(param, 1 - 0.25 * (2 + 0.5), rtol=1e-7)
+    np.testing.assert_array_equal(buf, 7.0)
+
+
+# ---------------------------------------------------------------- API details
+
+
+def _forward_calls(rng):
+    """(name, f(out) -> filled out, out shape) for every op that takes out=."""
+    a, b, x = randn(rng, 7, 5), randn(rng, 5, 9), randn(rng, 4, 6, 10)
+    w, bias = randn(rng, 10), randn(rng, 10)
+    target = np.array([1, 0, 9, 3], dtype=np.int64)
+    return [
+        ("matmul", lambda out: K.matmul(a, b, out=out), (7, 9)),
+        ("add", lambda out: K.add(a, a[:1], out=out), (7, 5)),
+        ("pow_scalar", lambda out: K.pow_scalar(a, 2.0, out=out), (7, 5)),
+        ("gelu", lambda out: K.gelu(a, out=out), (7, 5)),
+        ("exp", lambda out: K.exp(a, out=out), (7, 5)),
+        ("sum", lambda out: K.sum(x, 1, out=out), (4, 10)),
+        ("sum_last", lambda out: K.sum(x, -1, out=out), (4, 6)),
+        ("sum_nonadjacent", lambda out: K.sum(x, (0, 2), out=out), (6,)),
+        ("mean", lambda out: K.mean(x, (0, 1), keepdims=True, out=out), (1, 1, 10)),
+        ("softmax", lambda out: K.softmax(x, out=out), (4, 6, 10)),
+        ("log_softmax", lambda out: K.log_softmax(x, out=out), (4, 6, 10)),
+        ("layer_norm", lambda out: K.layer_norm(x, w, bias, out=out)[0], (4, 6, 10)),
+        ("cross_entropy", lambda out: K.cross_entropy(x[0, :4], target, out=out), ()),
+    ]
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _forward_calls(np.random.default_rng(0))])
+def test_forward_overwrites_out(name):
+    """A forward writes every element of out= (no accumulation into stale contents)."""
+    _, call, shape = next(c for c in _forward_calls(rng_for("out")) if c[0] == name)
+    fresh = call(np.zeros(shape, F32))
+    stale = np.full(shape, np.nan, dtype=F32)
+    result = call(stale)
+    assert result is stale, name
+    np.testing.assert_array_equal(stale, fresh, err_msg=name)
+    assert np.all(np.isfinite(stale)), name
+
+
+def test_elementwise_in_place():
+    rng = rng_for("inplace")
+    a, b = randn(rng, 33, 17), randn(rng, 17)
+    expected = a.astype(F64) * b
+    K.mul(a, b, out=a)
+    assert_close(a, expected, atol=1e-6, rtol=1e-6)
+    expected = np.maximum(a, 0)
+    K.relu(a, out=a)
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_backward_skips_unrequested_grads():
+    rng = rng_for("needs")
+    a, b, g = randn(rng, 6, 4), randn(rng, 4, 3), randn(rng, 6, 3)
+    ga, gb, gbias = K.matmul_backward(g, a, b, needs_a=False)
+    assert ga is None and gbias is None
+    assert_close(gb, a.T.astype(F64) @ g, atol=1e-5, rtol=1e-5)
+    ga, gb, gbias = K.matmul_backward(g, a, b, needs_b=False, with_bias=True)
+    assert gb is None
+    assert_close(ga, g.astype(F64) @ b.T, atol=1e-5, rtol=1e-5)
+    assert_close(gbias, g.astype(F64).sum(0), atol=1e-5, rtol=1e-5)
+    ga, gb = K.div_backward(g, g, b[0], needs_a=False)
+    assert ga is None
+    assert_close(gb, (-g.astype(F64) * g / b[0].astype(F64) ** 2).sum(0), atol=1e-4, rtol=1e-5)
+    x, w, bias = randn(rng, 5, 8), randn(rng, 8), randn(rng, 8)
+    _, mean, rstd = K.layer_norm(x, w, bias)
+    gy = randn(rng, 5, 8)
+    full = K.layer_norm_backward(gy, x, w, mean, rstd)
+    only_x = K.layer_norm_backward(gy, x, w, mean, rstd, needs_params=False)
+    only_params = K.layer_norm_backward(gy, x, w, mean, rstd, needs_x=False)
+    assert only_x[1] is None and only_x[2] is None and only_params[0] is None
+    assert_close(only_x[0], full[0], atol=1e-6, rtol=1e-6)
+    assert_close(only_params[1], full[1], atol=1e-6, rtol=1e-6)
+    assert_close(only_params[2], full[2], atol=1e-6, rtol=1e-6)
+
+
+def test_zero_size_inputs():
+    rng = rng_for("empty")
+    e = lambda *shape: np.zeros(shape, F32)  # noqa: E731
+    bias = np.arange(4, dtype=F32)
+    np.testing.assert_array_equal(K.matmul(e(3, 0), e(0, 4), bias), np.broadcast_to(bias, (3, 4)))
+    np.testing.assert_array_equal(K.matmul(e(3, 0), e(0, 4), out=np.full((3, 4), np.nan, F32)), 0)
+    g = randn(rng, 3, 4)
+    ga, gb, gbias = K.matmul_backward(g, e(3, 0), e(0, 4), with_bias=True)
+    assert ga.shape == (3, 0) and gb.shape == (0, 4)
+    assert_close(gbias, g.sum(0, dtype=F64), atol=1e-6, rtol=1e-6)
+    assert K.matmul(e(2, 0, 5), e(5, 4)).shape == (2, 0, 4)
+    np.testing.assert_array_equal(K.matmul_backward(e(0, 4), e(0, 5), e(5, 4))[1], e(5, 4))
+    assert K.add(e(0, 3), e(3)).shape == (0, 3)
+    np.testing.assert_array_equal(K.mul_backward(e(0, 3), e(0, 3), randn(rng, 3))[1], e(3))
+    assert K.exp(e(0, 7)).shape == (0, 7) and K.relu(e(0)).shape == (0,)
+    np.testing.assert_array_equal(K.sum(e(3, 0, 4), 1), e(3, 4))
+    assert K.mean(e(3, 0, 4), 1).shape == (3, 4) and np.all(np.isnan(K.mean(e(3, 0, 4), 1)))
+    np.testing.assert_array_equal(K.sum_backward(e(3, 4), (3, 0, 4), 1), e(3, 0, 4))
+    assert K.softmax(e(0, 5)).shape == (0, 5) and K.log_softmax_backward(e(0, 5), e(0, 5)).size == 0
+    y, mean, rstd = K.layer_norm(e(0, 5), randn(rng, 5), randn(rng, 5))
+    assert y.shape == (0, 5) and mean.shape == (0,) and rstd.shape == (0,)
+    assert np.isnan(K.cross_entropy(e(0, 5), np.zeros(0, np.int64)))
+    np.testing.assert_array_equal(K.cross_entropy_backward(1.0, e(0, 5), np.zeros(0, np.int32)),
+                                  e(0, 5))
+    K.sgd_update(e(0), e(0), e(0), lr=0.1, momentum=0.9, first_step=True)
+
+
+# ---------------------------------------------------------------- finite differences
+
+FD_CASES = {
+    **{f"matmul-{t}": (lambda r, ta=ta, tb=tb: matmul_case(r, 3, 4, 5, ta, tb, True))
+       for t, (ta, tb) in zip(["nn", "tn", "nt", "tt"], TRANS)},
+    "matmul-shared_b": lambda r: matmul_case(r, 2, 3, 4, False, True, False, (2,), ()),
+    "matmul-shared_a": lambda r: matmul_case(r, 2, 3, 4, True, False, False, (), (2,)),
+    **{f"{op}-broadcast": (lambda r, op=op: binary_case(r, op, (2, 1, 3), (4, 1)))
+       for op in BINARY},
+    **{f"{op}-scalar-{s}": (lambda r, op=op, s=s: scalar_case(r, op, s, (3, 4)))
+       for op, s in SCALAR_CASES},
+    **{op: (lambda r, op=op: unary_case(r, op, (3, 5), scale=1.5)) for op in UNARY},
+    "sum-nonadjacent": lambda r: reduce_case(r, "sum", (2, 3, 4), (0, 2), False),
+    "mean-all": lambda r: reduce_case(r, "mean", (2, 3, 4), None, True),
+    "mean-last": lambda r: reduce_case(r, "mean", (2, 3, 4), -1, False),
+    "softmax": lambda r: softmax_case("softmax", randn(r, 3, 6)),
+    "log_softmax": lambda r: softmax_case("log_softmax", randn(r, 3, 6)),
+    "layer_norm": lambda r: layer_norm_case(r, (3, 6)),
+    "cross_entropy": lambda r: cross_entropy_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]),
+                                                  -100),
+}
+
+
+@pytest.mark.parametrize("name", list(FD_CASES))
+def test_finite_differences(name):
+    case = FD_CASES[name](rng_for("fd", name))
+    analytic = check_finite_differences(case["inputs"], case["pe_fwd"], case["pe_bwd"], eps=1e-2)
+    if name != "pow-scalar-0.0":  # d(a**0)/da = 0
+        assert any(g is not None and np.abs(g).max() > 1e-3 for g in analytic)
