@@ -570,9 +570,7 @@ void sgd_update(py::object param_obj, py::object buf_obj, py::object grad_obj, f
 
 void set_num_threads(int n) {
   if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
-#ifdef _OPENMP
-  omp_set_num_threads(n);
-#endif
+  pyengine::set_thread_count(n);
 }
 
 }  // namespace
@@ -626,7 +624,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight_decay") = 0.0f, py::arg("nesterov") = false, py::arg("first_step") = false);
 
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
-  m.def("get_num_threads", &pyengine::max_threads);
+  m.def("get_num_threads", &pyengine::thread_count);
 #ifdef _OPENMP
   m.attr("has_openmp") = true;
 #else

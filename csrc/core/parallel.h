@@ -16,13 +16,14 @@
 #endif
 
 namespace pyengine {
-static inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+
+// The number of threads every kernel's parallel region asks for (each region
+// names it in a num_threads clause). pyengine keeps its own count rather than
+// OpenMP's process-wide default, which other libraries sharing the OpenMP
+// runtime (numba, BLAS) may change. Defined in core/threads.cpp.
+int thread_count();
+void set_thread_count(int n);  // n >= 1
+
 static inline int thread_index() {
 #ifdef _OPENMP
   return omp_get_thread_num();

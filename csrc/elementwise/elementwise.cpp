@@ -39,12 +39,12 @@ void binary_forward_impl(float* out, const float* a, const float* b, int64_t ndi
   int64_t outer = 1;
   for (int64_t d = 0; d + 1 < ndim; ++d) outer *= shape[d];
   if (outer == 1) {  // one flat run: split it into chunks
-    PYENGINE_OMP(omp parallel for if (worth_threads(inner)) schedule(static))
+    PYENGINE_OMP(omp parallel for if (worth_threads(inner)) schedule(static) num_threads(thread_count()))
     for (int64_t i0 = 0; i0 < inner; i0 += kChunk)
       binary_inner<OP>(out + i0, a + i0 * ia, b + i0 * ib, std::min(kChunk, inner - i0), ia, ib);
     return;
   }
-  PYENGINE_OMP(omp parallel for if (worth_threads(outer * inner)) schedule(static))
+  PYENGINE_OMP(omp parallel for if (worth_threads(outer * inner)) schedule(static) num_threads(thread_count()))
   for (int64_t o = 0; o < outer; ++o) {
     int64_t oa, ob;
     ew::outer_offsets(o, ndim, shape, sa, sb, &oa, &ob);
@@ -71,7 +71,7 @@ void binary_grad(float* grad, const float* dout, const float* a, const float* b,
   const bool parallel =
       worth_threads(outer * inner) && !is_broadcast(ndim, shape, WRT_A ? sa : sb);
   (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static))
+  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
   for (int64_t o = 0; o < outer; ++o) {
     int64_t oa, ob;
     ew::outer_offsets(o, ndim, shape, sa, sb, &oa, &ob);
@@ -96,7 +96,7 @@ void binary_grad(float* grad, const float* dout, const float* a, const float* b,
 // out[i] = f(in[i]) over chunks, threaded when large.
 template <typename F>
 void map_unary(float* out, const float* in, int64_t n, F f) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static))
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t i1 = std::min(n, i0 + kChunk);
     for (int64_t i = i0; i < i1; ++i) out[i] = f(in[i]);
@@ -105,7 +105,7 @@ void map_unary(float* out, const float* in, int64_t n, F f) {
 // dx[i] += dy[i] * g(v[i]), threaded when large.
 template <typename G>
 void accumulate_grad(float* dx, const float* dy, const float* v, int64_t n, G g) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static))
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t i1 = std::min(n, i0 + kChunk);
     for (int64_t i = i0; i < i1; ++i) dx[i] += dy[i] * g(v[i]);
@@ -157,7 +157,7 @@ void tanh_backward(float* dx, const float* dy, const float* y, int64_t n) {
 }
 void exp_forward(float* y, const float* x, int64_t n) {
   using simd::kWidth;
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static))
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t i1 = std::min(n, i0 + kChunk);
     int64_t i = i0;

@@ -25,7 +25,7 @@ bool worth_threads(int64_t rows, int64_t cols) {
 
 void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int64_t rows, int64_t cols, float eps) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static))
+  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
@@ -51,7 +51,7 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
                         const float* weight, const float* mean, const float* rstd, int64_t rows,
                         int64_t cols) {
   const bool parallel = worth_threads(rows, cols);
-  const int threads = parallel ? max_threads() : 1;
+  const int threads = parallel ? thread_count() : 1;
   // Per-thread partial sums: [thread][0..cols) for dweight, [cols..2 cols) for dbias.
   float* partial = scratch_floats(2, static_cast<size_t>(threads) * 2 * cols);
   std::fill(partial, partial + static_cast<size_t>(threads) * 2 * cols, 0.0f);

@@ -28,7 +28,7 @@ void forward_impl(float* loss, const float* logits, const Index* target, int64_t
   double total = 0.0;
   const bool parallel = rows > 1 && rows * classes >= PYENGINE_PARALLEL_MIN_WORK;
   (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) reduction(+ : total) schedule(static))
+  PYENGINE_OMP(omp parallel for if (parallel) reduction(+ : total) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = static_cast<int64_t>(target[r]);
     if (t == ignore_index) continue;
@@ -50,7 +50,7 @@ void backward_impl(float* dlogits, const float* dloss, const float* logits, cons
   const float scale = dloss[0] / static_cast<float>(count);
   const bool parallel = rows > 1 && rows * classes >= PYENGINE_PARALLEL_MIN_WORK;
   (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static))
+  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = static_cast<int64_t>(target[r]);
     if (t == ignore_index) continue;

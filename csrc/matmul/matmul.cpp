@@ -117,7 +117,7 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int64_t m
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK;
   (void)parallel;
 
-  PYENGINE_OMP(omp parallel if (parallel))
+  PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
   for (int64_t jc = 0; jc < n; jc += NC) {
     const int64_t nc = std::min(NC, n - jc);
     for (int64_t pc = 0; pc < k; pc += KC) {
@@ -158,7 +158,7 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int64_t m
 void column_sums_accumulate(float* dbias, const float* dc, int64_t rows, int64_t n) {
   const bool parallel = rows * n >= PYENGINE_PARALLEL_MIN_WORK && n >= 64;
   (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static))
+  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
   for (int64_t j0 = 0; j0 < n; j0 += 64) {
     const int64_t j1 = std::min(n, j0 + 64);
     float acc[64] = {};

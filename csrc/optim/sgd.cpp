@@ -12,7 +12,7 @@ void sgd_update(float* param, float* momentum_buf, const float* grad, int64_t n,
                 float momentum, float dampening, float weight_decay, bool nesterov,
                 bool first_step) {
   constexpr int64_t kChunk = 1 << 14;
-  PYENGINE_OMP(omp parallel for if (n >= 4 * kChunk) schedule(static))
+  PYENGINE_OMP(omp parallel for if (n >= 4 * kChunk) schedule(static) num_threads(thread_count()))
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t i1 = std::min(n, i0 + kChunk);
     if (!momentum_buf) {

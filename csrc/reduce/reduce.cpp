@@ -31,12 +31,12 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
   const bool parallel = outer * reduce * inner >= PYENGINE_PARALLEL_MIN_WORK;
   (void)parallel;
   if (inner == 1) {
-    PYENGINE_OMP(omp parallel for if (parallel) schedule(static))
+    PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
     for (int64_t o = 0; o < outer; ++o) out[o] = contiguous_sum(in + o * reduce, reduce) * scale;
     return;
   }
   const int64_t chunks = (inner + kInnerChunk - 1) / kInnerChunk;
-  PYENGINE_OMP(omp parallel for collapse(2) if (parallel) schedule(static))
+  PYENGINE_OMP(omp parallel for collapse(2) if (parallel) schedule(static) num_threads(thread_count()))
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t i0 = c * kInnerChunk, i1 = std::min(inner, i0 + kInnerChunk);
@@ -54,7 +54,7 @@ void sum_backward(float* din, const float* dout, int64_t outer, int64_t reduce, 
                   float scale) {
   const bool parallel = outer * reduce * inner >= PYENGINE_PARALLEL_MIN_WORK;
   (void)parallel;
-  PYENGINE_OMP(omp parallel for collapse(2) if (parallel) schedule(static))
+  PYENGINE_OMP(omp parallel for collapse(2) if (parallel) schedule(static) num_threads(thread_count()))
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t r = 0; r < reduce; ++r) {
       float* dst = din + (o * reduce + r) * inner;
