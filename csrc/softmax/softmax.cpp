@@ -38,8 +38,12 @@ void softmax_backward(float* dx, const float* dy, const float* y, int64_t rows, 
     const float* dyr = dy + r * cols;
     const float* yr = y + r * cols;
     float* dxr = dx + r * cols;
-    const float inner = row::dot(dyr, yr, cols);
-    for (int64_t i = 0; i < cols; ++i) dxr[i] += yr[i] * (dyr[i] - inner);
+    const vfloat inner = simd::splat(row::dot(dyr, yr, cols));
+    int64_t i = 0;
+    for (; i + kWidth <= cols; i += kWidth)
+      simd::store(dxr + i, simd::load(dxr + i) +
+                               simd::load(yr + i) * (simd::load(dyr + i) - inner));
+    for (; i < cols; ++i) dxr[i] += yr[i] * (dyr[i] - inner[0]);
   }
 }
 
