@@ -155,20 +155,44 @@ MatmulDims matmul_dims(const char* op, const py::array& a, const py::array& b, b
   return d;
 }
 
+pyengine::Activation activation_from_name(const char* op, const std::string& name) {
+  if (name == "none") return pyengine::Activation::none;
+  if (name == "relu") return pyengine::Activation::relu;
+  if (name == "gelu") return pyengine::Activation::gelu;
+  value_error(op, "unknown activation '", name, "' (expected none, relu or gelu)");
+}
+
 void matmul_forward(py::object c_obj, py::object a_obj, py::object b_obj, py::object bias_obj,
-                    bool trans_a, bool trans_b) {
+                    bool trans_a, bool trans_b, const std::string& activation_name,
+                    py::object preact_obj) {
   const char* op = "matmul_forward";
   py::array c = f32_out(op, "c", c_obj), a = f32_in(op, "a", a_obj), b = f32_in(op, "b", b_obj);
   auto bias = optional_f32(op, "bias", bias_obj, false);
+  auto preact = optional_f32(op, "preact", preact_obj, true);
+  const pyengine::Activation activation = activation_from_name(op, activation_name);
   MatmulDims d = matmul_dims(op, a, b, trans_a, trans_b);
   expect_shape(op, "c", c, d.c_shape);
   if (bias) expect_shape(op, "bias", *bias, {d.n});
-  if (overlaps(c, a) || overlaps(c, b) || (bias && overlaps(c, *bias)))
-    value_error(op, "output 'c' with shape ", shape_str(d.c_shape), " overlaps an input");
+  if (preact) expect_shape(op, "preact", *preact, d.c_shape);
+  for (const py::array* out : {&c, preact ? &*preact : nullptr}) {
+    if (!out) continue;
+    if (overlaps(*out, a) || overlaps(*out, b) || (bias && overlaps(*out, *bias)) ||
+        (preact && out == &c && overlaps(c, *preact)))
+      value_error(op, "an output with shape ", shape_str(d.c_shape), " overlaps an input or the other output");
+  }
   const float* bias_ptr = bias ? cptr(*bias) : nullptr;
+  float* preact_ptr = mptr_or_null(preact);
   py::gil_scoped_release release;
-  PYENGINE_DISPATCH(matmul_forward)(mptr(c), cptr(a), cptr(b), bias_ptr, d.batch, d.m, d.n, d.k,
-                                    trans_a, trans_b, d.stride_a, d.stride_b);
+  PYENGINE_DISPATCH(matmul_forward)(mptr(c), preact_ptr, cptr(a), cptr(b), bias_ptr, activation,
+                                    d.batch, d.m, d.n, d.k, trans_a, trans_b, d.stride_a, d.stride_b);
+}
+
+int64_t fma_probe(int64_t iterations, int threads) {
+  if (iterations < 0 || threads < 1)
+    value_error("fma_probe", "iterations must be >= 0 and threads >= 1, got ", iterations, " and ", threads);
+  std::vector<float> sink(static_cast<size_t>(threads), 0.0f);
+  py::gil_scoped_release release;
+  return PYENGINE_DISPATCH(fma_probe)(sink.data(), iterations, threads);
 }
 
 void matmul_backward(py::object da_obj, py::object db_obj, py::object dbias_obj, py::object dc_obj,
@@ -580,7 +604,10 @@ PYBIND11_MODULE(_C, m) {
   const auto none = py::none();
 
   m.def("matmul_forward", &matmul_forward, py::arg("c"), py::arg("a"), py::arg("b"),
-        py::arg("bias") = none, py::arg("trans_a") = false, py::arg("trans_b") = false);
+        py::arg("bias") = none, py::arg("trans_a") = false, py::arg("trans_b") = false,
+        py::arg("activation") = "none", py::arg("preact") = none);
+  m.def("fma_probe", &fma_probe, py::arg("iterations"), py::arg("threads") = 1,
+        "Register-only FMA loop on `threads` threads; returns the flops done (time it to get the peak).");
   m.def("matmul_backward", &matmul_backward, py::arg("da"), py::arg("db"), py::arg("dbias"),
         py::arg("dc"), py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
         py::arg("trans_b") = false);

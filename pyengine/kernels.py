@@ -31,7 +31,7 @@ __all__ = [
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "layer_norm", "layer_norm_backward",
     "cross_entropy", "cross_entropy_backward",
-    "sgd_update", "matmul_shape",
+    "sgd_update", "matmul_shape", "fma_probe",
     "BINARY_OPS", "SCALAR_OPS", "reduced_shape", "normalize_axes", "axis_runs",
     "sum_partial_shapes", "mean_scale",
 ]
@@ -71,16 +71,27 @@ def matmul_shape(a_shape, b_shape, trans_a=False, trans_b=False) -> tuple:
     return (*(batch_a or batch_b), m, n)
 
 
-def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None):
-    """op(a) @ op(b) (+ bias); op transposes the last two dims when flagged.
+def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, activation="none", out=None,
+           preact=None):
+    """activation(op(a) @ op(b) + bias); op transposes the last two dims when flagged.
 
     a: (..., m, k) or (..., k, m); b: (..., k, n) or (..., n, k). Either operand
     may be 2-D to share it across the other's batch dims. bias: (n,).
+    activation: "none", "relu" or "gelu" (tanh form), fused into the GEMM's
+    epilogue; `preact` (an array shaped like the output) receives the values
+    before the activation, which the activation's backward needs.
     """
     if out is None:
         out = _empty(matmul_shape(np.shape(a), np.shape(b), trans_a, trans_b))
-    _C.matmul_forward(out, a, b, bias, trans_a, trans_b)
+    _C.matmul_forward(out, a, b, bias, trans_a, trans_b, activation, preact)
     return out
+
+
+def fma_probe(iterations: int, threads: int = 1) -> int:
+    """Run a register-only FMA loop on `threads` threads at the active ISA
+    level; returns the floating-point operations done. Time it to read the
+    machine's peak (benchmarks/test_gemm.py does)."""
+    return _C.fma_probe(int(iterations), int(threads))
 
 
 def matmul_backward(grad_c, a, b, *, trans_a=False, trans_b=False, with_bias=False,

@@ -24,6 +24,22 @@ namespace pyengine {
 int thread_count();
 void set_thread_count(int n);  // n >= 1
 
+// True inside an OpenMP parallel region (a kernel called from a caller's
+// threads, or from a batch loop): kernels then stay on the calling thread.
+static inline bool in_parallel_region() {
+#ifdef _OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
+static inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
 static inline int thread_index() {
 #ifdef _OPENMP
   return omp_get_thread_num();

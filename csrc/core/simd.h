@@ -90,6 +90,18 @@ inline vfloat exp(vfloat x) {
   return y;
 }
 
+// tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error about 1e-7, exact limits
+// at +-inf. Good for GELU, where tanh is added to 1.
+inline vfloat tanh_via_exp(vfloat x) {
+  return splat(1.0f) - splat(2.0f) / (exp(x + x) + splat(1.0f));
+}
+
+// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+inline vfloat gelu(vfloat x) {
+  const vfloat inner = splat(0.7978845608028654f) * (x + splat(0.044715f) * x * x * x);
+  return splat(0.5f) * x * (splat(1.0f) + tanh_via_exp(inner));
+}
+
 }  // namespace simd
 }  // namespace PYENGINE_KERNEL_NS
 }  // namespace pyengine

@@ -1,8 +1,20 @@
-// Blocked, packed, vectorized GEMM (BLIS-style loop nest), compiled once per
-// ISA variant. A and B are packed into contiguous micro-panels so that every
-// transpose case runs the same register-blocked micro-kernel.
+// Packed, register-blocked GEMM in the BLIS style, compiled once per ISA
+// variant.
+//
+//   for jc in N by NC:             B block (KC x NC) packed once, shared
+//     for pc in K by KC:
+//       pack B[pc, jc] into NR-wide micro-panels, A[:, pc] into MR-high ones
+//       for each task (MC rows x N_TASK columns), in parallel:
+//         for jr:  B micro-panel (KC x NR)
+//           for ir:  A micro-panel (MR x KC)  ->  micro_kernel: MR x NR tile of C
+//
+// Transposes are handled by the packing, so all four op(A).op(B) cases run
+// the same micro-kernel. The epilogue (bias on the first K block, activation
+// on the last) is applied to the tile while it is still in registers.
+// Small problems skip the packing (small_gemm).
 #include <algorithm>
 
+#include "core/cpu_info.h"
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
 #include "core/scratch.h"
@@ -15,55 +27,132 @@ namespace {
 using simd::kWidth;
 using simd::vfloat;
 
-constexpr int64_t MR = 6;             // rows of C per micro-tile
-constexpr int64_t NR = 2 * kWidth;    // columns of C per micro-tile (two vectors)
-// KC keeps one packed B micro-panel (KC x NR) at about 16 KiB, half the L1.
-constexpr int64_t KC = std::min<int64_t>(384, 4096 / NR);
-constexpr int64_t MC = 144;           // rows of A per task: MC x KC stays in L2
-constexpr int64_t NC = 1024;          // columns of the packed B block (shared, L3)
-constexpr int64_t N_CHUNK = 4 * NR;   // columns of C per task
+// Micro-tile: MR rows x NR = two vectors of columns, held in 2 * MR vector
+// registers: 24 of AVX-512's 32, 12 of AVX2's or SSE's 16.
+#if defined(__AVX512F__)
+constexpr int64_t MR = 12;
+#else
+constexpr int64_t MR = 6;
+#endif
+constexpr int64_t NR = 2 * kWidth;
+constexpr int64_t MC = 12 * MR;       // rows of C per task
+constexpr int64_t N_TASK = 4 * NR;    // columns of C per task
+// Below this many multiply-adds a problem runs unpacked on one thread.
+constexpr int64_t kSmallWork = 64 * 64 * 64;
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+int64_t round_down(int64_t x, int64_t to) { return x / to * to; }
 
-// Packs rows [i0, i0+MR) x depth [p0, p0+kc) of op(A) as Ap[p][r], zero-padded.
+struct Blocking {
+  int64_t kc;  // depth of a packed block
+  int64_t nc;  // columns of the packed B block
+};
+
+// Block sizes from the machine's caches: an MC x KC block of A takes about a
+// quarter of L2 (it is reused by every column task), and the packed B block
+// KC x NC about half of L3 (capped: some machines report a huge L3).
+const Blocking& blocking() {
+  static const Blocking b = [] {
+    const CacheSizes& cache = cache_sizes();
+    Blocking out;
+    out.kc = std::clamp<int64_t>(round_down(cache.l2 / 3 / (MC * 4), 64), 128, 512);
+    out.nc = std::clamp<int64_t>(round_down(cache.l3 / 2 / (out.kc * 4), N_TASK), N_TASK, 4096);
+    return out;
+  }();
+  return b;
+}
+
+// ------------------------------------------------------------------ epilogue
+
+struct Epilogue {
+  const float* bias;     // (n,) or nullptr, added on the first K block
+  float* preact;         // like C or nullptr, written on the last K block
+  Activation activation;
+};
+
+inline vfloat activate(vfloat v, Activation activation) {
+  switch (activation) {
+    case Activation::relu: return simd::vmax(v, vfloat{});
+    case Activation::gelu: return simd::gelu(v);
+    case Activation::none: break;
+  }
+  return v;
+}
+
+inline vfloat load_n(const float* p, int64_t count) {
+  return count == kWidth ? simd::load(p) : simd::load_partial(p, count, 0.0f);
+}
+inline void store_n(float* p, vfloat v, int64_t count) {
+  if (count == kWidth) simd::store(p, v);
+  else simd::store_partial(p, v, count);
+}
+
+// Writes `count` columns of one row of a C tile from its accumulator:
+// first K block: C = acc + bias, later ones: C += acc; the last applies the
+// activation (keeping the value before it in preact).
+inline void store_row(float* c, float* preact, vfloat acc, int64_t count, const float* bias,
+                      bool first, bool last, Activation activation) {
+  vfloat v = acc + (first ? (bias ? load_n(bias, count) : vfloat{}) : load_n(c, count));
+  if (last) {
+    if (preact) store_n(preact, v, count);
+    v = activate(v, activation);
+  }
+  store_n(c, v, count);
+}
+
+// ------------------------------------------------------------------ packing
+
+// Rows [i0, i0+MR) x depth [p0, p0+kc) of op(A) as ap[p][r], zero-padded.
 void pack_a_panel(float* ap, const float* a, int64_t m, int64_t k, bool trans_a, int64_t i0,
                   int64_t p0, int64_t kc) {
   const int64_t rows = std::min(MR, m - i0);
-  for (int64_t p = 0; p < kc; ++p) {
-    float* dst = ap + p * MR;
-    for (int64_t r = 0; r < rows; ++r)
-      dst[r] = trans_a ? a[(p0 + p) * m + (i0 + r)] : a[(i0 + r) * k + (p0 + p)];
-    for (int64_t r = rows; r < MR; ++r) dst[r] = 0.0f;
+  if (trans_a) {  // op(A) rows are columns of A: each p reads MR contiguous floats
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = a + (p0 + p) * m + i0;
+      float* dst = ap + p * MR;
+      for (int64_t r = 0; r < rows; ++r) dst[r] = src[r];
+      for (int64_t r = rows; r < MR; ++r) dst[r] = 0.0f;
+    }
+    return;
+  }
+  for (int64_t r = 0; r < MR; ++r) {  // walk each row of A contiguously
+    const float* src = a + (i0 + r) * k + p0;
+    for (int64_t p = 0; p < kc; ++p) ap[p * MR + r] = r < rows ? src[p] : 0.0f;
   }
 }
 
-// Packs depth [p0, p0+kc) x columns [j0, j0+NR) of op(B) as Bp[p][c], zero-padded.
+// Depth [p0, p0+kc) x columns [j0, j0+NR) of op(B) as bp[p][c], zero-padded.
 void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b, int64_t j0,
                   int64_t p0, int64_t kc) {
   const int64_t cols = std::min(NR, n - j0);
-  for (int64_t p = 0; p < kc; ++p) {
-    float* dst = bp + p * NR;
-    if (!trans_b && cols == NR) {
-      const float* src = b + (p0 + p) * n + j0;
-      for (int64_t c = 0; c < NR; ++c) dst[c] = src[c];
-      continue;
+  if (trans_b) {  // op(B) columns are rows of B: walk each contiguously
+    for (int64_t c = 0; c < NR; ++c) {
+      const float* src = b + (j0 + c) * k + p0;
+      for (int64_t p = 0; p < kc; ++p) bp[p * NR + c] = c < cols ? src[p] : 0.0f;
     }
-    for (int64_t c = 0; c < cols; ++c)
-      dst[c] = trans_b ? b[(j0 + c) * k + (p0 + p)] : b[(p0 + p) * n + (j0 + c)];
+    return;
+  }
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* src = b + (p0 + p) * n + j0;
+    float* dst = bp + p * NR;
+    for (int64_t c = 0; c < cols; ++c) dst[c] = src[c];
     for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
   }
 }
 
-// C tile (rows x cols, rows <= MR, cols <= NR) = / += Ap . Bp (+ bias).
-void micro_kernel(float* c, int64_t ldc, const float* ap, const float* bp, int64_t kc,
-                  int64_t rows, int64_t cols, bool overwrite, const float* bias) {
+// ------------------------------------------------------------------ micro-kernel
+
+// The rows x cols (<= MR x NR) tile of C at c from packed ap (kc x MR) and bp (kc x NR).
+void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const float* bp,
+                  int64_t kc, int64_t rows, int64_t cols, const float* bias, bool first,
+                  bool last, Activation activation) {
   vfloat acc0[MR], acc1[MR];
-#pragma GCC unroll 6
+#pragma GCC unroll 16
   for (int64_t r = 0; r < MR; ++r) acc0[r] = acc1[r] = vfloat{};
   for (int64_t p = 0; p < kc; ++p) {
     const vfloat b0 = simd::load(bp);
     const vfloat b1 = simd::load(bp + kWidth);
-#pragma GCC unroll 6
+#pragma GCC unroll 16
     for (int64_t r = 0; r < MR; ++r) {
       const vfloat a = simd::splat(ap[r]);
       acc0[r] += a * b0;
@@ -72,60 +161,39 @@ void micro_kernel(float* c, int64_t ldc, const float* ap, const float* bp, int64
     ap += MR;
     bp += NR;
   }
-  if (rows == MR && cols == NR) {
-    const vfloat bias0 = bias ? simd::load(bias) : vfloat{};
-    const vfloat bias1 = bias ? simd::load(bias + kWidth) : vfloat{};
-#pragma GCC unroll 6
-    for (int64_t r = 0; r < MR; ++r) {
-      float* row = c + r * ldc;
-      if (overwrite) {
-        simd::store(row, acc0[r] + bias0);
-        simd::store(row + kWidth, acc1[r] + bias1);
-      } else {
-        simd::store(row, simd::load(row) + acc0[r]);
-        simd::store(row + kWidth, simd::load(row + kWidth) + acc1[r]);
-      }
-    }
-    return;
+  const int64_t cols0 = std::min<int64_t>(cols, kWidth), cols1 = cols - cols0;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = c + r * ldc;
+    float* pre = preact ? preact + r * ldc : nullptr;
+    store_row(row, pre, acc0[r], cols0, bias, first, last, activation);
+    if (cols1 > 0)
+      store_row(row + kWidth, pre ? pre + kWidth : nullptr, acc1[r], cols1,
+                bias ? bias + kWidth : nullptr, first, last, activation);
   }
-  alignas(64) float tile[MR * NR];
-  for (int64_t r = 0; r < MR; ++r) {
-    simd::store(tile + r * NR, acc0[r]);
-    simd::store(tile + r * NR + kWidth, acc1[r]);
-  }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) {
-      const float v = tile[r * NR + j];
-      float& dst = c[r * ldc + j];
-      dst = overwrite ? v + (bias ? bias[j] : 0.0f) : dst + v;
-    }
 }
 
-// C (m, n) = op(A) . op(B) (+ bias), or C += op(A) . op(B) when accumulate.
-void gemm(float* c, const float* a, const float* b, const float* bias, int64_t m, int64_t n,
-          int64_t k, bool trans_a, bool trans_b, bool accumulate) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = 0; j < n; ++j) c[i * n + j] = bias ? bias[j] : 0.0f;
-    return;
-  }
+// ------------------------------------------------------------------ drivers
+
+// C (m, n) = or += op(A) . op(B), with the epilogue when not accumulating.
+void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
+                 bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
+  const Blocking& blk = blocking();
   const int64_t m_padded = round_up(m, MR);
-  float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * KC));
-  float* b_pack = scratch_floats(1, static_cast<size_t>(KC * round_up(std::min(n, NC), NR)));
-  const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK;
+  float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * blk.kc));
+  float* b_pack = scratch_floats(1, static_cast<size_t>(blk.kc * round_up(std::min(n, blk.nc), NR)));
+  // Inside another parallel region (a caller's threads, or the batch loop),
+  // run on the calling thread: no oversubscription.
+  const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
   (void)parallel;
 
   PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
-  for (int64_t jc = 0; jc < n; jc += NC) {
-    const int64_t nc = std::min(NC, n - jc);
-    for (int64_t pc = 0; pc < k; pc += KC) {
-      const int64_t kc = std::min(KC, k - pc);
-      const bool overwrite = pc == 0 && !accumulate;
-      const float* tile_bias = (pc == 0 && !accumulate) ? bias : nullptr;
-      const int64_t b_panels = (nc + NR - 1) / NR;
-      const int64_t a_panels = m_padded / MR;
+  for (int64_t jc = 0; jc < n; jc += blk.nc) {
+    const int64_t nc = std::min(blk.nc, n - jc);
+    for (int64_t pc = 0; pc < k; pc += blk.kc) {
+      const int64_t kc = std::min(blk.kc, k - pc);
+      const bool first = pc == 0 && !accumulate;
+      const bool last = pc + kc >= k && !accumulate;
+      const int64_t b_panels = (nc + NR - 1) / NR, a_panels = m_padded / MR;
       PYENGINE_OMP(omp for schedule(static))
       for (int64_t jp = 0; jp < b_panels; ++jp)
         pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
@@ -133,25 +201,88 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int64_t m
       for (int64_t ip = 0; ip < a_panels; ++ip)
         pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
 
-      const int64_t row_tasks = (m + MC - 1) / MC;
-      const int64_t col_tasks = (nc + N_CHUNK - 1) / N_CHUNK;
+      const int64_t row_tasks = (m + MC - 1) / MC, col_tasks = (nc + N_TASK - 1) / N_TASK;
       PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
       for (int64_t rt = 0; rt < row_tasks; ++rt)
         for (int64_t ct = 0; ct < col_tasks; ++ct) {
           const int64_t i_end = std::min(m, (rt + 1) * MC);
-          const int64_t j_begin = ct * N_CHUNK, j_end = std::min(nc, j_begin + N_CHUNK);
+          const int64_t j_begin = ct * N_TASK, j_end = std::min(nc, j_begin + N_TASK);
           for (int64_t jr = j_begin; jr < j_end; jr += NR) {
             const float* bp = b_pack + (jr / NR) * NR * kc;
-            const int64_t cols = std::min(NR, nc - jr);
+            const int64_t col = jc + jr;
             for (int64_t ir = rt * MC; ir < i_end; ir += MR) {
-              const float* ap = a_pack + (ir / MR) * MR * kc;
-              micro_kernel(c + ir * n + jc + jr, n, ap, bp, kc, std::min(MR, m - ir), cols,
-                           overwrite, tile_bias ? tile_bias + jc + jr : nullptr);
+              float* tile = c + ir * n + col;
+              micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
+                           a_pack + (ir / MR) * MR * kc, bp, kc, std::min(MR, m - ir),
+                           std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
+                           first, last, epilogue.activation);
             }
           }
         }
     }
   }
+}
+
+// Small problems: no packing, one thread. Each row of C is accumulated in
+// registers-sized chunks of a scratch row, from rows of op(B) (axpy form) or
+// as dot products with rows of B (trans_b).
+void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
+                bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
+  float* a_row = scratch_floats(2, static_cast<size_t>(k + n));
+  float* c_row = a_row + k;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t p = 0; p < k; ++p) a_row[p] = trans_a ? a[p * m + i] : a[i * k + p];
+    std::fill(c_row, c_row + n, 0.0f);
+    if (!trans_b) {
+      for (int64_t p = 0; p < k; ++p) {
+        const float ap = a_row[p];
+        const float* brow = b + p * n;
+        for (int64_t j = 0; j < n; ++j) c_row[j] += ap * brow[j];
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        const float* brow = b + j * k;
+        vfloat acc{};
+        int64_t p = 0;
+        for (; p + kWidth <= k; p += kWidth) acc += simd::load(a_row + p) * simd::load(brow + p);
+        float s = simd::hsum(acc);
+        for (; p < k; ++p) s += a_row[p] * brow[p];
+        c_row[j] = s;
+      }
+    }
+    float* crow = c + i * n;
+    float* pre = epilogue.preact ? epilogue.preact + i * n : nullptr;
+    for (int64_t j = 0; j < n; j += kWidth) {
+      const int64_t count = std::min<int64_t>(kWidth, n - j);
+      store_row(crow + j, pre ? pre + j : nullptr, load_n(c_row + j, count), count,
+                epilogue.bias ? epilogue.bias + j : nullptr, !accumulate, !accumulate,
+                epilogue.activation);
+    }
+  }
+}
+
+void gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k, bool trans_a,
+          bool trans_b, bool accumulate, const Epilogue& epilogue) {
+  if (m == 0 || n == 0) return;
+  if (m * n * k <= kSmallWork || k == 0)
+    small_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
+  else
+    packed_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
+}
+
+// Runs fn(i) for every matrix of a batch: across threads when each matrix is
+// small (each then runs on one thread), else one after another with each
+// matrix using the threads.
+template <typename Fn>
+void for_each_matrix(int64_t batch, int64_t work_per_matrix, Fn fn) {
+  const bool across = batch > 1 && work_per_matrix < 128 * 128 * 128 && !in_parallel_region() &&
+                      batch * work_per_matrix >= PYENGINE_PARALLEL_MIN_WORK;
+  if (!across) {
+    for (int64_t i = 0; i < batch; ++i) fn(i);
+    return;
+  }
+  PYENGINE_OMP(omp parallel for schedule(dynamic) num_threads(thread_count()))
+  for (int64_t i = 0; i < batch; ++i) fn(i);
 }
 
 // dbias (n,) += sum over rows of dc (rows, n).
@@ -172,37 +303,65 @@ void column_sums_accumulate(float* dbias, const float* dc, int64_t rows, int64_t
 
 }  // namespace
 
-void matmul_forward(float* c, const float* a, const float* b, const float* bias, int64_t batch,
-                    int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b,
-                    int64_t batch_stride_a, int64_t batch_stride_b) {
-  for (int64_t i = 0; i < batch; ++i)
-    gemm(c + i * m * n, a + i * batch_stride_a, b + i * batch_stride_b, bias, m, n, k, trans_a,
-         trans_b, /*accumulate=*/false);
+void matmul_forward(float* c, float* preact, const float* a, const float* b, const float* bias,
+                    Activation activation, int64_t batch, int64_t m, int64_t n, int64_t k,
+                    bool trans_a, bool trans_b, int64_t batch_stride_a, int64_t batch_stride_b) {
+  for_each_matrix(batch, m * n * k, [&](int64_t i) {
+    const Epilogue epilogue{bias, preact ? preact + i * m * n : nullptr, activation};
+    gemm(c + i * m * n, a + i * batch_stride_a, b + i * batch_stride_b, m, n, k, trans_a, trans_b,
+         /*accumulate=*/false, epilogue);
+  });
 }
 
 void matmul_backward(float* da, float* db, float* dbias, const float* dc, const float* a,
                      const float* b, int64_t batch, int64_t m, int64_t n, int64_t k, bool trans_a,
                      bool trans_b, int64_t batch_stride_a, int64_t batch_stride_b) {
-  for (int64_t i = 0; i < batch; ++i) {
+  const Epilogue plain{nullptr, nullptr, Activation::none};
+  // A shared operand's gradient sums over the batch: one matrix at a time.
+  const int64_t parallel_batch = (batch_stride_a == 0 && da) || (batch_stride_b == 0 && db) ? 1 : batch;
+  auto one = [&](int64_t i) {
     const float* dci = dc + i * m * n;
     const float* ai = a + i * batch_stride_a;
     const float* bi = b + i * batch_stride_b;
     if (da) {
       float* dai = da + i * batch_stride_a;
       if (!trans_a)  // dA (m, k) += dC . op(B)^T
-        gemm(dai, dci, bi, nullptr, m, k, n, false, !trans_b, true);
+        gemm(dai, dci, bi, m, k, n, false, !trans_b, true, plain);
       else  // dA (k, m) += op(B) . dC^T
-        gemm(dai, bi, dci, nullptr, k, m, n, trans_b, true, true);
+        gemm(dai, bi, dci, k, m, n, trans_b, true, true, plain);
     }
     if (db) {
       float* dbi = db + i * batch_stride_b;
       if (!trans_b)  // dB (k, n) += op(A)^T . dC
-        gemm(dbi, ai, dci, nullptr, k, n, m, !trans_a, false, true);
+        gemm(dbi, ai, dci, k, n, m, !trans_a, false, true, plain);
       else  // dB (n, k) += dC^T . op(A)
-        gemm(dbi, dci, ai, nullptr, n, k, m, true, trans_a, true);
+        gemm(dbi, dci, ai, n, k, m, true, trans_a, true, plain);
     }
-  }
+  };
+  if (parallel_batch == batch) for_each_matrix(batch, m * n * k, one);
+  else for (int64_t i = 0; i < batch; ++i) one(i);
   if (dbias) column_sums_accumulate(dbias, dc, batch * m, n);
+}
+
+int64_t fma_probe(float* sink, int64_t iterations, int threads) {
+  // 2 * MR independent accumulators: enough to cover the FMA latency on every
+  // port; the loop touches no memory.
+  int team = 1;
+  PYENGINE_OMP(omp parallel num_threads(threads))
+  {
+    if (thread_index() == 0) team = team_size();
+    vfloat acc[2 * MR];
+    for (int64_t r = 0; r < 2 * MR; ++r) acc[r] = simd::splat(1.0f + 1e-3f * r);
+    const vfloat x = simd::splat(0.999999f), y = simd::splat(1e-7f);
+    for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 32
+      for (int64_t r = 0; r < 2 * MR; ++r) acc[r] = acc[r] * x + y;
+    }
+    vfloat total{};
+    for (int64_t r = 0; r < 2 * MR; ++r) total += acc[r];
+    sink[thread_index()] = simd::hsum(total);
+  }
+  return iterations * 2 * MR * kWidth * 2 * team;
 }
 
 }  // namespace PYENGINE_KERNEL_NS

@@ -1,5 +1,8 @@
 // Plain matmul: the definition the optimized variants are tested against.
+#include <cmath>
+
 #include "core/kernel_list.inc"
+#include "elementwise/elementwise_common.h"
 
 namespace pyengine {
 namespace reference {
@@ -14,21 +17,35 @@ float op_b(const float* b, int64_t n, int64_t k, bool trans, int64_t p, int64_t 
 
 }  // namespace
 
-void matmul_forward(float* c, const float* a, const float* b, const float* bias, int64_t batch,
-                    int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b,
-                    int64_t batch_stride_a, int64_t batch_stride_b) {
+void matmul_forward(float* c, float* preact, const float* a, const float* b, const float* bias,
+                    Activation activation, int64_t batch, int64_t m, int64_t n, int64_t k,
+                    bool trans_a, bool trans_b, int64_t batch_stride_a, int64_t batch_stride_b) {
   for (int64_t t = 0; t < batch; ++t) {
     const float* at = a + t * batch_stride_a;
     const float* bt = b + t * batch_stride_b;
-    float* ct = c + t * m * n;
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
         double acc = bias ? bias[j] : 0.0;
         for (int64_t p = 0; p < k; ++p)
           acc += double(op_a(at, m, k, trans_a, i, p)) * op_b(bt, n, k, trans_b, p, j);
-        ct[i * n + j] = static_cast<float>(acc);
+        const float v = static_cast<float>(acc);
+        const int64_t index = t * m * n + i * n + j;
+        if (preact) preact[index] = v;
+        c[index] = activation == Activation::relu   ? (v > 0.0f ? v : 0.0f)
+                   : activation == Activation::gelu ? ew::gelu(v)
+                                                    : v;
       }
   }
+}
+
+int64_t fma_probe(float* sink, int64_t iterations, int threads) {
+  (void)threads;  // the reference probe is one scalar thread
+  float acc[8];
+  for (int r = 0; r < 8; ++r) acc[r] = 1.0f + 1e-3f * r;
+  for (int64_t it = 0; it < iterations; ++it)
+    for (int r = 0; r < 8; ++r) acc[r] = std::fma(acc[r], 0.999999f, 1e-7f);
+  sink[0] = acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
+  return iterations * 8 * 2;
 }
 
 void matmul_backward(float* da, float* db, float* dbias, const float* dc, const float* a,
