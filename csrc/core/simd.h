@@ -32,7 +32,9 @@ inline vfloat load(const float* p) {
   return v;
 }
 inline void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
-inline vfloat splat(float x) { return vfloat{} + x; }
+// x - 0 is x for every x (also -0 and NaN), so this compiles to a bare
+// broadcast; `vfloat{} + x` would keep an add (0 + -0 is +0).
+inline vfloat splat(float x) { return x - vfloat{}; }
 
 // The first `count` lanes from p, the rest `fill`.
 inline vfloat load_partial(const float* p, int64_t count, float fill) {
