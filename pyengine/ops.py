@@ -81,6 +81,28 @@ class MatMul(Op):
         return f"matmul{('[' + flags + ']') if flags else ''}"
 
 
+class MatMulActivation(Op):
+    """A matmul whose output feeds only an activation, fused by the executor:
+    one GEMM writes the activation's output (outs[0]) and, when a backward
+    step needs it, the matmul's own output (outs[1]) from its epilogue. Forward only: the backward steps
+    stay those of the two original ops, which read the same buffers."""
+
+    is_view = False
+
+    def __init__(self, matmul: MatMul, activation: str):
+        self.matmul, self.activation = matmul, activation
+        self.name = f"matmul+{activation}"
+
+    def forward(self, outs, ins):
+        bias = ins[2] if len(ins) > 2 else None
+        preact = outs[1] if len(outs) > 1 else None  # absent when no backward reads it
+        _C.matmul_forward(outs[0], ins[0], ins[1], bias, self.matmul.trans_a, self.matmul.trans_b,
+                          self.activation, preact)
+
+    def label(self):
+        return f"{self.matmul.label()}+{self.activation}"
+
+
 class Binary(Op):
     def __init__(self, op: str):
         self.name, self.code = op, K.BINARY_OPS[op]

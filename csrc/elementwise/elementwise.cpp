@@ -112,6 +112,20 @@ void accumulate_grad(float* dx, const float* dy, const float* v, int64_t n, G g)
   }
 }
 
+// out[i] = f(in[i]) for a SIMD function f, threaded when large; the tail
+// goes through the same f on a partial vector, so every element sees one formula.
+template <typename F>
+void map_vector(float* out, const float* in, int64_t n, F f) {
+  using simd::kWidth;
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    int64_t i = i0;
+    for (; i + kWidth <= i1; i += kWidth) simd::store(out + i, f(simd::load(in + i)));
+    if (i < i1) simd::store_partial(out + i, f(simd::load_partial(in + i, i1 - i, 0.0f)), i1 - i);
+  }
+}
+
 }  // namespace
 
 void binary_forward(float* out, const float* a, const float* b, BinaryOp op, int64_t ndim,
@@ -145,7 +159,12 @@ void relu_forward(float* y, const float* x, int64_t n) {
 void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
   accumulate_grad(dx, dy, x, n, [](float v) { return v > 0.0f ? 1.0f : 0.0f; });
 }
-void gelu_forward(float* y, const float* x, int64_t n) { map_unary(y, x, n, ew::gelu); }
+
+// The same SIMD GELU as the GEMM epilogue: a fused matmul+gelu gives the
+// same numbers as the two ops apart.
+void gelu_forward(float* y, const float* x, int64_t n) {
+  map_vector(y, x, n, [](simd::vfloat v) { return simd::gelu(v); });
+}
 void gelu_backward(float* dx, const float* dy, const float* x, int64_t n) {
   accumulate_grad(dx, dy, x, n, ew::gelu_grad);
 }
@@ -156,14 +175,7 @@ void tanh_backward(float* dx, const float* dy, const float* y, int64_t n) {
   accumulate_grad(dx, dy, y, n, [](float v) { return 1.0f - v * v; });
 }
 void exp_forward(float* y, const float* x, int64_t n) {
-  using simd::kWidth;
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = std::min(n, i0 + kChunk);
-    int64_t i = i0;
-    for (; i + kWidth <= i1; i += kWidth) simd::store(y + i, simd::exp(simd::load(x + i)));
-    if (i < i1) simd::store_partial(y + i, simd::exp(simd::load_partial(x + i, i1 - i, 0.0f)), i1 - i);
-  }
+  map_vector(y, x, n, [](simd::vfloat v) { return simd::exp(v); });
 }
 void exp_backward(float* dx, const float* dy, const float* y, int64_t n) {
   accumulate_grad(dx, dy, y, n, [](float v) { return v; });

@@ -105,6 +105,7 @@ class CompiledGraph:
             # no gradient, as after zero_grad() in an eager loop.
             reached = {id(tensor) for tensor, _ in self.params}
             self._untouched_params = [p for p in optimizer.params if id(p) not in reached]
+        self._fuse_matmul_activations()
         self.arena_bytes, self.planned_bytes = self._plan()
         self._program = self._bind()
 
@@ -190,6 +191,34 @@ class CompiledGraph:
                     step.zero_first.append(grad.root)
             steps.append(step)
         return steps
+
+    def _fuse_matmul_activations(self) -> None:
+        """Run a matmul and the ReLU/GELU that alone consumes it as one GEMM
+        with the activation in its epilogue (one pass over the output saved).
+        Only forward steps change: the backward steps already hold the
+        buffers they read, and the matmul's output is still written."""
+        readers: dict = {}
+        for step in self.steps:
+            if step.kind == "forward":
+                for value in step.ins:
+                    readers.setdefault(id(value.root), []).append(step)
+        read_backward = {id(v.root) for step in self.steps if step.kind == "backward" for v in step.reads()}
+        fused, removed = [], set()
+        for step in self.steps:
+            if id(step) in removed:
+                continue
+            consumer = readers.get(id(step.outs[0].root), [None])
+            act = consumer[0]
+            if (step.kind == "forward" and isinstance(step.op, O.MatMul) and len(consumer) == 1
+                    and isinstance(act, Step) and isinstance(act.op, O.Unary)
+                    and act.op.name in ("relu", "gelu") and step.outs[0] is not self.output):
+                keep = [step.outs[0]] if id(step.outs[0].root) in read_backward else []
+                fused.append(Step("forward", O.MatMulActivation(step.op, act.op.name), step.ins,
+                                  [act.outs[0], *keep]))
+                removed.add(id(act))
+            else:
+                fused.append(step)
+        self.steps = fused
 
     # ---------------------------------------------------------------- planning
     def _lifetimes(self) -> dict:

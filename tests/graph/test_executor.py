@@ -424,3 +424,46 @@ def test_replay_does_not_apply_stale_grads_of_unused_parameters():
         graph.run(x, y)
     np.testing.assert_allclose(used_g.weight.numpy(), used_e.weight.numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(unused_g.weight.numpy(), unused_e.weight.numpy(), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ fusion
+
+
+def _fusion_model(seed):
+    pe.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 4))
+
+
+def test_matmul_and_its_only_activation_run_as_one_fused_step():
+    model = _fusion_model(40)
+    x = np.random.default_rng(41).standard_normal((8, 16)).astype(F32)
+    y = np.random.default_rng(42).integers(0, 4, 8)
+    graph = pe.capture(lambda a, b: F.cross_entropy(model(a), b), x, y, optimizer=pe.optim.SGD(model.parameters(), lr=0.1))
+    forward = [s.op.label() for s in graph.steps if s.kind == "forward"]
+    assert forward == ["matmul[ᵀb]+relu", "matmul[ᵀb]+gelu", "matmul[ᵀb]", "cross_entropy"]
+    # The backward still runs the activations' own backward steps on the kept pre-activations.
+    backward = [s.op.name for s in graph.steps if s.kind == "backward"]
+    assert backward == ["cross_entropy", "matmul", "gelu", "matmul", "relu", "matmul"]
+
+
+def test_fused_forward_only_graph_equals_eager_and_keeps_no_preactivation():
+    model = _fusion_model(43)
+    x = np.random.default_rng(44).standard_normal((8, 16)).astype(F32)
+    graph = pe.capture(lambda a: model(a), x)
+    fused = [s for s in graph.steps if isinstance(s.op, pe.ops.MatMulActivation)]
+    assert len(fused) == 2 and all(len(s.outs) == 1 for s in fused)
+    with pe.no_grad():
+        expected = model(pe.Tensor(x)).numpy()
+    np.testing.assert_array_equal(graph.run(x).numpy(), expected)
+
+
+def test_matmul_output_used_twice_is_not_fused():
+    pe.manual_seed(45)
+    layer = nn.Linear(6, 6)
+    x = np.random.default_rng(46).standard_normal((4, 6)).astype(F32)
+    def fn(a):
+        y = layer(a)
+        return (y.relu() + y).sum()
+
+    graph = pe.capture(fn, x)
+    assert not any(isinstance(s.op, pe.ops.MatMulActivation) for s in graph.steps)
