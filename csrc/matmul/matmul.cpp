@@ -223,48 +223,30 @@ void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
   }
 }
 
-// Small problems: no packing, one thread. Each row of C is accumulated in
-// registers-sized chunks of a scratch row, from rows of op(B) (axpy form) or
-// as dot products with rows of B (trans_b).
+// Small problems: one thread, no blocking and no parallel region. The whole
+// op(B) is packed once (zero-padded to whole micro-panels, which also takes
+// care of trans_b and the column edge), each MR-row strip of op(A) once, and
+// every tile goes through the same micro-kernel.
 void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                 bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
-  float* a_row = scratch_floats(2, static_cast<size_t>(k + n));
-  float* c_row = a_row + k;
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t p = 0; p < k; ++p) a_row[p] = trans_a ? a[p * m + i] : a[i * k + p];
-    std::fill(c_row, c_row + n, 0.0f);
-    if (!trans_b) {
-      for (int64_t p = 0; p < k; ++p) {
-        const float ap = a_row[p];
-        const float* brow = b + p * n;
-        for (int64_t j = 0; j < n; ++j) c_row[j] += ap * brow[j];
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        const float* brow = b + j * k;
-        vfloat acc{};
-        int64_t p = 0;
-        for (; p + kWidth <= k; p += kWidth) acc += simd::load(a_row + p) * simd::load(brow + p);
-        float s = simd::hsum(acc);
-        for (; p < k; ++p) s += a_row[p] * brow[p];
-        c_row[j] = s;
-      }
-    }
-    float* crow = c + i * n;
-    float* pre = epilogue.preact ? epilogue.preact + i * n : nullptr;
-    for (int64_t j = 0; j < n; j += kWidth) {
-      const int64_t count = std::min<int64_t>(kWidth, n - j);
-      store_row(crow + j, pre ? pre + j : nullptr, load_n(c_row + j, count), count,
-                epilogue.bias ? epilogue.bias + j : nullptr, !accumulate, !accumulate,
-                epilogue.activation);
-    }
+  const int64_t b_panels = (n + NR - 1) / NR;
+  float* b_pack = scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * b_panels * NR));
+  float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
+  for (int64_t jp = 0; jp < b_panels; ++jp) pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
+  for (int64_t ir = 0; ir < m; ir += MR) {
+    pack_a_panel(a_pack, a, m, k, trans_a, ir, 0, k);
+    for (int64_t jr = 0; jr < n; jr += NR)
+      micro_kernel(c + ir * n + jr, epilogue.preact ? epilogue.preact + ir * n + jr : nullptr, n,
+                   a_pack, b_pack + (jr / NR) * NR * k, k, std::min(MR, m - ir),
+                   std::min(NR, n - jr), epilogue.bias ? epilogue.bias + jr : nullptr,
+                   !accumulate, !accumulate, epilogue.activation);
   }
 }
 
 void gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k, bool trans_a,
           bool trans_b, bool accumulate, const Epilogue& epilogue) {
   if (m == 0 || n == 0) return;
-  if (m * n * k <= kSmallWork || k == 0)
+  if (m * n * k <= kSmallWork)
     small_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
   else
     packed_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
