@@ -9,6 +9,9 @@ implementation (the ``impl`` parameter) and, after each peer, the ratio
 peer_median / baseline_median, so a ratio above 1 means the baseline
 (pyengine by default) is faster. The last row is the geometric mean of each
 ratio column. ``--stat min`` compares minima instead, steadier on a busy machine.
+When benchmarks record their floating-point operations (``extra_info["flops"]``,
+as benchmarks/test_gemm.py does), a second table gives each implementation's
+GFLOP/s at that statistic.
 """
 
 from __future__ import annotations
@@ -29,6 +32,35 @@ def load_stats(path, stat="median"):
         medians.setdefault(group, {})[impl] = bench["stats"][stat]
         threads[group] = bench.get("extra_info", {}).get("threads", "?")
     return medians, threads
+
+
+def load_flops(path):
+    """{group: flops per call} for the groups whose benchmarks record extra_info["flops"]."""
+    with open(path) as f:
+        data = json.load(f)
+    flops = {}
+    for bench in data["benchmarks"]:
+        value = bench.get("extra_info", {}).get("flops")
+        if value:
+            flops[bench["group"] or bench["name"]] = value
+    return flops
+
+
+def format_gflops(medians, threads, flops, baseline, stat="median"):
+    """One row per group with flops: GFLOP/s of each implementation at the statistic."""
+    impls = impl_order({g: medians[g] for g in flops}, baseline)
+    label = f"group (GFLOP/s at the {stat})"
+    width = max(len(label), *(len(g) for g in flops))
+    header = f"{label:<{width}}  thr"
+    header += "".join(f"  {impl:>9}" for impl in impls)
+    lines = [header, "-" * len(header)]
+    for group in flops:
+        line = f"{group:<{width}}  {threads[group]!s:>3}"
+        for impl in impls:
+            seconds = medians[group].get(impl)
+            line += f"  {'-' if not seconds else f'{flops[group] / seconds / 1e9:.1f}':>9}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def impl_order(medians, baseline):
@@ -86,6 +118,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     medians, threads = load_stats(args.json, args.stat)
     print(format_table(medians, threads, args.baseline))
+    flops = load_flops(args.json)
+    if flops:
+        print()
+        print(format_gflops(medians, threads, flops, args.baseline, args.stat))
 
 
 if __name__ == "__main__":

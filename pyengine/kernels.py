@@ -90,7 +90,8 @@ def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, activation="none", 
 def fma_probe(iterations: int, threads: int = 1) -> int:
     """Run a register-only FMA loop on `threads` threads at the active ISA
     level; returns the floating-point operations done. Time it to read the
-    machine's peak (benchmarks/test_gemm.py does)."""
+    machine's peak (benchmarks/test_gemm.py does). The 'reference' level runs
+    one scalar thread whatever `threads` says."""
     return _C.fma_probe(int(iterations), int(threads))
 
 

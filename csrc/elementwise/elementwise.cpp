@@ -154,7 +154,7 @@ void scalar_backward(float* da, const float* dout, const float* a, ScalarOp op, 
 }
 
 void relu_forward(float* y, const float* x, int64_t n) {
-  map_unary(y, x, n, [](float v) { return v > 0.0f ? v : 0.0f; });
+  map_unary(y, x, n, [](float v) { return v < 0.0f ? 0.0f : v; });  // NaN stays NaN
 }
 void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
   accumulate_grad(dx, dy, x, n, [](float v) { return v > 0.0f ? 1.0f : 0.0f; });

@@ -48,7 +48,7 @@ void scalar_backward(float* da, const float* dout, const float* a, ScalarOp op, 
 }
 
 void relu_forward(float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.0f ? 0.0f : x[i];  // NaN stays NaN
 }
 void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] += x[i] > 0.0f ? dy[i] : 0.0f;

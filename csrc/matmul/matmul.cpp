@@ -39,8 +39,10 @@ constexpr int64_t MR = 6;
 constexpr int64_t NR = 2 * kWidth;
 constexpr int64_t MC = 12 * MR;       // rows of C per task
 constexpr int64_t N_TASK = 4 * NR;    // columns of C per task
-// Below this many multiply-adds a problem runs unpacked on one thread.
+// Below this many multiply-adds a problem is packed whole, on one thread.
 constexpr int64_t kSmallWork = 64 * 64 * 64;
+// Below this many multiply-adds the packed GEMM stays on one thread.
+constexpr int64_t kParallelWork = 160 * 160 * 160;
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 int64_t round_down(int64_t x, int64_t to) { return x / to * to; }
@@ -74,7 +76,7 @@ struct Epilogue {
 
 inline vfloat activate(vfloat v, Activation activation) {
   switch (activation) {
-    case Activation::relu: return simd::vmax(v, vfloat{});
+    case Activation::relu: return v < vfloat{} ? vfloat{} : v;  // NaN stays NaN
     case Activation::gelu: return simd::gelu(v);
     case Activation::none: break;
   }
@@ -127,10 +129,12 @@ void pack_a_panel(float* ap, const float* a, int64_t m, int64_t k, bool trans_a,
 void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b, int64_t j0,
                   int64_t p0, int64_t kc, int64_t width = NR) {
   const int64_t cols = std::min(width, n - j0);
-  if (trans_b) {  // op(B) columns are rows of B: walk each contiguously
-    for (int64_t c = 0; c < width; ++c) {
-      const float* src = b + (j0 + c) * k + p0;
-      for (int64_t p = 0; p < kc; ++p) bp[p * width + c] = c < cols ? src[p] : 0.0f;
+  if (trans_b) {  // op(B) columns are rows of B: `cols` read streams, one contiguous write
+    const float* src = b + j0 * k + p0;
+    for (int64_t p = 0; p < kc; ++p) {
+      float* dst = bp + p * width;
+      for (int64_t c = 0; c < cols; ++c) dst[c] = src[c * k + p];
+      for (int64_t c = cols; c < width; ++c) dst[c] = 0.0f;
     }
     return;
   }
@@ -152,6 +156,8 @@ template <int64_t ROWS = MR, int64_t VECS = 2>
 void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const float* bp,
                   int64_t ldb, int64_t kc, int64_t rows, int64_t cols, const float* bias,
                   bool first, bool last, Activation activation) {
+  // Ask for the C tile now: its rows arrive while the k loop runs.
+  for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc, 1);
   vfloat acc[ROWS][VECS];
 #pragma GCC unroll 16
   for (int64_t r = 0; r < ROWS; ++r)
@@ -188,8 +194,9 @@ void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
   float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * blk.kc));
   float* b_pack = scratch_floats(1, static_cast<size_t>(blk.kc * round_up(std::min(n, blk.nc), NR)));
   // Inside another parallel region (a caller's threads, or the batch loop),
-  // run on the calling thread: no oversubscription.
-  const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
+  // run on the calling thread: no oversubscription. Below kParallelWork one
+  // task covers most of C and the barriers cost more than a second thread gains.
+  const bool parallel = m * n * k >= kParallelWork && !in_parallel_region();
   (void)parallel;
 
   PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
