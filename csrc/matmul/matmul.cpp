@@ -12,7 +12,7 @@
 // the same micro-kernel. The epilogue (bias on the first K block, activation
 // on the last) is applied to the tile while it is still in registers.
 // Small problems pack without blocking on one thread (small_gemm); a C of a
-// few rows reads B in place (skinny_gemm).
+// few rows streams B once, GEMV-like (skinny_gemm).
 #include <algorithm>
 
 #include "core/cpu_info.h"
@@ -106,82 +106,79 @@ inline void store_row(float* c, float* preact, vfloat acc, int64_t count, const 
 
 // ------------------------------------------------------------------ packing
 
-// Rows [i0, i0+panel) x depth [p0, p0+kc) of op(A) as ap[p][r], zero-padded.
+// Rows [i0, i0+MR) x depth [p0, p0+kc) of op(A) as ap[p][r], zero-padded.
 void pack_a_panel(float* ap, const float* a, int64_t m, int64_t k, bool trans_a, int64_t i0,
-                  int64_t p0, int64_t kc, int64_t panel = MR) {
-  const int64_t rows = std::min(panel, m - i0);
+                  int64_t p0, int64_t kc) {
+  const int64_t rows = std::min(MR, m - i0);
   if (trans_a) {  // op(A) rows are columns of A: each p reads `rows` contiguous floats
     for (int64_t p = 0; p < kc; ++p) {
       const float* src = a + (p0 + p) * m + i0;
-      float* dst = ap + p * panel;
+      float* dst = ap + p * MR;
       for (int64_t r = 0; r < rows; ++r) dst[r] = src[r];
-      for (int64_t r = rows; r < panel; ++r) dst[r] = 0.0f;
+      for (int64_t r = rows; r < MR; ++r) dst[r] = 0.0f;
     }
     return;
   }
-  for (int64_t r = 0; r < panel; ++r) {  // walk each row of A contiguously
+  for (int64_t r = 0; r < MR; ++r) {  // walk each row of A contiguously
     const float* src = a + (i0 + r) * k + p0;
-    for (int64_t p = 0; p < kc; ++p) ap[p * panel + r] = r < rows ? src[p] : 0.0f;
+    for (int64_t p = 0; p < kc; ++p) ap[p * MR + r] = r < rows ? src[p] : 0.0f;
   }
 }
 
-// Depth [p0, p0+kc) x columns [j0, j0+width) of op(B) as bp[p][c], zero-padded.
+// Depth [p0, p0+kc) x columns [j0, j0+NR) of op(B) as bp[p][c], zero-padded.
 void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b, int64_t j0,
-                  int64_t p0, int64_t kc, int64_t width = NR) {
-  const int64_t cols = std::min(width, n - j0);
+                  int64_t p0, int64_t kc) {
+  const int64_t cols = std::min(NR, n - j0);
   if (trans_b) {  // op(B) columns are rows of B: `cols` read streams, one contiguous write
     const float* src = b + j0 * k + p0;
     for (int64_t p = 0; p < kc; ++p) {
-      float* dst = bp + p * width;
+      float* dst = bp + p * NR;
       for (int64_t c = 0; c < cols; ++c) dst[c] = src[c * k + p];
-      for (int64_t c = cols; c < width; ++c) dst[c] = 0.0f;
+      for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
     }
     return;
   }
   for (int64_t p = 0; p < kc; ++p) {
     const float* src = b + (p0 + p) * n + j0;
-    float* dst = bp + p * width;
+    float* dst = bp + p * NR;
     for (int64_t c = 0; c < cols; ++c) dst[c] = src[c];
-    for (int64_t c = cols; c < width; ++c) dst[c] = 0.0f;
+    for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
   }
 }
 
 // ------------------------------------------------------------------ micro-kernel
 
-// The rows x cols (<= ROWS x VECS * kWidth) tile of C at c from packed ap
-// (kc x ROWS) and bp (kc rows of VECS vectors, ldb floats apart: the panel
-// width when packed, n when the kernel reads B in place). The ROWS x VECS
-// accumulators stay in registers.
-template <int64_t ROWS = MR, int64_t VECS = 2>
+// The rows x cols (<= MR x NR) tile of C at c from packed ap (kc x MR) and
+// bp (kc x NR). The MR x 2 vector accumulators stay in registers.
 void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const float* bp,
-                  int64_t ldb, int64_t kc, int64_t rows, int64_t cols, const float* bias,
-                  bool first, bool last, Activation activation) {
+                  int64_t kc, int64_t rows, int64_t cols, const float* bias, bool first,
+                  bool last, Activation activation) {
   // Ask for the C tile now: its rows arrive while the k loop runs.
   for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc, 1);
-  vfloat acc[ROWS][VECS];
+  vfloat acc0[MR], acc1[MR];
 #pragma GCC unroll 16
-  for (int64_t r = 0; r < ROWS; ++r)
-#pragma GCC unroll 16
-    for (int64_t v = 0; v < VECS; ++v) acc[r][v] = vfloat{};
+  for (int64_t r = 0; r < MR; ++r) acc0[r] = acc1[r] = vfloat{};
   for (int64_t p = 0; p < kc; ++p) {
-    vfloat bv[VECS];
+    const vfloat b0 = simd::load(bp);
+    const vfloat b1 = simd::load(bp + kWidth);
 #pragma GCC unroll 16
-    for (int64_t v = 0; v < VECS; ++v) bv[v] = simd::load(bp + v * kWidth);
-#pragma GCC unroll 16
-    for (int64_t r = 0; r < ROWS; ++r) {
+    for (int64_t r = 0; r < MR; ++r) {
       const vfloat a = simd::splat(ap[r]);
-#pragma GCC unroll 16
-      for (int64_t v = 0; v < VECS; ++v) acc[r][v] += a * bv[v];
+      acc0[r] += a * b0;
+      acc1[r] += a * b1;
     }
-    ap += ROWS;
-    bp += ldb;
+    ap += MR;
+    bp += NR;
   }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t v = 0; v < VECS && v * kWidth < cols; ++v) {
-      const int64_t offset = v * kWidth, count = std::min<int64_t>(kWidth, cols - offset);
-      store_row(c + r * ldc + offset, preact ? preact + r * ldc + offset : nullptr, acc[r][v],
-                count, bias ? bias + offset : nullptr, first, last, activation);
-    }
+  const int64_t cols0 = std::min<int64_t>(cols, kWidth), cols1 = cols - cols0;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = c + r * ldc;
+    float* pre = preact ? preact + r * ldc : nullptr;
+    store_row(row, pre, acc0[r], cols0, bias, first, last, activation);
+    if (cols1 > 0)
+      store_row(row + kWidth, pre ? pre + kWidth : nullptr, acc1[r], cols1,
+                bias ? bias + kWidth : nullptr, first, last, activation);
+  }
 }
 
 // ------------------------------------------------------------------ drivers
@@ -226,7 +223,7 @@ void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
             for (int64_t ir = rt * MC; ir < i_end; ir += MR) {
               float* tile = c + ir * n + col;
               micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
-                           a_pack + (ir / MR) * MR * kc, bp, NR, kc, std::min(MR, m - ir),
+                           a_pack + (ir / MR) * MR * kc, bp, kc, std::min(MR, m - ir),
                            std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
                            first, last, epilogue.activation);
             }
@@ -245,43 +242,86 @@ void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, 
   const int64_t b_panels = (n + NR - 1) / NR;
   float* b_pack = scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * b_panels * NR));
   float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
-  for (int64_t jp = 0; jp < b_panels; ++jp) pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
+  for (int64_t jp = 0; jp < b_panels; ++jp)
+    pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
   for (int64_t ir = 0; ir < m; ir += MR) {
     pack_a_panel(a_pack, a, m, k, trans_a, ir, 0, k);
     for (int64_t jr = 0; jr < n; jr += NR)
       micro_kernel(c + ir * n + jr, epilogue.preact ? epilogue.preact + ir * n + jr : nullptr, n,
-                   a_pack, b_pack + (jr / NR) * NR * k, NR, k, std::min(MR, m - ir),
+                   a_pack, b_pack + (jr / NR) * NR * k, k, std::min(MR, m - ir),
                    std::min(NR, n - jr), epilogue.bias ? epilogue.bias + jr : nullptr,
                    !accumulate, !accumulate, epilogue.activation);
   }
 }
 
+// The rows of op(A) (m x k) contiguous: A itself, or a gathered copy.
+const float* rows_of_op_a(const float* a, int64_t m, int64_t k, bool trans_a) {
+  if (!trans_a) return a;
+  float* gathered = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(m * k, 1)));
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t i = 0; i < m; ++i) gathered[i * k + p] = a[p * m + i];
+  return gathered;
+}
+
+// Applies the epilogue to finished values of C (rows x [j0, j1)), in place.
+void epilogue_in_place(float* c, int64_t n, int64_t rows, int64_t j0, int64_t j1,
+                       const Epilogue& epilogue) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = j0; j < j1; j += kWidth) {
+      const int64_t count = std::min<int64_t>(kWidth, j1 - j);
+      float* cij = c + i * n + j;
+      store_row(cij, epilogue.preact ? epilogue.preact + i * n + j : nullptr, load_n(cij, count),
+                count, epilogue.bias ? epilogue.bias + j : nullptr, true, true, epilogue.activation);
+    }
+}
+
 // Few rows of C (token-by-token generation, M = 1..8) and B not transposed:
-// B is read in place, once, by micro-kernels of ROWS >= m accumulator rows and
-// as many vectors per row as the registers allow, so each row of B is read
-// in long contiguous runs. Only op(A) (one small panel) and the last partial
-// column panel are packed.
-template <int64_t ROWS>
-void skinny_gemm_in_place(float* c, const float* a, const float* b, int64_t m, int64_t n,
-                          int64_t k, bool trans_a, bool accumulate, const Epilogue& epilogue) {
-  constexpr int64_t kVecs = std::max<int64_t>(2, std::min<int64_t>(16, 2 * MR / ROWS));
-  constexpr int64_t kPanel = kVecs * kWidth;
-  float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * ROWS));
-  pack_a_panel(a_pack, a, m, k, trans_a, 0, 0, k, ROWS);
-  auto panel = [&](int64_t j, const float* bp, int64_t ldb, int64_t cols) {
-    micro_kernel<ROWS, kVecs>(c + j, epilogue.preact ? epilogue.preact + j : nullptr, n, a_pack,
-                              bp, ldb, k, m, cols, epilogue.bias ? epilogue.bias + j : nullptr,
-                              !accumulate, !accumulate, epilogue.activation);
-  };
-  const int64_t full_panels = n / kPanel;
+// a GEMV-like sweep that streams B once, row by row. Each task owns a chunk
+// of columns (its slice of C stays in L1); eight rows of B at a time are
+// combined into each C vector, so C is read and written once per eight.
+void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
+                      bool trans_a, bool accumulate, const Epilogue& epilogue) {
+  constexpr int64_t kChunk = 2048;  // columns of C per task
+  constexpr int64_t kDepth = 16;    // rows of B combined per pass over the chunk
+  const float* a_rows = rows_of_op_a(a, m, k, trans_a);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
   (void)parallel;
   PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t jp = 0; jp < full_panels; ++jp) panel(jp * kPanel, b + jp * kPanel, n, kPanel);
-  if (n % kPanel) {
-    float* b_pack = scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * kPanel));
-    pack_b_panel(b_pack, b, n, k, false, full_panels * kPanel, 0, k, kPanel);
-    panel(full_panels * kPanel, b_pack, kPanel, n % kPanel);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t j0 = chunk * kChunk, j1 = std::min(n, j0 + kChunk);
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * n + j0, c + i * n + j1, 0.0f);
+    for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
+      const int64_t depth = std::min(kDepth, k - p0);
+      const float* bp = b + p0 * n;
+      int64_t j = j0;
+      if (depth == kDepth)  // the common case, with every loop bound a constant
+        for (; j + kWidth <= j1; j += kWidth) {
+          vfloat bv[kDepth];
+#pragma GCC unroll 16
+          for (int64_t q = 0; q < kDepth; ++q) bv[q] = simd::load(bp + q * n + j);
+          for (int64_t i = 0; i < m; ++i) {
+            const float* ai = a_rows + i * k + p0;
+            vfloat acc = simd::load(c + i * n + j);
+#pragma GCC unroll 16
+            for (int64_t q = 0; q < kDepth; ++q) acc += simd::splat(ai[q]) * bv[q];
+            simd::store(c + i * n + j, acc);
+          }
+        }
+      for (; j < j1; j += kWidth) {  // the last rows of B, or a partial vector
+        const int64_t count = std::min<int64_t>(kWidth, j1 - j);
+        vfloat bv[kDepth];
+        for (int64_t q = 0; q < depth; ++q) bv[q] = load_n(bp + q * n + j, count);
+        for (int64_t i = 0; i < m; ++i) {
+          const float* ai = a_rows + i * k + p0;
+          vfloat acc = load_n(c + i * n + j, count);
+          for (int64_t q = 0; q < depth; ++q) acc += simd::splat(ai[q]) * bv[q];
+          store_n(c + i * n + j, acc, count);
+        }
+      }
+    }
+    if (!accumulate) epilogue_in_place(c, n, m, j0, j1, epilogue);
   }
 }
 
@@ -290,13 +330,7 @@ void skinny_gemm_in_place(float* c, const float* a, const float* b, int64_t m, i
 // streamed once. The epilogue runs over the finished rows.
 void skinny_gemm_dot(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                      bool trans_a, bool accumulate, const Epilogue& epilogue) {
-  const float* a_rows = a;
-  if (trans_a) {  // gather the rows of op(A)
-    float* gathered = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(m * k, 1)));
-    for (int64_t p = 0; p < k; ++p)
-      for (int64_t i = 0; i < m; ++i) gathered[i * k + p] = a[p * m + i];
-    a_rows = gathered;
-  }
+  const float* a_rows = rows_of_op_a(a, m, k, trans_a);
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
   (void)parallel;
   PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
@@ -305,25 +339,15 @@ void skinny_gemm_dot(float* c, const float* a, const float* b, int64_t m, int64_
       const float v = row::dot(a_rows + i * k, b + j * k, k);
       c[i * n + j] = accumulate ? c[i * n + j] + v : v;
     }
-  if (accumulate) return;
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; j += kWidth) {
-      const int64_t count = std::min<int64_t>(kWidth, n - j);
-      float* cij = c + i * n + j;
-      store_row(cij, epilogue.preact ? epilogue.preact + i * n + j : nullptr, load_n(cij, count),
-                count, epilogue.bias ? epilogue.bias + j : nullptr, true, true, epilogue.activation);
-    }
+  if (!accumulate) epilogue_in_place(c, n, m, 0, n, epilogue);
 }
 
 constexpr int64_t kSkinnyRows = 8;
 
 void skinny_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                  bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
-  if (trans_b) return skinny_gemm_dot(c, a, b, m, n, k, trans_a, accumulate, epilogue);
-  if (m == 1) return skinny_gemm_in_place<1>(c, a, b, m, n, k, trans_a, accumulate, epilogue);
-  if (m == 2) return skinny_gemm_in_place<2>(c, a, b, m, n, k, trans_a, accumulate, epilogue);
-  if (m <= 4) return skinny_gemm_in_place<4>(c, a, b, m, n, k, trans_a, accumulate, epilogue);
-  skinny_gemm_in_place<kSkinnyRows>(c, a, b, m, n, k, trans_a, accumulate, epilogue);
+  if (trans_b) skinny_gemm_dot(c, a, b, m, n, k, trans_a, accumulate, epilogue);
+  else skinny_gemm_rows(c, a, b, m, n, k, trans_a, accumulate, epilogue);
 }
 
 void gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k, bool trans_a,
