@@ -29,15 +29,16 @@ namespace {
 using simd::kWidth;
 using simd::vfloat;
 
-// Micro-tile: MR rows x NR = two vectors of columns, held in 2 * MR vector
-// registers: 24 of AVX-512's 32, 12 of AVX2's or SSE's 16.
+// Micro-tile: MR rows x NR = VECS vectors of columns, held in MR * VECS
+// vector registers: 24 of AVX-512's 32 (6 x 4: per step of k, 4 loads and 6
+// broadcasts feed 24 FMAs), 12 of AVX2's or SSE's 16 (6 x 2).
 #if defined(__AVX512F__)
-constexpr int64_t MR = 12;
+constexpr int64_t MR = 6, VECS = 4;
 #else
-constexpr int64_t MR = 6;
+constexpr int64_t MR = 6, VECS = 2;
 #endif
-constexpr int64_t NR = 2 * kWidth;
-constexpr int64_t MC = 12 * MR;       // rows of C per task
+constexpr int64_t NR = VECS * kWidth;
+constexpr int64_t MC = 24 * MR;       // rows of C per task
 constexpr int64_t N_TASK = 4 * NR;    // columns of C per task
 // Below this many multiply-adds a problem is packed whole, on one thread.
 constexpr int64_t kSmallWork = 64 * 64 * 64;
@@ -149,36 +150,36 @@ void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b,
 // ------------------------------------------------------------------ micro-kernel
 
 // The rows x cols (<= MR x NR) tile of C at c from packed ap (kc x MR) and
-// bp (kc x NR). The MR x 2 vector accumulators stay in registers.
+// bp (kc x NR). The MR x VECS vector accumulators stay in registers.
 void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const float* bp,
                   int64_t kc, int64_t rows, int64_t cols, const float* bias, bool first,
                   bool last, Activation activation) {
   // Ask for the C tile now: its rows arrive while the k loop runs.
   for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc, 1);
-  vfloat acc0[MR], acc1[MR];
+  vfloat acc[MR][VECS];
 #pragma GCC unroll 16
-  for (int64_t r = 0; r < MR; ++r) acc0[r] = acc1[r] = vfloat{};
+  for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int64_t v = 0; v < VECS; ++v) acc[r][v] = vfloat{};
   for (int64_t p = 0; p < kc; ++p) {
-    const vfloat b0 = simd::load(bp);
-    const vfloat b1 = simd::load(bp + kWidth);
+    vfloat bv[VECS];
+#pragma GCC unroll 16
+    for (int64_t v = 0; v < VECS; ++v) bv[v] = simd::load(bp + v * kWidth);
 #pragma GCC unroll 16
     for (int64_t r = 0; r < MR; ++r) {
       const vfloat a = simd::splat(ap[r]);
-      acc0[r] += a * b0;
-      acc1[r] += a * b1;
+#pragma GCC unroll 16
+      for (int64_t v = 0; v < VECS; ++v) acc[r][v] += a * bv[v];
     }
     ap += MR;
     bp += NR;
   }
-  const int64_t cols0 = std::min<int64_t>(cols, kWidth), cols1 = cols - cols0;
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = c + r * ldc;
-    float* pre = preact ? preact + r * ldc : nullptr;
-    store_row(row, pre, acc0[r], cols0, bias, first, last, activation);
-    if (cols1 > 0)
-      store_row(row + kWidth, pre ? pre + kWidth : nullptr, acc1[r], cols1,
-                bias ? bias + kWidth : nullptr, first, last, activation);
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t v = 0; v < VECS && v * kWidth < cols; ++v) {
+      const int64_t offset = v * kWidth, count = std::min<int64_t>(kWidth, cols - offset);
+      store_row(c + r * ldc + offset, preact ? preact + r * ldc + offset : nullptr, acc[r][v],
+                count, bias ? bias + offset : nullptr, first, last, activation);
+    }
 }
 
 // ------------------------------------------------------------------ drivers
