@@ -283,7 +283,9 @@ void epilogue_in_place(float* c, int64_t n, int64_t rows, int64_t j0, int64_t j1
 void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                       bool trans_a, bool accumulate, const Epilogue& epilogue) {
   constexpr int64_t kChunk = 2048;  // columns of C per task
-  constexpr int64_t kDepth = 16;    // rows of B combined per pass over the chunk
+  // Rows of B combined per pass over the chunk. More would thrash one L1
+  // set when the rows of B lie a multiple of 4 KiB apart (N = 1024, 3072, ...).
+  constexpr int64_t kDepth = 8;
   const float* a_rows = rows_of_op_a(a, m, k, trans_a);
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();

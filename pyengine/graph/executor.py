@@ -207,18 +207,26 @@ class CompiledGraph:
         for step in self.steps:
             if id(step) in removed:
                 continue
-            consumer = readers.get(id(step.outs[0].root), [None])
-            act = consumer[0]
-            if (step.kind == "forward" and isinstance(step.op, O.MatMul) and len(consumer) == 1
-                    and isinstance(act, Step) and isinstance(act.op, O.Unary)
-                    and act.op.name in ("relu", "gelu") and step.outs[0] is not self.output):
-                keep = [step.outs[0]] if id(step.outs[0].root) in read_backward else []
-                fused.append(Step("forward", O.MatMulActivation(step.op, act.op.name), step.ins,
-                                  [act.outs[0], *keep]))
-                removed.add(id(act))
-            else:
+            act = self._only_activation_after(step, readers)
+            if act is None:
                 fused.append(step)
+                continue
+            keep = [step.outs[0]] if id(step.outs[0].root) in read_backward else []
+            fused.append(Step("forward", O.MatMulActivation(step.op, act.op.name), step.ins,
+                              [act.outs[0], *keep]))
+            removed.add(id(act))
         self.steps = fused
+
+    def _only_activation_after(self, step: Step, readers: dict):
+        """The ReLU/GELU step that is the only forward reader of a matmul
+        step's output, or None."""
+        if step.kind != "forward" or not isinstance(step.op, O.MatMul) or step.outs[0] is self.output:
+            return None
+        consumers = readers.get(id(step.outs[0].root), [])
+        if len(consumers) != 1:
+            return None
+        act = consumers[0]
+        return act if isinstance(act.op, O.Unary) and act.op.name in ("relu", "gelu") else None
 
     # ---------------------------------------------------------------- planning
     def _lifetimes(self) -> dict:
