@@ -278,7 +278,7 @@ void epilogue_in_place(float* c, int64_t n, int64_t rows, int64_t j0, int64_t j1
 
 // Few rows of C (token-by-token generation, M = 1..8) and B not transposed:
 // a GEMV-like sweep that streams B once, row by row. Each task owns a chunk
-// of columns (its slice of C stays in L1); eight rows of B at a time are
+// of columns (its slice of C stays in cache); eight rows of B at a time are
 // combined into each C vector, so C is read and written once per eight.
 void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                       bool trans_a, bool accumulate, const Epilogue& epilogue) {
@@ -438,24 +438,25 @@ void matmul_backward(float* da, float* db, float* dbias, const float* dc, const 
 }
 
 int64_t fma_probe(float* sink, int64_t iterations, int threads) {
-  // 2 * MR independent accumulators: enough to cover the FMA latency on every
-  // port; the loop touches no memory.
+  // kChains independent accumulators, more than FMA latency x throughput on
+  // any current core; the loop touches no memory.
+  constexpr int64_t kChains = 24;
   int team = 1;
   PYENGINE_OMP(omp parallel num_threads(threads))
   {
     if (thread_index() == 0) team = team_size();
-    vfloat acc[2 * MR];
-    for (int64_t r = 0; r < 2 * MR; ++r) acc[r] = simd::splat(1.0f + 1e-3f * r);
+    vfloat acc[kChains];
+    for (int64_t r = 0; r < kChains; ++r) acc[r] = simd::splat(1.0f + 1e-3f * r);
     const vfloat x = simd::splat(0.999999f), y = simd::splat(1e-7f);
     for (int64_t it = 0; it < iterations; ++it) {
 #pragma GCC unroll 32
-      for (int64_t r = 0; r < 2 * MR; ++r) acc[r] = acc[r] * x + y;
+      for (int64_t r = 0; r < kChains; ++r) acc[r] = acc[r] * x + y;
     }
     vfloat total{};
-    for (int64_t r = 0; r < 2 * MR; ++r) total += acc[r];
+    for (int64_t r = 0; r < kChains; ++r) total += acc[r];
     sink[thread_index()] = simd::hsum(total);
   }
-  return iterations * 2 * MR * kWidth * 2 * team;
+  return iterations * kChains * kWidth * 2 * team;
 }
 
 }  // namespace PYENGINE_KERNEL_NS
