@@ -43,7 +43,7 @@ constexpr int64_t N_TASK = 4 * NR;    // columns of C per task
 // Below this many multiply-adds a problem is packed whole, on one thread.
 constexpr int64_t kSmallWork = 64 * 64 * 64;
 // Below this many multiply-adds the packed GEMM stays on one thread.
-constexpr int64_t kParallelWork = 160 * 160 * 160;
+constexpr int64_t kParallelWork = 96 * 96 * 96;
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 int64_t round_down(int64_t x, int64_t to) { return x / to * to; }
@@ -184,6 +184,23 @@ void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const f
 
 // ------------------------------------------------------------------ drivers
 
+// The task grid of the packed GEMM: blocks of MC rows x N_TASK columns,
+// halved (rows first, down to one micro-tile) until every thread has at
+// least two, so mid-sized problems spread over the threads too.
+struct TaskGrid {
+  int64_t rows, cols;
+};
+
+TaskGrid task_grid(int64_t m, int64_t n, int threads) {
+  TaskGrid grid{MC, N_TASK};
+  auto tasks = [&] { return ((m + grid.rows - 1) / grid.rows) * ((n + grid.cols - 1) / grid.cols); };
+  while (tasks() < 2 * threads && (grid.rows > MR || grid.cols > NR)) {
+    if (grid.rows > MR) grid.rows = round_up(grid.rows / 2, MR);
+    else grid.cols = round_up(grid.cols / 2, NR);
+  }
+  return grid;
+}
+
 // C (m, n) = or += op(A) . op(B), with the epilogue when not accumulating.
 void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                  bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
@@ -195,7 +212,7 @@ void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
   // run on the calling thread: no oversubscription. Below kParallelWork one
   // task covers most of C and the barriers cost more than a second thread gains.
   const bool parallel = m * n * k >= kParallelWork && !in_parallel_region();
-  (void)parallel;
+  const TaskGrid grid = task_grid(m, std::min(n, blk.nc), parallel ? thread_count() : 1);
 
   PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
   for (int64_t jc = 0; jc < n; jc += blk.nc) {
@@ -212,16 +229,17 @@ void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
       for (int64_t ip = 0; ip < a_panels; ++ip)
         pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
 
-      const int64_t row_tasks = (m + MC - 1) / MC, col_tasks = (nc + N_TASK - 1) / N_TASK;
+      const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
+      const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
       PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
       for (int64_t rt = 0; rt < row_tasks; ++rt)
         for (int64_t ct = 0; ct < col_tasks; ++ct) {
-          const int64_t i_end = std::min(m, (rt + 1) * MC);
-          const int64_t j_begin = ct * N_TASK, j_end = std::min(nc, j_begin + N_TASK);
+          const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
+          const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
           for (int64_t jr = j_begin; jr < j_end; jr += NR) {
             const float* bp = b_pack + (jr / NR) * NR * kc;
             const int64_t col = jc + jr;
-            for (int64_t ir = rt * MC; ir < i_end; ir += MR) {
+            for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
               float* tile = c + ir * n + col;
               micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
                            a_pack + (ir / MR) * MR * kc, bp, kc, std::min(MR, m - ir),
