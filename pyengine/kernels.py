@@ -87,14 +87,6 @@ def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, activation="none", 
     return out
 
 
-def fma_probe(iterations: int, threads: int = 1) -> int:
-    """Run a register-only FMA loop on `threads` threads at the active ISA
-    level; returns the floating-point operations done. Time it to read the
-    machine's peak (benchmarks/test_gemm.py does). The 'reference' level runs
-    one scalar thread whatever `threads` says."""
-    return _C.fma_probe(int(iterations), int(threads))
-
-
 def matmul_backward(grad_c, a, b, *, trans_a=False, trans_b=False, with_bias=False,
                     needs_a=True, needs_b=True, grad_a=None, grad_b=None, grad_bias=None):
     """Gradients of matmul: returns (grad_a, grad_b, grad_bias); None where not asked."""
@@ -109,6 +101,14 @@ def matmul_backward(grad_c, a, b, *, trans_a=False, trans_b=False, with_bias=Fal
                        grad_bias if with_bias else None, grad_c, a, b, trans_a, trans_b)
     return (grad_a if needs_a else None, grad_b if needs_b else None,
             grad_bias if with_bias else None)
+
+
+def fma_probe(iterations: int, threads: int = 1) -> int:
+    """Run a register-only FMA loop on `threads` threads at the active ISA
+    level; returns the floating-point operations done. Time it to read the
+    machine's peak (benchmarks/test_gemm.py does). The 'reference' level runs
+    one scalar thread whatever `threads` says."""
+    return _C.fma_probe(int(iterations), int(threads))
 
 
 # ---------------------------------------------------------------- broadcasting binary ops
