@@ -338,34 +338,29 @@ def mean_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None):
 # ---------------------------------------------------------------- softmax
 
 
-def softmax(x, *, out=None):
-    """Softmax over the last axis."""
-    if out is None:
-        out = _empty(np.shape(x))
-    _C.softmax_forward(out, x)
-    return out
+def _rowwise(name, what):
+    fwd_kernel = getattr(_C, name + "_forward")
+    bwd_kernel = getattr(_C, name + "_backward")
+
+    def forward(x, *, out=None):
+        if out is None:
+            out = _empty(np.shape(x))
+        fwd_kernel(out, x)
+        return out
+
+    def backward(grad_y, y, *, grad_x=None):
+        grad_x = _grad_buffer(grad_x, y)
+        bwd_kernel(grad_x, grad_y, y)
+        return grad_x
+
+    forward.__name__, backward.__name__ = name, name + "_backward"
+    forward.__doc__ = f"{what} over the last axis."
+    backward.__doc__ = f"Gradient of {name} from its output y."
+    return forward, backward
 
 
-def softmax_backward(grad_y, y, *, grad_x=None):
-    """Gradient of softmax from its output y."""
-    grad_x = _grad_buffer(grad_x, y)
-    _C.softmax_backward(grad_x, grad_y, y)
-    return grad_x
-
-
-def log_softmax(x, *, out=None):
-    """Log-softmax over the last axis."""
-    if out is None:
-        out = _empty(np.shape(x))
-    _C.log_softmax_forward(out, x)
-    return out
-
-
-def log_softmax_backward(grad_y, y, *, grad_x=None):
-    """Gradient of log_softmax from its output y."""
-    grad_x = _grad_buffer(grad_x, y)
-    _C.log_softmax_backward(grad_x, grad_y, y)
-    return grad_x
+softmax, softmax_backward = _rowwise("softmax", "Softmax")
+log_softmax, log_softmax_backward = _rowwise("log_softmax", "Log-softmax")
 
 
 # ---------------------------------------------------------------- layer norm

@@ -141,8 +141,12 @@ class Scalar(Op):
 
 
 class Unary(Op):
+    """One input, one output of its shape: activations, and softmax and
+    log-softmax over the last axis."""
+
     # Which forward value the backward kernel reads: the input or the output.
-    SAVES_OUTPUT = {"relu": False, "gelu": False, "tanh": True, "exp": True}
+    SAVES_OUTPUT = {"relu": False, "gelu": False, "tanh": True, "exp": True,
+                    "softmax": True, "log_softmax": True}
 
     def __init__(self, name: str):
         self.name = name
@@ -192,25 +196,6 @@ class Sum(Op):
 
     def label(self):
         return f"{self.name}(axis={self.axis})"
-
-
-class RowWise(Op):
-    """softmax or log_softmax over the last axis."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self._fwd = getattr(_C, name + "_forward")
-        self._bwd = getattr(_C, name + "_backward")
-
-    def infer(self, x):
-        _check_float(self.name, x)
-        return [Spec(x.shape)]
-
-    def forward(self, outs, ins):
-        self._fwd(outs[0], ins[0])
-
-    def backward(self, grad_ins, grad_out, ins, outs):
-        self._bwd(grad_ins[0], grad_out, outs[0])
 
 
 class LayerNorm(Op):

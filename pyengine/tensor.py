@@ -233,8 +233,8 @@ class Tensor:
     def gelu(self) -> Tensor: return apply(O.Unary("gelu"), self)
     def tanh(self) -> Tensor: return apply(O.Unary("tanh"), self)
     def exp(self) -> Tensor: return apply(O.Unary("exp"), self)
-    def softmax(self) -> Tensor: return apply(O.RowWise("softmax"), self)
-    def log_softmax(self) -> Tensor: return apply(O.RowWise("log_softmax"), self)
+    def softmax(self) -> Tensor: return apply(O.Unary("softmax"), self)
+    def log_softmax(self) -> Tensor: return apply(O.Unary("log_softmax"), self)
 
     def sum(self, axis=None, keepdims=False) -> Tensor:
         return apply(O.Sum(axis, keepdims), self)

@@ -33,6 +33,11 @@ static inline bool in_parallel_region() {
   return false;
 #endif
 }
+// Row-wise kernels (softmax, layer norm, cross-entropy) split rows over
+// threads when there are several and enough work in all.
+static inline bool rows_worth_threads(int64_t rows, int64_t cols) {
+  return rows > 1 && rows * cols >= PYENGINE_PARALLEL_MIN_WORK;
+}
 static inline int team_size() {
 #ifdef _OPENMP
   return omp_get_num_threads();

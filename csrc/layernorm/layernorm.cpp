@@ -12,20 +12,13 @@
 
 namespace pyengine {
 namespace PYENGINE_KERNEL_NS {
-namespace {
 
 using simd::kWidth;
 using simd::vfloat;
 
-bool worth_threads(int64_t rows, int64_t cols) {
-  return rows > 1 && rows * cols >= PYENGINE_PARALLEL_MIN_WORK;
-}
-
-}  // namespace
-
 void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int64_t rows, int64_t cols, float eps) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
+  PYENGINE_OMP(omp parallel for if (rows_worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
@@ -50,7 +43,7 @@ void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const
 void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
                         const float* weight, const float* mean, const float* rstd, int64_t rows,
                         int64_t cols) {
-  const bool parallel = worth_threads(rows, cols);
+  const bool parallel = rows_worth_threads(rows, cols);
   const int threads = parallel ? thread_count() : 1;
   // Per-thread partial sums: [thread][0..cols) for dweight, [cols..2 cols) for dbias.
   float* partial = scratch_floats(2, static_cast<size_t>(threads) * 2 * cols);

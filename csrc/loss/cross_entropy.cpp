@@ -26,7 +26,7 @@ template <typename Index>
 void forward_impl(float* loss, const float* logits, const Index* target, int64_t rows,
                   int64_t classes, int64_t ignore_index) {
   double total = 0.0;
-  const bool parallel = rows > 1 && rows * classes >= PYENGINE_PARALLEL_MIN_WORK;
+  const bool parallel = rows_worth_threads(rows, classes);
   (void)parallel;
   PYENGINE_OMP(omp parallel for if (parallel) reduction(+ : total) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
@@ -48,7 +48,7 @@ void backward_impl(float* dlogits, const float* dloss, const float* logits, cons
   const int64_t count = count_valid(target, rows, ignore_index);
   if (count == 0) return;
   const float scale = dloss[0] / static_cast<float>(count);
-  const bool parallel = rows > 1 && rows * classes >= PYENGINE_PARALLEL_MIN_WORK;
+  const bool parallel = rows_worth_threads(rows, classes);
   (void)parallel;
   PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {

@@ -10,19 +10,12 @@
 
 namespace pyengine {
 namespace PYENGINE_KERNEL_NS {
-namespace {
 
 using simd::kWidth;
 using simd::vfloat;
 
-bool worth_threads(int64_t rows, int64_t cols) {
-  return rows > 1 && rows * cols >= PYENGINE_PARALLEL_MIN_WORK;
-}
-
-}  // namespace
-
 void softmax_forward(float* y, const float* x, int64_t rows, int64_t cols) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
+  PYENGINE_OMP(omp parallel for if (rows_worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
@@ -33,7 +26,7 @@ void softmax_forward(float* y, const float* x, int64_t rows, int64_t cols) {
 }
 
 void softmax_backward(float* dx, const float* dy, const float* y, int64_t rows, int64_t cols) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
+  PYENGINE_OMP(omp parallel for if (rows_worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const float* dyr = dy + r * cols;
     const float* yr = y + r * cols;
@@ -48,7 +41,7 @@ void softmax_backward(float* dx, const float* dy, const float* y, int64_t rows, 
 }
 
 void log_softmax_forward(float* y, const float* x, int64_t rows, int64_t cols) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
+  PYENGINE_OMP(omp parallel for if (rows_worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
@@ -61,7 +54,7 @@ void log_softmax_forward(float* y, const float* x, int64_t rows, int64_t cols) {
 
 void log_softmax_backward(float* dx, const float* dy, const float* y, int64_t rows,
                           int64_t cols) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
+  PYENGINE_OMP(omp parallel for if (rows_worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < rows; ++r) {
     const float* dyr = dy + r * cols;
     const float* yr = y + r * cols;
