@@ -300,17 +300,20 @@ void epilogue_in_place(float* c, int64_t n, int64_t rows, int64_t j0, int64_t j1
 // combined into each C vector, so C is read and written once per eight.
 void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                       bool trans_a, bool accumulate, const Epilogue& epilogue) {
-  constexpr int64_t kChunk = 2048;  // columns of C per task
+  constexpr int64_t kMaxChunk = 2048;  // columns of C per task, at most
   // Rows of B combined per pass over the chunk. More would thrash one L1
   // set when the rows of B lie a multiple of 4 KiB apart (N = 1024, 3072, ...).
   constexpr int64_t kDepth = 8;
   const float* a_rows = rows_of_op_a(a, m, k, trans_a);
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
-  (void)parallel;
+  // Two chunks per thread at least, so the threads share the work evenly.
+  const int64_t threads = parallel ? thread_count() : 1;
+  const int64_t chunk = std::clamp<int64_t>(round_up((n + 2 * threads - 1) / (2 * threads), kWidth),
+                                            16 * kWidth, kMaxChunk);
+  const int64_t chunks = (n + chunk - 1) / chunk;
   PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const int64_t j0 = chunk * kChunk, j1 = std::min(n, j0 + kChunk);
+  for (int64_t t = 0; t < chunks; ++t) {
+    const int64_t j0 = t * chunk, j1 = std::min(n, j0 + chunk);
     if (!accumulate)
       for (int64_t i = 0; i < m; ++i) std::fill(c + i * n + j0, c + i * n + j1, 0.0f);
     for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
