@@ -92,16 +92,22 @@ inline vfloat exp(vfloat x) {
   return y;
 }
 
-// tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error about 1e-7, exact limits
-// at +-inf. Good for GELU, where tanh is added to 1.
-inline vfloat tanh_via_exp(vfloat x) {
-  return splat(1.0f) - splat(2.0f) / (exp(x + x) + splat(1.0f));
+// GELU, tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+// With s = 1 / (1 + exp(-2u)), 1 + tanh(u) = 2s and 1 - tanh(u)^2 =
+// 4 s (1 - s): no cancellation near tanh = -1, and exp overflowing to inf
+// gives s = 0, the right limit.
+inline vfloat gelu_sigmoid(vfloat x) {
+  const vfloat u = splat(0.7978845608028654f) * (x + splat(0.044715f) * x * x * x);
+  return splat(1.0f) / (splat(1.0f) + exp(splat(-2.0f) * u));
 }
 
-// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-inline vfloat gelu(vfloat x) {
-  const vfloat inner = splat(0.7978845608028654f) * (x + splat(0.044715f) * x * x * x);
-  return splat(0.5f) * x * (splat(1.0f) + tanh_via_exp(inner));
+inline vfloat gelu(vfloat x) { return x * gelu_sigmoid(x); }
+
+// d gelu(x) / dx = s + 2 x s (1 - s) du/dx.
+inline vfloat gelu_grad(vfloat x) {
+  const vfloat s = gelu_sigmoid(x);
+  const vfloat du = splat(0.7978845608028654f) * (splat(1.0f) + splat(3.0f * 0.044715f) * x * x);
+  return s + splat(2.0f) * x * s * (splat(1.0f) - s) * du;
 }
 
 }  // namespace simd

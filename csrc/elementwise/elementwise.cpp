@@ -5,6 +5,7 @@
 
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
+#include "core/scratch.h"
 #include "core/simd.h"
 #include "elementwise/elementwise_common.h"
 
@@ -58,21 +59,27 @@ bool is_broadcast(int64_t ndim, const int64_t* shape, const int64_t* strides) {
   return false;
 }
 
-// grad (strided like `self`) += dout * d(a op b)/d(self). Threads split the
-// outer dims only when `self` is not broadcast, so no two write one element.
-template <bool WRT_A>
-void binary_grad(float* grad, const float* dout, const float* a, const float* b, BinaryOp op,
-                 int64_t ndim, const int64_t* shape, const int64_t* sa, const int64_t* sb) {
+// The number of elements of an operand laid out by `strides` over `shape`.
+int64_t strided_extent(int64_t ndim, const int64_t* shape, const int64_t* strides) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < ndim; ++d) last += (shape[d] - 1) * strides[d];
+  return last + 1;
+}
+
+// grad (strided like `self`) += dout * d(a op b)/d(self), over outer rows
+// [o0, o1) of the iteration space. The op is a template argument so that
+// the inner loops vectorize.
+template <BinaryOp OP, bool WRT_A>
+void binary_grad_rows(float* grad, const float* dout, const float* a, const float* b,
+                      int64_t o0, int64_t o1, int64_t ndim, const int64_t* shape,
+                      const int64_t* sa, const int64_t* sb) {
   const int64_t inner = ndim ? shape[ndim - 1] : 1;
   const int64_t ia = ndim ? sa[ndim - 1] : 0, ib = ndim ? sb[ndim - 1] : 0;
   const int64_t is = WRT_A ? ia : ib;
-  int64_t outer = 1;
-  for (int64_t d = 0; d + 1 < ndim; ++d) outer *= shape[d];
-  const bool parallel =
-      worth_threads(outer * inner) && !is_broadcast(ndim, shape, WRT_A ? sa : sb);
-  (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t o = 0; o < outer; ++o) {
+  auto local = [](float av, float bv) {
+    return WRT_A ? ew::binary_grad_a(OP, av, bv) : ew::binary_grad_b(OP, av, bv);
+  };
+  for (int64_t o = o0; o < o1; ++o) {
     int64_t oa, ob;
     ew::outer_offsets(o, ndim, shape, sa, sb, &oa, &ob);
     const float* g = dout + o * inner;
@@ -81,15 +88,52 @@ void binary_grad(float* grad, const float* dout, const float* a, const float* b,
     float* dst = grad + (WRT_A ? oa : ob);
     if (is == 0) {  // reduce the whole inner run into one element
       float acc = 0.0f;
-      for (int64_t i = 0; i < inner; ++i)
-        acc += g[i] * (WRT_A ? ew::binary_grad_a(op, ap[i * ia], bp[i * ib])
-                             : ew::binary_grad_b(op, ap[i * ia], bp[i * ib]));
+      for (int64_t i = 0; i < inner; ++i) acc += g[i] * local(ap[i * ia], bp[i * ib]);
       dst[0] += acc;
+    } else if (ia == 1 && ib == 1) {
+      for (int64_t i = 0; i < inner; ++i) dst[i] += g[i] * local(ap[i], bp[i]);
     } else {
-      for (int64_t i = 0; i < inner; ++i)
-        dst[i * is] += g[i] * (WRT_A ? ew::binary_grad_a(op, ap[i * ia], bp[i * ib])
-                                     : ew::binary_grad_b(op, ap[i * ia], bp[i * ib]));
+      for (int64_t i = 0; i < inner; ++i) dst[i * is] += g[i] * local(ap[i * ia], bp[i * ib]);
     }
+  }
+}
+
+// grad (strided like `self`) += dout * d(a op b)/d(self). Threads split the
+// outer rows; when `self` is broadcast (a bias), each thread sums into its
+// own zeroed copy of it and the copies are added up at the end, so no two
+// threads write one element.
+template <BinaryOp OP, bool WRT_A>
+void binary_grad(float* grad, const float* dout, const float* a, const float* b, int64_t ndim,
+                 const int64_t* shape, const int64_t* sa, const int64_t* sb) {
+  const int64_t inner = ndim ? shape[ndim - 1] : 1;
+  int64_t outer = 1;
+  for (int64_t d = 0; d + 1 < ndim; ++d) outer *= shape[d];
+  const int64_t* self_strides = WRT_A ? sa : sb;
+  const bool parallel = worth_threads(outer * inner) && outer > 1 && !in_parallel_region();
+  if (!parallel) return binary_grad_rows<OP, WRT_A>(grad, dout, a, b, 0, outer, ndim, shape, sa, sb);
+  if (!is_broadcast(ndim, shape, self_strides)) {
+    PYENGINE_OMP(omp parallel for schedule(static) num_threads(thread_count()))
+    for (int64_t o = 0; o < outer; ++o)
+      binary_grad_rows<OP, WRT_A>(grad, dout, a, b, o, o + 1, ndim, shape, sa, sb);
+    return;
+  }
+  const int64_t size = strided_extent(ndim, shape, self_strides);
+  const int threads = thread_count();
+  float* partial = scratch_floats(2, static_cast<size_t>(threads) * size);
+  std::fill(partial, partial + static_cast<size_t>(threads) * size, 0.0f);
+  PYENGINE_OMP(omp parallel num_threads(threads))
+  {
+    const int t = thread_index(), team = team_size();
+    const int64_t o0 = outer * t / team, o1 = outer * (t + 1) / team;
+    // Offsets into `self` are relative to its start: a partial copy has its layout.
+    binary_grad_rows<OP, WRT_A>(partial + static_cast<size_t>(t) * size, dout, a, b, o0, o1,
+                                ndim, shape, sa, sb);
+  }
+  PYENGINE_OMP(omp parallel for schedule(static) num_threads(thread_count()))
+  for (int64_t i = 0; i < size; ++i) {
+    float total = 0.0f;
+    for (int t = 0; t < threads; ++t) total += partial[static_cast<size_t>(t) * size + i];
+    grad[i] += total;
   }
 }
 
@@ -126,6 +170,25 @@ void map_vector(float* out, const float* in, int64_t n, F f) {
   }
 }
 
+// dx[i] += dy[i] * g(v[i]) for a SIMD function g, threaded when large.
+template <typename G>
+void accumulate_vector_grad(float* dx, const float* dy, const float* v, int64_t n, G g) {
+  using simd::kWidth;
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    int64_t i = i0;
+    for (; i + kWidth <= i1; i += kWidth)
+      simd::store(dx + i, simd::load(dx + i) + simd::load(dy + i) * g(simd::load(v + i)));
+    if (i < i1) {
+      const int64_t count = i1 - i;
+      const simd::vfloat d = simd::load_partial(dy + i, count, 0.0f);
+      simd::store_partial(dx + i, simd::load_partial(dx + i, count, 0.0f) +
+                                      d * g(simd::load_partial(v + i, count, 0.0f)), count);
+    }
+  }
+}
+
 }  // namespace
 
 void binary_forward(float* out, const float* a, const float* b, BinaryOp op, int64_t ndim,
@@ -141,8 +204,18 @@ void binary_forward(float* out, const float* a, const float* b, BinaryOp op, int
 void binary_backward(float* da, float* db, const float* dout, const float* a, const float* b,
                      BinaryOp op, int64_t ndim, const int64_t* shape, const int64_t* sa,
                      const int64_t* sb) {
-  if (da) binary_grad<true>(da, dout, a, b, op, ndim, shape, sa, sb);
-  if (db) binary_grad<false>(db, dout, a, b, op, ndim, shape, sa, sb);
+  switch (op) {
+#define PYENGINE_BINARY_GRADS(OP)                                            \
+  case BinaryOp::OP:                                                         \
+    if (da) binary_grad<BinaryOp::OP, true>(da, dout, a, b, ndim, shape, sa, sb);  \
+    if (db) binary_grad<BinaryOp::OP, false>(db, dout, a, b, ndim, shape, sa, sb); \
+    return;
+    PYENGINE_BINARY_GRADS(add)
+    PYENGINE_BINARY_GRADS(sub)
+    PYENGINE_BINARY_GRADS(mul)
+    PYENGINE_BINARY_GRADS(div)
+#undef PYENGINE_BINARY_GRADS
+  }
 }
 
 void scalar_forward(float* out, const float* a, ScalarOp op, float s, int64_t n) {
@@ -166,7 +239,7 @@ void gelu_forward(float* y, const float* x, int64_t n) {
   map_vector(y, x, n, [](simd::vfloat v) { return simd::gelu(v); });
 }
 void gelu_backward(float* dx, const float* dy, const float* x, int64_t n) {
-  accumulate_grad(dx, dy, x, n, ew::gelu_grad);
+  accumulate_vector_grad(dx, dy, x, n, [](simd::vfloat v) { return simd::gelu_grad(v); });
 }
 void tanh_forward(float* y, const float* x, int64_t n) {
   map_unary(y, x, n, [](float v) { return std::tanh(v); });
