@@ -3,13 +3,12 @@
 
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
+#include "core/scratch.h"
 #include "core/simd.h"
 
 namespace pyengine {
 namespace PYENGINE_KERNEL_NS {
 namespace {
-
-constexpr int64_t kInnerChunk = 1024;
 
 // Sum of a contiguous run, with kWidth * 4 independent partial sums.
 float contiguous_sum(const float* x, int64_t n) {
@@ -24,6 +23,17 @@ float contiguous_sum(const float* x, int64_t n) {
   return s;
 }
 
+// dst (inner,) = the sum of `rows` contiguous rows of src (rows, inner).
+void sum_rows(float* dst, const float* src, int64_t rows, int64_t inner) {
+  using simd::kWidth;
+  std::fill(dst, dst + inner, 0.0f);
+  for (int64_t r = 0; r < rows; ++r, src += inner) {
+    int64_t i = 0;
+    for (; i + kWidth <= inner; i += kWidth) simd::store(dst + i, simd::load(dst + i) + simd::load(src + i));
+    for (; i < inner; ++i) dst[i] += src[i];
+  }
+}
+
 }  // namespace
 
 void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int64_t inner,
@@ -35,19 +45,36 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
     for (int64_t o = 0; o < outer; ++o) out[o] = contiguous_sum(in + o * reduce, reduce) * scale;
     return;
   }
-  const int64_t chunks = (inner + kInnerChunk - 1) / kInnerChunk;
-  PYENGINE_OMP(omp parallel for collapse(2) if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t i0 = c * kInnerChunk, i1 = std::min(inner, i0 + kInnerChunk);
+  // Sums over a middle axis stream whole rows (contiguous, prefetch-friendly)
+  // into a row of partial sums. Threads split the outer rows when there are
+  // enough of them, otherwise the reduced rows, each into its own partial
+  // row, added up at the end.
+  const int threads = parallel ? thread_count() : 1;
+  if (outer >= 2 * threads) {
+    PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
+    for (int64_t o = 0; o < outer; ++o) {
       float* dst = out + o * inner;
-      for (int64_t i = i0; i < i1; ++i) dst[i] = 0.0f;
-      for (int64_t r = 0; r < reduce; ++r) {
-        const float* src = in + (o * reduce + r) * inner;
-        for (int64_t i = i0; i < i1; ++i) dst[i] += src[i];
-      }
-      for (int64_t i = i0; i < i1; ++i) dst[i] *= scale;
+      sum_rows(dst, in + o * reduce * inner, reduce, inner);
+      for (int64_t i = 0; i < inner; ++i) dst[i] *= scale;
     }
+    return;
+  }
+  const size_t per_thread = static_cast<size_t>(outer * inner);
+  float* partial = scratch_floats(2, threads * per_thread);
+  PYENGINE_OMP(omp parallel num_threads(threads))
+  {
+    const int t = thread_index(), team = team_size();
+    const int64_t r0 = reduce * t / team, r1 = reduce * (t + 1) / team;
+    for (int64_t o = 0; o < outer; ++o)
+      sum_rows(partial + t * per_thread + o * inner, in + (o * reduce + r0) * inner, r1 - r0, inner);
+    PYENGINE_OMP(omp barrier)
+    PYENGINE_OMP(omp for schedule(static))
+    for (int64_t i = 0; i < outer * inner; ++i) {
+      float total = 0.0f;
+      for (int u = 0; u < team; ++u) total += partial[u * per_thread + i];
+      out[i] = total * scale;
+    }
+  }
 }
 
 void sum_backward(float* din, const float* dout, int64_t outer, int64_t reduce, int64_t inner,
