@@ -53,8 +53,8 @@ struct Blocking {
   int64_t nc;  // columns of the packed B block
 };
 
-// Block sizes from the machine's caches: an MC x KC block of A takes about a
-// quarter of L2 (it is reused by every column task), and the packed B block
+// Block sizes from the machine's caches: an MC x KC block of A takes at most
+// a third of L2 (it is reused by every column task), and the packed B block
 // KC x NC about half of L3 (capped: some machines report a huge L3).
 const Blocking& blocking() {
   static const Blocking b = [] {
