@@ -185,7 +185,9 @@ def scalar_backward(op, grad_out, a, s, *, grad_a=None):
 # ---------------------------------------------------------------- activations
 
 
-def _unary(name, saved):
+def _unary(name, what, saved):
+    """<name>(x, out=) and <name>_backward(grad_y, saved, grad_x=) over one
+    input; `saved` is the forward value the backward reads (x or y)."""
     fwd_kernel = getattr(_C, name + "_forward")
     bwd_kernel = getattr(_C, name + "_backward")
 
@@ -201,14 +203,15 @@ def _unary(name, saved):
         return grad_x
 
     forward.__name__, backward.__name__ = name, name + "_backward"
+    forward.__doc__ = f"{what}."
     backward.__doc__ = f"Gradient of {name}; takes the forward's {saved} as saved_array."
     return forward, backward
 
 
-relu, relu_backward = _unary("relu", "input x")
-gelu, gelu_backward = _unary("gelu", "input x")
-tanh, tanh_backward = _unary("tanh", "output y")
-exp, exp_backward = _unary("exp", "output y")
+relu, relu_backward = _unary("relu", "max(x, 0), elementwise", "input x")
+gelu, gelu_backward = _unary("gelu", "GELU, tanh form, elementwise", "input x")
+tanh, tanh_backward = _unary("tanh", "tanh, elementwise", "output y")
+exp, exp_backward = _unary("exp", "exp, elementwise", "output y")
 
 
 # ---------------------------------------------------------------- reductions
@@ -338,29 +341,8 @@ def mean_backward(grad_out, x_shape, axis=None, keepdims=False, *, grad_x=None):
 # ---------------------------------------------------------------- softmax
 
 
-def _rowwise(name, what):
-    fwd_kernel = getattr(_C, name + "_forward")
-    bwd_kernel = getattr(_C, name + "_backward")
-
-    def forward(x, *, out=None):
-        if out is None:
-            out = _empty(np.shape(x))
-        fwd_kernel(out, x)
-        return out
-
-    def backward(grad_y, y, *, grad_x=None):
-        grad_x = _grad_buffer(grad_x, y)
-        bwd_kernel(grad_x, grad_y, y)
-        return grad_x
-
-    forward.__name__, backward.__name__ = name, name + "_backward"
-    forward.__doc__ = f"{what} over the last axis."
-    backward.__doc__ = f"Gradient of {name} from its output y."
-    return forward, backward
-
-
-softmax, softmax_backward = _rowwise("softmax", "Softmax")
-log_softmax, log_softmax_backward = _rowwise("log_softmax", "Log-softmax")
+softmax, softmax_backward = _unary("softmax", "Softmax over the last axis", "output y")
+log_softmax, log_softmax_backward = _unary("log_softmax", "Log-softmax over the last axis", "output y")
 
 
 # ---------------------------------------------------------------- layer norm
