@@ -177,14 +177,19 @@ C_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,call,exc,fragments", params(C_CASES))
-def test_binding_errors(name, call, exc, fragments):
+def assert_raises_naming(call, exc, fragments):
+    """call() raises exc, and its message holds every fragment (a tuple: any one of them)."""
     with pytest.raises(exc) as info:
         call()
     message = str(info.value)
     for fragment in fragments:  # a tuple: any one of its alternatives
         options = fragment if isinstance(fragment, tuple) else (fragment,)
         assert any(o in message for o in options), f"{fragment!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("name,call,exc,fragments", params(C_CASES))
+def test_binding_errors(name, call, exc, fragments):
+    assert_raises_naming(call, exc, fragments)
 
 
 def test_failed_call_leaves_output_untouched():
@@ -257,12 +262,7 @@ K_CASES = [
 
 @pytest.mark.parametrize("name,call,exc,fragments", params(K_CASES))
 def test_kernels_api_errors(name, call, exc, fragments):
-    with pytest.raises(exc) as info:
-        call()
-    message = str(info.value)
-    for fragment in fragments:  # a tuple: any one of its alternatives
-        options = fragment if isinstance(fragment, tuple) else (fragment,)
-        assert any(o in message for o in options), f"{fragment!r} not in {message!r}"
+    assert_raises_naming(call, exc, fragments)
 
 
 # ---------------------------------------------------------------- no crash, whatever the input
