@@ -149,11 +149,23 @@ void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b,
 
 // ------------------------------------------------------------------ micro-kernel
 
-// The rows x cols (<= MR x NR) tile of C at c from packed ap (kc x MR) and
-// bp (kc x NR). The MR x VECS vector accumulators stay in registers.
-void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const float* bp,
-                  int64_t kc, int64_t rows, int64_t cols, const float* bias, bool first,
-                  bool last, Activation activation) {
+// Where a micro-kernel reads its MR rows of op(A): a packed panel
+// (ap[p * MR + r]), or, when op(A) = A, the rows of A in place
+// (a[r * lda + p]): no packing pass, the same six broadcasts per step of k.
+struct APanel {
+  const float* a;
+  int64_t lda;  // 0: packed
+};
+
+// The rows x cols (<= MR x NR) tile of C at c from the A panel (kc x MR
+// values) and the packed bp (kc x NR). The MR x VECS vector accumulators
+// stay in registers.
+template <bool kPackedA>
+void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
+                  int64_t rows, int64_t cols, const float* bias, bool first, bool last,
+                  Activation activation) {
+  const int64_t row_stride = kPackedA ? 1 : ap.lda, k_stride = kPackedA ? MR : 1;
+  const float* a = ap.a;
   // Ask for the C tile now: its rows arrive while the k loop runs.
   for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc, 1);
   vfloat acc[MR][VECS];
@@ -167,11 +179,11 @@ void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const f
     for (int64_t v = 0; v < VECS; ++v) bv[v] = simd::load(bp + v * kWidth);
 #pragma GCC unroll 16
     for (int64_t r = 0; r < MR; ++r) {
-      const vfloat a = simd::splat(ap[r]);
+      const vfloat ar = simd::splat(a[r * row_stride]);
 #pragma GCC unroll 16
-      for (int64_t v = 0; v < VECS; ++v) acc[r][v] += a * bv[v];
+      for (int64_t v = 0; v < VECS; ++v) acc[r][v] += ar * bv[v];
     }
-    ap += MR;
+    a += k_stride;
     bp += NR;
   }
   for (int64_t r = 0; r < rows; ++r)
@@ -180,6 +192,15 @@ void micro_kernel(float* c, float* preact, int64_t ldc, const float* ap, const f
       store_row(c + r * ldc + offset, preact ? preact + r * ldc + offset : nullptr, acc[r][v],
                 count, bias ? bias + offset : nullptr, first, last, activation);
     }
+}
+
+void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
+                  int64_t rows, int64_t cols, const float* bias, bool first, bool last,
+                  Activation activation) {
+  if (ap.lda == 0)
+    micro_kernel<true>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
+  else
+    micro_kernel<false>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
 }
 
 // ------------------------------------------------------------------ drivers
@@ -213,21 +234,31 @@ void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
   // task covers most of C and the barriers cost more than a second thread gains.
   const bool parallel = m * n * k >= kParallelWork && !in_parallel_region();
   const TaskGrid grid = task_grid(m, std::min(n, blk.nc), parallel ? thread_count() : 1);
+  // K blocks of equal depth (576 = 288 + 288, not 512 + 64): a thin last
+  // block would pay a full pass over C for little work.
+  const int64_t k_blocks = std::max<int64_t>(1, (k + blk.kc - 1) / blk.kc);
+  const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
 
   PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
   for (int64_t jc = 0; jc < n; jc += blk.nc) {
     const int64_t nc = std::min(blk.nc, n - jc);
-    for (int64_t pc = 0; pc < k; pc += blk.kc) {
-      const int64_t kc = std::min(blk.kc, k - pc);
+    for (int64_t pc = 0; pc < k; pc += kc_step) {
+      const int64_t kc = std::min(kc_step, k - pc);
       const bool first = pc == 0 && !accumulate;
       const bool last = pc + kc >= k && !accumulate;
-      const int64_t b_panels = (nc + NR - 1) / NR, a_panels = m_padded / MR;
+      const int64_t b_panels = (nc + NR - 1) / NR;
       PYENGINE_OMP(omp for schedule(static))
       for (int64_t jp = 0; jp < b_panels; ++jp)
         pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
+      // Untransposed A is read in place but for a last, partial panel.
+      const int64_t a_first = trans_a ? 0 : m / MR, a_panels = m_padded / MR;
       PYENGINE_OMP(omp for schedule(static))
-      for (int64_t ip = 0; ip < a_panels; ++ip)
+      for (int64_t ip = a_first; ip < a_panels; ++ip)
         pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
+      auto a_panel = [&](int64_t ir) {
+        return ir + MR <= m && !trans_a ? APanel{a + ir * k + pc, k}
+                                        : APanel{a_pack + (ir / MR) * MR * kc, 0};
+      };
 
       const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
       const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
@@ -242,7 +273,7 @@ void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
             for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
               float* tile = c + ir * n + col;
               micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
-                           a_pack + (ir / MR) * MR * kc, bp, kc, std::min(MR, m - ir),
+                           a_panel(ir), bp, kc, std::min(MR, m - ir),
                            std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
                            first, last, epilogue.activation);
             }
@@ -264,10 +295,12 @@ void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, 
   for (int64_t jp = 0; jp < b_panels; ++jp)
     pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
   for (int64_t ir = 0; ir < m; ir += MR) {
-    pack_a_panel(a_pack, a, m, k, trans_a, ir, 0, k);
+    const bool in_place = !trans_a && ir + MR <= m;
+    if (!in_place) pack_a_panel(a_pack, a, m, k, trans_a, ir, 0, k);
+    const APanel panel = in_place ? APanel{a + ir * k, k} : APanel{a_pack, 0};
     for (int64_t jr = 0; jr < n; jr += NR)
       micro_kernel(c + ir * n + jr, epilogue.preact ? epilogue.preact + ir * n + jr : nullptr, n,
-                   a_pack, b_pack + (jr / NR) * NR * k, k, std::min(MR, m - ir),
+                   panel, b_pack + (jr / NR) * NR * k, k, std::min(MR, m - ir),
                    std::min(NR, n - jr), epilogue.bias ? epilogue.bias + jr : nullptr,
                    !accumulate, !accumulate, epilogue.activation);
   }
