@@ -4,12 +4,14 @@
 //   for jc in N by NC:             B block (KC x NC) packed once, shared
 //     for pc in K by KC:
 //       pack B[pc, jc] into NR-wide micro-panels, A[:, pc] into MR-high ones
+//       (untransposed A is read in place, but for a partial last panel)
 //       for each task (MC rows x N_TASK columns), in parallel:
 //         for jr:  B micro-panel (KC x NR)
 //           for ir:  A micro-panel (MR x KC)  ->  micro_kernel: MR x NR tile of C
 //
 // Transposes are handled by the packing, so all four op(A).op(B) cases run
-// the same micro-kernel. The epilogue (bias on the first K block, activation
+// the same micro-kernel; a narrower, taller one serves C of few columns.
+// The epilogue (bias on the first K block, activation
 // on the last) is applied to the tile while it is still in registers.
 // Small problems pack without blocking on one thread (small_gemm); a C of a
 // few rows streams B once, GEMV-like (skinny_gemm).
@@ -29,17 +31,19 @@ namespace {
 using simd::kWidth;
 using simd::vfloat;
 
-// Micro-tile: MR rows x NR = VECS vectors of columns, held in MR * VECS
-// vector registers: 24 of AVX-512's 32 (6 x 4: per step of k, 4 loads and 6
-// broadcasts feed 24 FMAs), 12 of AVX2's or SSE's 16 (6 x 2).
+// Micro-tiles: MR rows x NR = VECS vectors of columns, held in MR * VECS
+// vector registers. The wide tile uses 24 of AVX-512's 32 (6 x 4: per step
+// of k, 4 loads and 6 broadcasts feed 24 FMAs), 12 of AVX2's or SSE's 16
+// (6 x 2). The narrow tile, twice as high and half as wide, keeps every lane
+// busy when C has at most NR/2 columns (32 on AVX-512: attention heads,
+// small convolutions, small matrices).
 #if defined(__AVX512F__)
-constexpr int64_t MR = 6, VECS = 4;
+constexpr int64_t kWideVecs = 4;
 #else
-constexpr int64_t MR = 6, VECS = 2;
+constexpr int64_t kWideVecs = 2;
 #endif
-constexpr int64_t NR = VECS * kWidth;
-constexpr int64_t MC = 24 * MR;       // rows of C per task
-constexpr int64_t N_TASK = 4 * NR;    // columns of C per task
+constexpr int64_t MC = 144;                          // rows of C per task
+constexpr int64_t N_TASK = 4 * kWideVecs * kWidth;  // columns of C per task
 // Below this many multiply-adds a problem is packed whole, on one thread.
 constexpr int64_t kSmallWork = 64 * 64 * 64;
 // Below this many multiply-adds the packed GEMM stays on one thread.
@@ -105,206 +109,215 @@ inline void store_row(float* c, float* preact, vfloat acc, int64_t count, const 
   store_n(c, v, count);
 }
 
-// ------------------------------------------------------------------ packing
-
-// Rows [i0, i0+MR) x depth [p0, p0+kc) of op(A) as ap[p][r], zero-padded.
-void pack_a_panel(float* ap, const float* a, int64_t m, int64_t k, bool trans_a, int64_t i0,
-                  int64_t p0, int64_t kc) {
-  const int64_t rows = std::min(MR, m - i0);
-  if (trans_a) {  // op(A) rows are columns of A: each p reads `rows` contiguous floats
-    for (int64_t p = 0; p < kc; ++p) {
-      const float* src = a + (p0 + p) * m + i0;
-      float* dst = ap + p * MR;
-      for (int64_t r = 0; r < rows; ++r) dst[r] = src[r];
-      for (int64_t r = rows; r < MR; ++r) dst[r] = 0.0f;
-    }
-    return;
-  }
-  for (int64_t r = 0; r < MR; ++r) {  // walk each row of A contiguously
-    const float* src = a + (i0 + r) * k + p0;
-    for (int64_t p = 0; p < kc; ++p) ap[p * MR + r] = r < rows ? src[p] : 0.0f;
-  }
-}
-
-// Depth [p0, p0+kc) x columns [j0, j0+NR) of op(B) as bp[p][c], zero-padded.
-void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b, int64_t j0,
-                  int64_t p0, int64_t kc) {
-  const int64_t cols = std::min(NR, n - j0);
-  if (trans_b) {  // op(B) columns are rows of B: `cols` read streams, one contiguous write
-    const float* src = b + j0 * k + p0;
-    for (int64_t p = 0; p < kc; ++p) {
-      float* dst = bp + p * NR;
-      for (int64_t c = 0; c < cols; ++c) dst[c] = src[c * k + p];
-      for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
-    }
-    return;
-  }
-  for (int64_t p = 0; p < kc; ++p) {
-    const float* src = b + (p0 + p) * n + j0;
-    float* dst = bp + p * NR;
-    for (int64_t c = 0; c < cols; ++c) dst[c] = src[c];
-    for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
-  }
-}
-
-// ------------------------------------------------------------------ micro-kernel
-
 // Where a micro-kernel reads its MR rows of op(A): a packed panel
 // (ap[p * MR + r]), or, when op(A) = A, the rows of A in place
-// (a[r * lda + p]): no packing pass, the same six broadcasts per step of k.
+// (a[r * lda + p]): no packing pass, the same broadcasts per step of k.
 struct APanel {
   const float* a;
   int64_t lda;  // 0: packed
 };
 
-// The rows x cols (<= MR x NR) tile of C at c from the A panel (kc x MR
-// values) and the packed bp (kc x NR). The MR x VECS vector accumulators
-// stay in registers.
-template <bool kPackedA>
-void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
-                  int64_t rows, int64_t cols, const float* bias, bool first, bool last,
-                  Activation activation) {
-  const int64_t row_stride = kPackedA ? 1 : ap.lda, k_stride = kPackedA ? MR : 1;
-  const float* a = ap.a;
-  // Ask for the C tile now: its rows arrive while the k loop runs.
-  for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc, 1);
-  vfloat acc[MR][VECS];
-#pragma GCC unroll 16
-  for (int64_t r = 0; r < MR; ++r)
-#pragma GCC unroll 16
-    for (int64_t v = 0; v < VECS; ++v) acc[r][v] = vfloat{};
-  for (int64_t p = 0; p < kc; ++p) {
-    vfloat bv[VECS];
-#pragma GCC unroll 16
-    for (int64_t v = 0; v < VECS; ++v) bv[v] = simd::load(bp + v * kWidth);
-#pragma GCC unroll 16
-    for (int64_t r = 0; r < MR; ++r) {
-      const vfloat ar = simd::splat(a[r * row_stride]);
-#pragma GCC unroll 16
-      for (int64_t v = 0; v < VECS; ++v) acc[r][v] += ar * bv[v];
-    }
-    a += k_stride;
-    bp += NR;
-  }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t v = 0; v < VECS && v * kWidth < cols; ++v) {
-      const int64_t offset = v * kWidth, count = std::min<int64_t>(kWidth, cols - offset);
-      store_row(c + r * ldc + offset, preact ? preact + r * ldc + offset : nullptr, acc[r][v],
-                count, bias ? bias + offset : nullptr, first, last, activation);
-    }
-}
-
-void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
-                  int64_t rows, int64_t cols, const float* bias, bool first, bool last,
-                  Activation activation) {
-  if (ap.lda == 0)
-    micro_kernel<true>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
-  else
-    micro_kernel<false>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
-}
-
-// ------------------------------------------------------------------ drivers
-
-// The task grid of the packed GEMM: blocks of MC rows x N_TASK columns,
-// halved (rows first, down to one micro-tile) until every thread has at
-// least two, so mid-sized problems spread over the threads too.
 struct TaskGrid {
   int64_t rows, cols;
 };
 
-TaskGrid task_grid(int64_t m, int64_t n, int threads) {
-  TaskGrid grid{MC, N_TASK};
-  auto tasks = [&] { return ((m + grid.rows - 1) / grid.rows) * ((n + grid.cols - 1) / grid.cols); };
-  while (tasks() < 2 * threads && (grid.rows > MR || grid.cols > NR)) {
-    if (grid.rows > MR) grid.rows = round_up(grid.rows / 2, MR);
-    else grid.cols = round_up(grid.cols / 2, NR);
-  }
-  return grid;
-}
+// Packing, micro-kernel and drivers for one micro-tile shape.
+template <int64_t MR, int64_t VECS>
+struct Tiled {
+  static constexpr int64_t NR = VECS * kWidth;
 
-// C (m, n) = or += op(A) . op(B), with the epilogue when not accumulating.
-void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
-                 bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
-  const Blocking& blk = blocking();
-  const int64_t m_padded = round_up(m, MR);
-  float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * blk.kc));
-  float* b_pack = scratch_floats(1, static_cast<size_t>(blk.kc * round_up(std::min(n, blk.nc), NR)));
-  // Inside another parallel region (a caller's threads, or the batch loop),
-  // run on the calling thread: no oversubscription. Below kParallelWork one
-  // task covers most of C and the barriers cost more than a second thread gains.
-  const bool parallel = m * n * k >= kParallelWork && !in_parallel_region();
-  const TaskGrid grid = task_grid(m, std::min(n, blk.nc), parallel ? thread_count() : 1);
-  // K blocks of equal depth (576 = 288 + 288, not 512 + 64): a thin last
-  // block would pay a full pass over C for little work.
-  const int64_t k_blocks = std::max<int64_t>(1, (k + blk.kc - 1) / blk.kc);
-  const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
+  // ------------------------------------------------------------------ packing
 
-  PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
-  for (int64_t jc = 0; jc < n; jc += blk.nc) {
-    const int64_t nc = std::min(blk.nc, n - jc);
-    for (int64_t pc = 0; pc < k; pc += kc_step) {
-      const int64_t kc = std::min(kc_step, k - pc);
-      const bool first = pc == 0 && !accumulate;
-      const bool last = pc + kc >= k && !accumulate;
-      const int64_t b_panels = (nc + NR - 1) / NR;
-      PYENGINE_OMP(omp for schedule(static))
-      for (int64_t jp = 0; jp < b_panels; ++jp)
-        pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
-      // Untransposed A is read in place but for a last, partial panel.
-      const int64_t a_first = trans_a ? 0 : m / MR, a_panels = m_padded / MR;
-      PYENGINE_OMP(omp for schedule(static))
-      for (int64_t ip = a_first; ip < a_panels; ++ip)
-        pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
-      auto a_panel = [&](int64_t ir) {
-        return ir + MR <= m && !trans_a ? APanel{a + ir * k + pc, k}
-                                        : APanel{a_pack + (ir / MR) * MR * kc, 0};
-      };
-
-      const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
-      const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
-      PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
-      for (int64_t rt = 0; rt < row_tasks; ++rt)
-        for (int64_t ct = 0; ct < col_tasks; ++ct) {
-          const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
-          const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
-          for (int64_t jr = j_begin; jr < j_end; jr += NR) {
-            const float* bp = b_pack + (jr / NR) * NR * kc;
-            const int64_t col = jc + jr;
-            for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
-              float* tile = c + ir * n + col;
-              micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
-                           a_panel(ir), bp, kc, std::min(MR, m - ir),
-                           std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
-                           first, last, epilogue.activation);
-            }
-          }
-        }
+  // Rows [i0, i0+MR) x depth [p0, p0+kc) of op(A) as ap[p][r], zero-padded.
+  static void pack_a_panel(float* ap, const float* a, int64_t m, int64_t k, bool trans_a, int64_t i0,
+                    int64_t p0, int64_t kc) {
+    const int64_t rows = std::min(MR, m - i0);
+    if (trans_a) {  // op(A) rows are columns of A: each p reads `rows` contiguous floats
+      for (int64_t p = 0; p < kc; ++p) {
+        const float* src = a + (p0 + p) * m + i0;
+        float* dst = ap + p * MR;
+        for (int64_t r = 0; r < rows; ++r) dst[r] = src[r];
+        for (int64_t r = rows; r < MR; ++r) dst[r] = 0.0f;
+      }
+      return;
+    }
+    for (int64_t r = 0; r < MR; ++r) {  // walk each row of A contiguously
+      const float* src = a + (i0 + r) * k + p0;
+      for (int64_t p = 0; p < kc; ++p) ap[p * MR + r] = r < rows ? src[p] : 0.0f;
     }
   }
-}
 
-// Small problems: one thread, no blocking and no parallel region. The whole
-// op(B) is packed once (zero-padded to whole micro-panels, which also takes
-// care of trans_b and the column edge), each MR-row strip of op(A) once, and
-// every tile goes through the same micro-kernel.
-void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
-                bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
-  const int64_t b_panels = (n + NR - 1) / NR;
-  float* b_pack = scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * b_panels * NR));
-  float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
-  for (int64_t jp = 0; jp < b_panels; ++jp)
-    pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
-  for (int64_t ir = 0; ir < m; ir += MR) {
-    const bool in_place = !trans_a && ir + MR <= m;
-    if (!in_place) pack_a_panel(a_pack, a, m, k, trans_a, ir, 0, k);
-    const APanel panel = in_place ? APanel{a + ir * k, k} : APanel{a_pack, 0};
-    for (int64_t jr = 0; jr < n; jr += NR)
-      micro_kernel(c + ir * n + jr, epilogue.preact ? epilogue.preact + ir * n + jr : nullptr, n,
-                   panel, b_pack + (jr / NR) * NR * k, k, std::min(MR, m - ir),
-                   std::min(NR, n - jr), epilogue.bias ? epilogue.bias + jr : nullptr,
-                   !accumulate, !accumulate, epilogue.activation);
+  // Depth [p0, p0+kc) x columns [j0, j0+NR) of op(B) as bp[p][c], zero-padded.
+  static void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b, int64_t j0,
+                    int64_t p0, int64_t kc) {
+    const int64_t cols = std::min(NR, n - j0);
+    if (trans_b) {  // op(B) columns are rows of B: `cols` read streams, one contiguous write
+      const float* src = b + j0 * k + p0;
+      for (int64_t p = 0; p < kc; ++p) {
+        float* dst = bp + p * NR;
+        for (int64_t c = 0; c < cols; ++c) dst[c] = src[c * k + p];
+        for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
+      }
+      return;
+    }
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = b + (p0 + p) * n + j0;
+      float* dst = bp + p * NR;
+      for (int64_t c = 0; c < cols; ++c) dst[c] = src[c];
+      for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
+    }
   }
-}
+
+  // ------------------------------------------------------------------ micro-kernel
+
+  // The rows x cols (<= MR x NR) tile of C at c from the A panel (kc x MR
+  // values) and the packed bp (kc x NR). The MR x VECS vector accumulators
+  // stay in registers.
+  template <bool kPackedA>
+  static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
+                    int64_t rows, int64_t cols, const float* bias, bool first, bool last,
+                    Activation activation) {
+    const int64_t row_stride = kPackedA ? 1 : ap.lda, k_stride = kPackedA ? MR : 1;
+    const float* a = ap.a;
+    // Ask for the C tile now: its rows arrive while the k loop runs.
+    for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc, 1);
+    vfloat acc[MR][VECS];
+  #pragma GCC unroll 16
+    for (int64_t r = 0; r < MR; ++r)
+  #pragma GCC unroll 16
+      for (int64_t v = 0; v < VECS; ++v) acc[r][v] = vfloat{};
+    for (int64_t p = 0; p < kc; ++p) {
+      vfloat bv[VECS];
+  #pragma GCC unroll 16
+      for (int64_t v = 0; v < VECS; ++v) bv[v] = simd::load(bp + v * kWidth);
+  #pragma GCC unroll 16
+      for (int64_t r = 0; r < MR; ++r) {
+        const vfloat ar = simd::splat(a[r * row_stride]);
+  #pragma GCC unroll 16
+        for (int64_t v = 0; v < VECS; ++v) acc[r][v] += ar * bv[v];
+      }
+      a += k_stride;
+      bp += NR;
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < VECS && v * kWidth < cols; ++v) {
+        const int64_t offset = v * kWidth, count = std::min<int64_t>(kWidth, cols - offset);
+        store_row(c + r * ldc + offset, preact ? preact + r * ldc + offset : nullptr, acc[r][v],
+                  count, bias ? bias + offset : nullptr, first, last, activation);
+      }
+  }
+
+  static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
+                    int64_t rows, int64_t cols, const float* bias, bool first, bool last,
+                    Activation activation) {
+    if (ap.lda == 0)
+      micro_kernel<true>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
+    else
+      micro_kernel<false>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
+  }
+
+  // ---------------------------------------------------------------- drivers
+
+    // The task grid of the packed GEMM: blocks of MC rows x N_TASK columns,
+    // halved (rows first, down to one micro-tile) until every thread has at
+    // least two, so mid-sized problems spread over the threads too.
+    static TaskGrid task_grid(int64_t m, int64_t n, int threads) {
+      TaskGrid grid{MC, N_TASK};
+      auto tasks = [&] { return ((m + grid.rows - 1) / grid.rows) * ((n + grid.cols - 1) / grid.cols); };
+      while (tasks() < 2 * threads && (grid.rows > MR || grid.cols > NR)) {
+        if (grid.rows > MR) grid.rows = round_up(grid.rows / 2, MR);
+        else grid.cols = round_up(grid.cols / 2, NR);
+      }
+      return grid;
+    }
+
+  // C (m, n) = or += op(A) . op(B), with the epilogue when not accumulating.
+  static void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
+                   bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
+    const Blocking& blk = blocking();
+    const int64_t m_padded = round_up(m, MR);
+    float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * blk.kc));
+    float* b_pack = scratch_floats(1, static_cast<size_t>(blk.kc * round_up(std::min(n, blk.nc), NR)));
+    // Inside another parallel region (a caller's threads, or the batch loop),
+    // run on the calling thread: no oversubscription. Below kParallelWork one
+    // task covers most of C and the barriers cost more than a second thread gains.
+    const bool parallel = m * n * k >= kParallelWork && !in_parallel_region();
+    const TaskGrid grid = task_grid(m, std::min(n, blk.nc), parallel ? thread_count() : 1);
+    // K blocks of equal depth (576 = 288 + 288, not 512 + 64): a thin last
+    // block would pay a full pass over C for little work.
+    const int64_t k_blocks = std::max<int64_t>(1, (k + blk.kc - 1) / blk.kc);
+    const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
+
+    PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
+    for (int64_t jc = 0; jc < n; jc += blk.nc) {
+      const int64_t nc = std::min(blk.nc, n - jc);
+      for (int64_t pc = 0; pc < k; pc += kc_step) {
+        const int64_t kc = std::min(kc_step, k - pc);
+        const bool first = pc == 0 && !accumulate;
+        const bool last = pc + kc >= k && !accumulate;
+        const int64_t b_panels = (nc + NR - 1) / NR;
+        PYENGINE_OMP(omp for schedule(static))
+        for (int64_t jp = 0; jp < b_panels; ++jp)
+          pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
+        // Untransposed A is read in place but for a last, partial panel.
+        const int64_t a_first = trans_a ? 0 : m / MR, a_panels = m_padded / MR;
+        PYENGINE_OMP(omp for schedule(static))
+        for (int64_t ip = a_first; ip < a_panels; ++ip)
+          pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
+        auto a_panel = [&](int64_t ir) {
+          return ir + MR <= m && !trans_a ? APanel{a + ir * k + pc, k}
+                                          : APanel{a_pack + (ir / MR) * MR * kc, 0};
+        };
+
+        const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
+        const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
+        PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
+        for (int64_t rt = 0; rt < row_tasks; ++rt)
+          for (int64_t ct = 0; ct < col_tasks; ++ct) {
+            const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
+            const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
+            for (int64_t jr = j_begin; jr < j_end; jr += NR) {
+              const float* bp = b_pack + (jr / NR) * NR * kc;
+              const int64_t col = jc + jr;
+              for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
+                float* tile = c + ir * n + col;
+                micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
+                             a_panel(ir), bp, kc, std::min(MR, m - ir),
+                             std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
+                             first, last, epilogue.activation);
+              }
+            }
+          }
+      }
+    }
+  }
+
+  // Small problems: one thread, no blocking and no parallel region. The whole
+  // op(B) is packed once (zero-padded to whole micro-panels, which also takes
+  // care of trans_b and the column edge), each MR-row strip of op(A) once, and
+  // every tile goes through the same micro-kernel.
+  static void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
+                  bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
+    const int64_t b_panels = (n + NR - 1) / NR;
+    float* b_pack = scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * b_panels * NR));
+    float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
+    for (int64_t jp = 0; jp < b_panels; ++jp)
+      pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
+    for (int64_t ir = 0; ir < m; ir += MR) {
+      const bool in_place = !trans_a && ir + MR <= m;
+      if (!in_place) pack_a_panel(a_pack, a, m, k, trans_a, ir, 0, k);
+      const APanel panel = in_place ? APanel{a + ir * k, k} : APanel{a_pack, 0};
+      for (int64_t jr = 0; jr < n; jr += NR)
+        micro_kernel(c + ir * n + jr, epilogue.preact ? epilogue.preact + ir * n + jr : nullptr, n,
+                     panel, b_pack + (jr / NR) * NR * k, k, std::min(MR, m - ir),
+                     std::min(NR, n - jr), epilogue.bias ? epilogue.bias + jr : nullptr,
+                     !accumulate, !accumulate, epilogue.activation);
+    }
+  }
+};
+
+using WideTile = Tiled<6, kWideVecs>;
+using NarrowTile = Tiled<12, kWideVecs / 2>;
 
 // The rows of op(A) (m x k) contiguous: A itself, or a gathered copy.
 const float* rows_of_op_a(const float* a, int64_t m, int64_t k, bool trans_a) {
@@ -413,9 +426,11 @@ void gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_
   if (m <= kSkinnyRows)
     skinny_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
   else if (m * n * k <= kSmallWork)
-    small_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
+    (n <= NarrowTile::NR ? NarrowTile::small_gemm : WideTile::small_gemm)(
+        c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
   else
-    packed_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
+    (n <= NarrowTile::NR ? NarrowTile::packed_gemm : WideTile::packed_gemm)(
+        c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
 }
 
 // Runs fn(i) for every matrix of a batch: across threads when each matrix is
