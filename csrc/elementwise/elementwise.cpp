@@ -40,17 +40,16 @@ void binary_forward_impl(float* out, const float* a, const float* b, int64_t ndi
   int64_t outer = 1;
   for (int64_t d = 0; d + 1 < ndim; ++d) outer *= shape[d];
   if (outer == 1) {  // one flat run: split it into chunks
-    PYENGINE_OMP(omp parallel for if (worth_threads(inner)) schedule(static) num_threads(thread_count()))
-    for (int64_t i0 = 0; i0 < inner; i0 += kChunk)
-      binary_inner<OP>(out + i0, a + i0 * ia, b + i0 * ib, std::min(kChunk, inner - i0), ia, ib);
+    parallel_chunks(worth_threads(inner), inner, kChunk, [&](int64_t i0, int64_t i1) {
+      binary_inner<OP>(out + i0, a + i0 * ia, b + i0 * ib, i1 - i0, ia, ib);
+    });
     return;
   }
-  PYENGINE_OMP(omp parallel for if (worth_threads(outer * inner)) schedule(static) num_threads(thread_count()))
-  for (int64_t o = 0; o < outer; ++o) {
+  parallel_for(worth_threads(outer * inner), outer, [&](int64_t o) {
     int64_t oa, ob;
     ew::outer_offsets(o, ndim, shape, sa, sb, &oa, &ob);
     binary_inner<OP>(out + o * inner, a + oa, b + ob, inner, ia, ib);
-  }
+  });
 }
 
 bool is_broadcast(int64_t ndim, const int64_t* shape, const int64_t* strides) {
@@ -129,31 +128,26 @@ void binary_grad(float* grad, const float* dout, const float* a, const float* b,
     binary_grad_rows<OP, WRT_A>(partial + static_cast<size_t>(t) * size, dout, a, b, o0, o1,
                                 ndim, shape, sa, sb);
   }
-  PYENGINE_OMP(omp parallel for schedule(static) num_threads(thread_count()))
-  for (int64_t i = 0; i < size; ++i) {
+  parallel_for(true, size, [&](int64_t i) {
     float total = 0.0f;
     for (int t = 0; t < threads; ++t) total += partial[static_cast<size_t>(t) * size + i];
     grad[i] += total;
-  }
+  });
 }
 
 // out[i] = f(in[i]) over chunks, threaded when large.
 template <typename F>
 void map_unary(float* out, const float* in, int64_t n, F f) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = std::min(n, i0 + kChunk);
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) out[i] = f(in[i]);
-  }
+  });
 }
 // dx[i] += dy[i] * g(v[i]), threaded when large.
 template <typename G>
 void accumulate_grad(float* dx, const float* dy, const float* v, int64_t n, G g) {
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = std::min(n, i0 + kChunk);
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) dx[i] += dy[i] * g(v[i]);
-  }
+  });
 }
 
 // out[i] = f(in[i]) for a SIMD function f, threaded when large; the tail
@@ -161,22 +155,18 @@ void accumulate_grad(float* dx, const float* dy, const float* v, int64_t n, G g)
 template <typename F>
 void map_vector(float* out, const float* in, int64_t n, F f) {
   using simd::kWidth;
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = std::min(n, i0 + kChunk);
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + kWidth <= i1; i += kWidth) simd::store(out + i, f(simd::load(in + i)));
     if (i < i1) simd::store_partial(out + i, f(simd::load_partial(in + i, i1 - i, 0.0f)), i1 - i);
-  }
+  });
 }
 
 // dx[i] += dy[i] * g(v[i]) for a SIMD function g, threaded when large.
 template <typename G>
 void accumulate_vector_grad(float* dx, const float* dy, const float* v, int64_t n, G g) {
   using simd::kWidth;
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = std::min(n, i0 + kChunk);
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + kWidth <= i1; i += kWidth)
       simd::store(dx + i, simd::load(dx + i) + simd::load(dy + i) * g(simd::load(v + i)));
@@ -186,7 +176,7 @@ void accumulate_vector_grad(float* dx, const float* dy, const float* v, int64_t 
       simd::store_partial(dx + i, simd::load_partial(dx + i, count, 0.0f) +
                                       d * g(simd::load_partial(v + i, count, 0.0f)), count);
     }
-  }
+  });
 }
 
 }  // namespace

@@ -18,8 +18,7 @@ using simd::vfloat;
 
 void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int64_t rows, int64_t cols, float eps) {
-  PYENGINE_OMP(omp parallel for if (rows_worth_threads(rows, cols)) schedule(static) num_threads(thread_count()))
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows_worth_threads(rows, cols), rows, [&](int64_t r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
     const float mu = row::sum(xr, cols) / static_cast<float>(cols);
@@ -37,7 +36,7 @@ void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const
     for (i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * weight[i] + bias[i];
     mean[r] = mu;
     rstd[r] = rs;
-  }
+  });
 }
 
 void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
@@ -49,8 +48,7 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
   float* partial = scratch_floats(2, static_cast<size_t>(threads) * 2 * cols);
   std::fill(partial, partial + static_cast<size_t>(threads) * 2 * cols, 0.0f);
 
-  PYENGINE_OMP(omp parallel num_threads(threads) if (parallel))
-  {
+  parallel_region(parallel, threads, [&] {
     float* pw = partial + static_cast<size_t>(thread_index()) * 2 * cols;
     float* pb = pw + cols;
     PYENGINE_OMP(omp for schedule(static))
@@ -99,7 +97,7 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
       if (dweight) dweight[i] += w;
       if (dbias) dbias[i] += b;
     }
-  }
+  });
 }
 
 }  // namespace PYENGINE_KERNEL_NS

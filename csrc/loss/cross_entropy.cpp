@@ -25,17 +25,20 @@ int64_t count_valid(const Index* target, int64_t rows, int64_t ignore_index) {
 template <typename Index>
 void forward_impl(float* loss, const float* logits, const Index* target, int64_t rows,
                   int64_t classes, int64_t ignore_index) {
-  double total = 0.0;
-  const bool parallel = rows_worth_threads(rows, classes);
-  (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) reduction(+ : total) schedule(static) num_threads(thread_count()))
-  for (int64_t r = 0; r < rows; ++r) {
+  auto row_loss = [&](int64_t r) -> double {
     const int64_t t = static_cast<int64_t>(target[r]);
-    if (t == ignore_index) continue;
+    if (t == ignore_index) return 0.0;
     const float* xr = logits + r * classes;
     const float m = row::max(xr, classes);
     // log(sum exp(x - m)) - (x[t] - m): no large m is added and taken away again.
-    total += static_cast<double>(std::log(row::exp_shifted(nullptr, xr, classes, m)) - (xr[t] - m));
+    return static_cast<double>(std::log(row::exp_shifted(nullptr, xr, classes, m)) - (xr[t] - m));
+  };
+  double total = 0.0;
+  if (rows_worth_threads(rows, classes)) {
+    PYENGINE_OMP(omp parallel for reduction(+ : total) schedule(static) num_threads(thread_count()))
+    for (int64_t r = 0; r < rows; ++r) total += row_loss(r);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) total += row_loss(r);
   }
   const int64_t count = count_valid(target, rows, ignore_index);
   loss[0] = count ? static_cast<float>(total / static_cast<double>(count))
@@ -48,12 +51,9 @@ void backward_impl(float* dlogits, const float* dloss, const float* logits, cons
   const int64_t count = count_valid(target, rows, ignore_index);
   if (count == 0) return;
   const float scale = dloss[0] / static_cast<float>(count);
-  const bool parallel = rows_worth_threads(rows, classes);
-  (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows_worth_threads(rows, classes), rows, [&](int64_t r) {
     const int64_t t = static_cast<int64_t>(target[r]);
-    if (t == ignore_index) continue;
+    if (t == ignore_index) return;
     const float* xr = logits + r * classes;
     float* dr = dlogits + r * classes;
     const float m = row::max(xr, classes);
@@ -64,7 +64,7 @@ void backward_impl(float* dlogits, const float* dloss, const float* logits, cons
       simd::store(dr + i, simd::load(dr + i) + simd::exp(simd::load(xr + i) - vm) * vs);
     for (; i < classes; ++i) dr[i] += std::exp(xr[i] - m) * s;
     dr[t] -= scale;
-  }
+  });
 }
 
 }  // namespace

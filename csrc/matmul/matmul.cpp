@@ -179,8 +179,10 @@ struct Tiled {
                     Activation activation) {
     const int64_t row_stride = kPackedA ? 1 : ap.lda, k_stride = kPackedA ? MR : 1;
     const float* a = ap.a;
-    // Ask for the C tile now: its rows arrive while the k loop runs.
-    for (int64_t r = 0; r < rows; ++r) __builtin_prefetch(c + r * ldc, 1);
+    // Ask for the C tile now, every cache line of it: it arrives while the
+    // k loop runs.
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t col = 0; col < cols; col += 16) __builtin_prefetch(c + r * ldc + col, 1);
     vfloat acc[MR][VECS];
   #pragma GCC unroll 16
     for (int64_t r = 0; r < MR; ++r)
@@ -248,7 +250,7 @@ struct Tiled {
     const int64_t k_blocks = std::max<int64_t>(1, (k + blk.kc - 1) / blk.kc);
     const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
 
-    PYENGINE_OMP(omp parallel if (parallel) num_threads(thread_count()))
+    parallel_region(parallel, thread_count(), [&] {
     for (int64_t jc = 0; jc < n; jc += blk.nc) {
       const int64_t nc = std::min(blk.nc, n - jc);
       for (int64_t pc = 0; pc < k; pc += kc_step) {
@@ -290,6 +292,7 @@ struct Tiled {
           }
       }
     }
+    });
   }
 
   // Small problems: one thread, no blocking and no parallel region. The whole
@@ -357,8 +360,7 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
   const int64_t chunk = std::clamp<int64_t>(round_up((n + 2 * threads - 1) / (2 * threads), kWidth),
                                             16 * kWidth, kMaxChunk);
   const int64_t chunks = (n + chunk - 1) / chunk;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t t = 0; t < chunks; ++t) {
+  parallel_for(parallel, chunks, [&](int64_t t) {
     const int64_t j0 = t * chunk, j1 = std::min(n, j0 + chunk);
     if (!accumulate)
       for (int64_t i = 0; i < m; ++i) std::fill(c + i * n + j0, c + i * n + j1, 0.0f);
@@ -392,7 +394,7 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
       }
     }
     if (!accumulate) epilogue_in_place(c, n, m, j0, j1, epilogue);
-  }
+  });
 }
 
 // Few rows of C with B transposed (a Linear layer's (out, in) weight): each
@@ -402,13 +404,12 @@ void skinny_gemm_dot(float* c, const float* a, const float* b, int64_t m, int64_
                      bool trans_a, bool accumulate, const Epilogue& epilogue) {
   const float* a_rows = rows_of_op_a(a, m, k, trans_a);
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
-  (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t j = 0; j < n; ++j)
+  parallel_for(parallel, n, [&](int64_t j) {
     for (int64_t i = 0; i < m; ++i) {
       const float v = row::dot(a_rows + i * k, b + j * k, k);
       c[i * n + j] = accumulate ? c[i * n + j] + v : v;
     }
+  });
   if (!accumulate) epilogue_in_place(c, n, m, 0, n, epilogue);
 }
 
@@ -438,8 +439,8 @@ void gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_
 // matrix using the threads.
 template <typename Fn>
 void for_each_matrix(int64_t batch, int64_t work_per_matrix, Fn fn) {
-  const bool across = batch > 1 && work_per_matrix < 128 * 128 * 128 && !in_parallel_region() &&
-                      batch * work_per_matrix >= PYENGINE_PARALLEL_MIN_WORK;
+  const bool across = batch > 1 && work_per_matrix < 128 * 128 * 128 && thread_count() > 1 &&
+                      !in_parallel_region() && batch * work_per_matrix >= PYENGINE_PARALLEL_MIN_WORK;
   if (!across) {
     for (int64_t i = 0; i < batch; ++i) fn(i);
     return;
@@ -451,17 +452,14 @@ void for_each_matrix(int64_t batch, int64_t work_per_matrix, Fn fn) {
 // dbias (n,) += sum over rows of dc (rows, n).
 void column_sums_accumulate(float* dbias, const float* dc, int64_t rows, int64_t n) {
   const bool parallel = rows * n >= PYENGINE_PARALLEL_MIN_WORK && n >= 64;
-  (void)parallel;
-  PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t j0 = 0; j0 < n; j0 += 64) {
-    const int64_t j1 = std::min(n, j0 + 64);
+  parallel_chunks(parallel, n, 64, [&](int64_t j0, int64_t j1) {
     float acc[64] = {};
     for (int64_t i = 0; i < rows; ++i) {
       const float* row = dc + i * n;
       for (int64_t j = j0; j < j1; ++j) acc[j - j0] += row[j];
     }
     for (int64_t j = j0; j < j1; ++j) dbias[j] += acc[j - j0];
-  }
+  });
 }
 
 }  // namespace

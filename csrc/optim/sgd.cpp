@@ -12,17 +12,15 @@ void sgd_update(float* param, float* momentum_buf, const float* grad, int64_t n,
                 float momentum, float dampening, float weight_decay, bool nesterov,
                 bool first_step) {
   constexpr int64_t kChunk = 1 << 14;
-  PYENGINE_OMP(omp parallel for if (n >= 4 * kChunk) schedule(static) num_threads(thread_count()))
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = std::min(n, i0 + kChunk);
+  parallel_chunks(n >= 4 * kChunk, n, kChunk, [&](int64_t i0, int64_t i1) {
     if (!momentum_buf) {
       for (int64_t i = i0; i < i1; ++i) param[i] -= lr * (grad[i] + weight_decay * param[i]);
-      continue;
+      return;
     }
     for (int64_t i = i0; i < i1; ++i)
       sgd_element(param[i], momentum_buf + i, grad[i], lr, momentum, dampening, weight_decay,
                   nesterov, first_step);
-  }
+  });
 }
 
 }  // namespace PYENGINE_KERNEL_NS

@@ -39,10 +39,10 @@ void sum_rows(float* dst, const float* src, int64_t rows, int64_t inner) {
 void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int64_t inner,
                  float scale) {
   const bool parallel = outer * reduce * inner >= PYENGINE_PARALLEL_MIN_WORK;
-  (void)parallel;
   if (inner == 1) {
-    PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-    for (int64_t o = 0; o < outer; ++o) out[o] = contiguous_sum(in + o * reduce, reduce) * scale;
+    parallel_for(parallel, outer, [&](int64_t o) {
+      out[o] = contiguous_sum(in + o * reduce, reduce) * scale;
+    });
     return;
   }
   // Sums over a middle axis stream whole rows (contiguous, prefetch-friendly)
@@ -51,18 +51,16 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
   // row, added up at the end.
   const int threads = parallel ? thread_count() : 1;
   if (outer >= 2 * threads) {
-    PYENGINE_OMP(omp parallel for if (parallel) schedule(static) num_threads(thread_count()))
-    for (int64_t o = 0; o < outer; ++o) {
+    parallel_for(parallel, outer, [&](int64_t o) {
       float* dst = out + o * inner;
       sum_rows(dst, in + o * reduce * inner, reduce, inner);
       for (int64_t i = 0; i < inner; ++i) dst[i] *= scale;
-    }
+    });
     return;
   }
   const size_t per_thread = static_cast<size_t>(outer * inner);
   float* partial = scratch_floats(2, threads * per_thread);
-  PYENGINE_OMP(omp parallel num_threads(threads))
-  {
+  parallel_region(parallel, threads, [&] {
     const int t = thread_index(), team = team_size();
     const int64_t r0 = reduce * t / team, r1 = reduce * (t + 1) / team;
     for (int64_t o = 0; o < outer; ++o)
@@ -74,20 +72,17 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
       for (int u = 0; u < team; ++u) total += partial[u * per_thread + i];
       out[i] = total * scale;
     }
-  }
+  });
 }
 
 void sum_backward(float* din, const float* dout, int64_t outer, int64_t reduce, int64_t inner,
                   float scale) {
   const bool parallel = outer * reduce * inner >= PYENGINE_PARALLEL_MIN_WORK;
-  (void)parallel;
-  PYENGINE_OMP(omp parallel for collapse(2) if (parallel) schedule(static) num_threads(thread_count()))
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t r = 0; r < reduce; ++r) {
-      float* dst = din + (o * reduce + r) * inner;
-      const float* g = dout + o * inner;
-      for (int64_t i = 0; i < inner; ++i) dst[i] += g[i] * scale;
-    }
+  parallel_for(parallel, outer * reduce, [&](int64_t row) {  // row = o * reduce + r
+    float* dst = din + row * inner;
+    const float* g = dout + row / reduce * inner;
+    for (int64_t i = 0; i < inner; ++i) dst[i] += g[i] * scale;
+  });
 }
 
 }  // namespace PYENGINE_KERNEL_NS
