@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-_JIT = dict(parallel=True, fastmath=False, cache=True)
+_JIT = {"parallel": True, "fastmath": False, "cache": True}
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 

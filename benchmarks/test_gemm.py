@@ -7,9 +7,10 @@ Groups (one row per implementation, the ``impl`` parameter):
 - squares 64 .. 4096;
 - the GPT-2 (124M) training GEMMs at B*T = 4096 tokens (1024 for the LM head), forward and
   both backward forms, dA = dC B^T and dB = A^T dC: pyengine passes trans_a/trans_b, numpy
-  and torch take ``.T`` views (their BLAS handles transposed operands natively);
+  and torch take transposed views (their BLAS handles transposed operands natively);
 - generation (M = 1 and M = 8 rows against the same weights);
-- small squares below 64, where pyengine skips packing;
+- small squares below 64, where pyengine packs the whole problem on one thread, one call each
+  and as stacks of 64 in one call; stacks of 48 per-head attention products (64 x 64 x 64);
 - im2col GEMMs of ResNet-50 convolutions at batch 1.
 
 Every implementation writes into a preallocated output (``np.matmul(.., out=c)``,
@@ -48,18 +49,27 @@ class Gemm:
     k: int
     trans_a: bool = False
     trans_b: bool = False
+    batch: int = 0  # > 0: a stack of `batch` independent products (leading dim)
 
     @property
     def flops(self):
-        return 2 * self.m * self.n * self.k
+        return 2 * self.m * self.n * self.k * max(self.batch, 1)
+
+    @property
+    def _lead(self):
+        return (self.batch,) if self.batch else ()
 
     @property
     def a_shape(self):
-        return (self.k, self.m) if self.trans_a else (self.m, self.k)
+        return self._lead + ((self.k, self.m) if self.trans_a else (self.m, self.k))
 
     @property
     def b_shape(self):
-        return (self.n, self.k) if self.trans_b else (self.k, self.n)
+        return self._lead + ((self.n, self.k) if self.trans_b else (self.k, self.n))
+
+    @property
+    def c_shape(self):
+        return self._lead + (self.m, self.n)
 
 
 def _mat(rows, cols, trans=False):
@@ -87,6 +97,14 @@ GPT2 = (_training("attn qkv", 4096, 768, 2304) + _training("mlp fc", 4096, 768, 
 GENERATION = [_plain(f"gpt2 generate M={m}", m, 768, n)
               for m in (1, 8) for n in (2304, 3072, 50304)]
 SMALL = [_plain(f"small square {s}", s, s, s) for s in (8, 16, 32, 48)]
+# Stacks of small products, one call: attention per head (GPT-2: 12 heads, head dim 64) at
+# 4 sequences of T = 64 tokens, scores Q K^T and the weighted sum P V, and stacks of the
+# small squares, where a single call is dominated by the Python call itself.
+BATCHED_SMALL = [
+    Gemm("batched 48 heads scores: (64x64)@(64x64)^T", 64, 64, 64, trans_b=True, batch=48),
+    Gemm("batched 48 heads weighted sum: (64x64)@(64x64)", 64, 64, 64, batch=48),
+    *[Gemm(f"batched 64 small squares {s}", s, s, s, batch=64) for s in (8, 16, 32)],
+]
 IM2COL = [  # (H_out W_out) x (C_in kh kw) . (C_in kh kw) x C_out
     _plain("resnet50 conv1 7x7/2 3->64 @112", 12544, 147, 64),
     _plain("resnet50 3x3 64->64 @56", 3136, 576, 64),
@@ -94,7 +112,7 @@ IM2COL = [  # (H_out W_out) x (C_in kh kw) . (C_in kh kw) x C_out
     _plain("resnet50 3x3 128->128 @28", 784, 1152, 128),
     _plain("resnet50 3x3 256->256 @14", 196, 2304, 256),
 ]
-CASES = SQUARES + GPT2 + GENERATION + SMALL + IM2COL
+CASES = SQUARES + GPT2 + GENERATION + SMALL + BATCHED_SMALL + IM2COL
 
 
 def rounds(gemm):
@@ -127,7 +145,7 @@ def operands(gemm):
 
 
 def _op(x, flag):
-    return x.T if flag else x
+    return x.swapaxes(-1, -2) if flag else x
 
 
 def build(impl, gemm, a, b, c):
@@ -158,7 +176,7 @@ def reference_output(gemm):
     if gemm not in _REFERENCE_OUTPUTS:
         _REFERENCE_OUTPUTS.clear()  # one case at a time: the largest outputs are 200 MB
         a, b = operands(gemm)
-        c = np.empty((gemm.m, gemm.n), np.float32)
+        c = np.empty(gemm.c_shape, np.float32)
         build(REFERENCE, gemm, a, b, c)()
         _REFERENCE_OUTPUTS[gemm] = c
     return _REFERENCE_OUTPUTS[gemm]
@@ -216,10 +234,10 @@ def test_gemm(benchmark, threads, gemm, impl):
         if gemm.flops > NUMBA_MAX_FLOPS:
             pytest.skip(f"numba's i-k-j kernel (10-30 GFLOP/s here) would take ~1 s or more a "
                         f"call on {gemm.flops / 1e9:.0f} GFLOP: too slow")
-        if gemm.trans_a or gemm.trans_b:
-            pytest.skip("the numba kernel takes untransposed operands only")
+        if gemm.trans_a or gemm.trans_b or gemm.batch:
+            pytest.skip("the numba kernel takes one pair of untransposed operands only")
     a, b = operands(gemm)
-    c = np.zeros((gemm.m, gemm.n), np.float32)
+    c = np.zeros(gemm.c_shape, np.float32)
     call = build(impl, gemm, a, b, c)
     call()  # untimed: JIT compilation, first-touch of c, and the result to check
     if impl == REFERENCE:
@@ -228,7 +246,7 @@ def test_gemm(benchmark, threads, gemm, impl):
     else:
         check(impl, gemm, c)
     benchmark.group = gemm.group
-    benchmark.extra_info.update(threads=threads, m=gemm.m, n=gemm.n, k=gemm.k,
+    benchmark.extra_info.update(threads=threads, m=gemm.m, n=gemm.n, k=gemm.k, batch=gemm.batch,
                                 trans_a=gemm.trans_a, trans_b=gemm.trans_b, flops=gemm.flops)
     n_rounds, iterations = rounds(gemm)
     benchmark.pedantic(call, rounds=n_rounds, iterations=iterations, warmup_rounds=1)

@@ -7,6 +7,8 @@ numba have no autodiff, so they do not apply here and are skipped.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,7 @@ def _data():
 def _pyengine_model():
     pyengine.manual_seed(0)
     layers = []
-    for a, b in zip(WIDTHS, WIDTHS[1:]):
+    for a, b in itertools.pairwise(WIDTHS):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(WIDTHS[-1], CLASSES))
     return model, optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -51,7 +53,7 @@ def _torch_step():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     layers = []
-    for a, b in zip(WIDTHS, WIDTHS[1:]):
+    for a, b in itertools.pairwise(WIDTHS):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers, torch.nn.Linear(WIDTHS[-1], CLASSES))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
