@@ -362,11 +362,17 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
   const int64_t chunks = (n + chunk - 1) / chunk;
   parallel_for(parallel, chunks, [&](int64_t t) {
     const int64_t j0 = t * chunk, j1 = std::min(n, j0 + chunk);
-    if (!accumulate)
-      for (int64_t i = 0; i < m; ++i) std::fill(c + i * n + j0, c + i * n + j1, 0.0f);
-    for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
+    // Each pass adds kDepth rows of B into C; the first one writes C (with
+    // the bias), the last applies the activation. K = 0 still makes one.
+    for (int64_t p0 = 0; p0 < k || p0 == 0; p0 += kDepth) {
       const int64_t depth = std::min(kDepth, k - p0);
+      const bool first = p0 == 0 && !accumulate, last = p0 + kDepth >= k && !accumulate;
       const float* bp = b + p0 * n;
+      auto finish = [&](int64_t i, int64_t j, vfloat acc, int64_t count) {
+        const int64_t at = i * n + j;
+        store_row(c + at, epilogue.preact ? epilogue.preact + at : nullptr, acc, count,
+                  epilogue.bias ? epilogue.bias + j : nullptr, first, last, epilogue.activation);
+      };
       int64_t j = j0;
       if (depth == kDepth)  // the common case, with every loop bound a constant
         for (; j + kWidth <= j1; j += kWidth) {
@@ -375,10 +381,10 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
           for (int64_t q = 0; q < kDepth; ++q) bv[q] = simd::load(bp + q * n + j);
           for (int64_t i = 0; i < m; ++i) {
             const float* ai = a_rows + i * k + p0;
-            vfloat acc = simd::load(c + i * n + j);
+            vfloat acc{};
 #pragma GCC unroll 16
             for (int64_t q = 0; q < kDepth; ++q) acc += simd::splat(ai[q]) * bv[q];
-            simd::store(c + i * n + j, acc);
+            finish(i, j, acc, kWidth);
           }
         }
       for (; j < j1; j += kWidth) {  // the last rows of B, or a partial vector
@@ -387,13 +393,12 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
         for (int64_t q = 0; q < depth; ++q) bv[q] = load_n(bp + q * n + j, count);
         for (int64_t i = 0; i < m; ++i) {
           const float* ai = a_rows + i * k + p0;
-          vfloat acc = load_n(c + i * n + j, count);
+          vfloat acc{};
           for (int64_t q = 0; q < depth; ++q) acc += simd::splat(ai[q]) * bv[q];
-          store_n(c + i * n + j, acc, count);
+          finish(i, j, acc, count);
         }
       }
     }
-    if (!accumulate) epilogue_in_place(c, n, m, j0, j1, epilogue);
   });
 }
 
