@@ -65,7 +65,8 @@ py::array checked(const char* op, const char* name, const py::object& obj, bool 
     type_error(op, "argument '", name, "' must be a numpy.ndarray, got ",
                Py_TYPE(obj.ptr())->tp_name);
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<T>()))
+  static const int wanted_type = py::dtype::of<T>().num();  // numpy's type number, looked up once
+  if (a.dtype().num() != wanted_type)
     type_error(op, "argument '", name, "' must have dtype ", std::string(py::str(py::dtype::of<T>())),
                ", got ", std::string(py::str(a.dtype())), " with shape ", shape_str(shape_of(a)));
   if (!(a.flags() & py::array::c_style))
@@ -86,6 +87,19 @@ py::array f32_out(const char* op, const char* name, const py::object& obj) {
 const float* cptr(const py::array& a) { return static_cast<const float*>(a.data()); }
 float* mptr(py::array& a) { return static_cast<float*>(a.mutable_data()); }
 float* mptr_or_null(std::optional<py::array>& a) { return a ? mptr(*a) : nullptr; }
+
+// Releases the GIL for the kernel when it has enough work to be worth the
+// round trip through the interpreter's lock, so other Python threads run.
+class GilRelease {
+ public:
+  explicit GilRelease(int64_t work) {
+    if (work >= kWorthReleasing) release_.emplace();
+  }
+
+ private:
+  static constexpr int64_t kWorthReleasing = 1 << 16;
+  std::optional<py::gil_scoped_release> release_;
+};
 
 void expect_shape(const char* op, const char* name, const py::array& a, const Shape& want) {
   Shape got = shape_of(a);
@@ -182,7 +196,7 @@ void matmul_forward(py::object c_obj, py::object a_obj, py::object b_obj, py::ob
   }
   const float* bias_ptr = bias ? cptr(*bias) : nullptr;
   float* preact_ptr = mptr_or_null(preact);
-  py::gil_scoped_release release;
+  GilRelease release(d.batch * d.m * d.n * d.k);
   PYENGINE_DISPATCH(matmul_forward)(mptr(c), preact_ptr, cptr(a), cptr(b), bias_ptr, activation,
                                     d.batch, d.m, d.n, d.k, trans_a, trans_b, d.stride_a, d.stride_b);
 }
@@ -211,7 +225,7 @@ void matmul_backward(py::object da_obj, py::object db_obj, py::object dbias_obj,
     if (*g && (overlaps(**g, dc) || overlaps(**g, a) || overlaps(**g, b)))
       value_error(op, "a gradient output overlaps an input");
   float *pda = mptr_or_null(da), *pdb = mptr_or_null(db), *pdbias = mptr_or_null(dbias);
-  py::gil_scoped_release release;
+  GilRelease release(d.batch * d.m * d.n * d.k);
   PYENGINE_DISPATCH(matmul_backward)(pda, pdb, pdbias, cptr(dc), cptr(a), cptr(b), d.batch, d.m,
                                      d.n, d.k, trans_a, trans_b, d.stride_a, d.stride_b);
 }
@@ -281,7 +295,7 @@ void binary_forward(py::object out_obj, py::object a_obj, py::object b_obj, int 
   const Shape want = broadcast_shape(op, shape_of(a), shape_of(b));
   expect_shape(op, "out", out, want);
   Broadcast p = plan_broadcast(shape_of(a), shape_of(b), want);
-  py::gil_scoped_release release;
+  GilRelease release(out.size());
   PYENGINE_DISPATCH(binary_forward)(mptr(out), cptr(a), cptr(b), bop,
                                     static_cast<int64_t>(p.shape.size()), p.shape.data(),
                                     p.strides_a.data(), p.strides_b.data());
@@ -300,7 +314,7 @@ void binary_backward(py::object da_obj, py::object db_obj, py::object dout_obj, 
   if (db) expect_shape(op, "db", *db, shape_of(b));
   Broadcast p = plan_broadcast(shape_of(a), shape_of(b), want);
   float *pda = mptr_or_null(da), *pdb = mptr_or_null(db);
-  py::gil_scoped_release release;
+  GilRelease release(dout.size());
   PYENGINE_DISPATCH(binary_backward)(pda, pdb, cptr(dout), cptr(a), cptr(b), bop,
                                      static_cast<int64_t>(p.shape.size()), p.shape.data(),
                                      p.strides_a.data(), p.strides_b.data());
@@ -318,7 +332,7 @@ void scalar_forward(py::object out_obj, py::object a_obj, int code, float s) {
   py::array out = f32_out(op, "out", out_obj), a = f32_in(op, "a", a_obj);
   const ScalarOp sop = scalar_op(op, code);
   expect_shape(op, "out", out, shape_of(a));
-  py::gil_scoped_release release;
+  GilRelease release(a.size());
   PYENGINE_DISPATCH(scalar_forward)(mptr(out), cptr(a), sop, s, a.size());
 }
 
@@ -329,7 +343,7 @@ void scalar_backward(py::object da_obj, py::object dout_obj, py::object a_obj, i
   const ScalarOp sop = scalar_op(op, code);
   expect_shape(op, "dout", dout, shape_of(a));
   expect_shape(op, "da", da, shape_of(a));
-  py::gil_scoped_release release;
+  GilRelease release(a.size());
   PYENGINE_DISPATCH(scalar_backward)(mptr(da), cptr(dout), cptr(a), sop, s, a.size());
 }
 
@@ -346,7 +360,7 @@ void bind_unary(py::module_& m, const std::string& name, const char* saved_name)
       py::array y = f32_out(op, "y", y_obj), x = f32_in(op, "x", x_obj);
       expect_shape(op, "y", y, shape_of(x));
       UnaryKernel k = Fwd();
-      py::gil_scoped_release release;
+      GilRelease release(x.size());
       k(mptr(y), cptr(x), x.size());
     }, py::arg("y"), py::arg("x"));
   m.def(bwd_name.c_str(), [bwd_name, saved_name](py::object dx_obj, py::object dy_obj, py::object s_obj) {
@@ -356,7 +370,7 @@ void bind_unary(py::module_& m, const std::string& name, const char* saved_name)
       expect_shape(op, "dy", dy, shape_of(saved));
       expect_shape(op, "dx", dx, shape_of(saved));
       UnaryGradKernel k = Bwd();
-      py::gil_scoped_release release;
+      GilRelease release(saved.size());
       k(mptr(dx), cptr(dy), cptr(saved), saved.size());
     }, py::arg("dx"), py::arg("dy"), py::arg(saved_name));
 }
@@ -404,7 +418,7 @@ void sum_forward(py::object out_obj, py::object x_obj, int64_t begin, int64_t en
   const char* op = "sum_forward";
   py::array out = f32_out(op, "out", out_obj), x = f32_in(op, "x", x_obj);
   ReduceDims d = reduce_dims(op, x, out, begin, end);
-  py::gil_scoped_release release;
+  GilRelease release(x.size());
   PYENGINE_DISPATCH(sum_forward)(mptr(out), cptr(x), d.outer, d.reduce, d.inner, scale);
 }
 
@@ -412,7 +426,7 @@ void sum_backward(py::object dx_obj, py::object dout_obj, int64_t begin, int64_t
   const char* op = "sum_backward";
   py::array dx = f32_out(op, "dx", dx_obj), dout = f32_in(op, "dout", dout_obj);
   ReduceDims d = reduce_dims(op, dx, dout, begin, end);
-  py::gil_scoped_release release;
+  GilRelease release(dx.size());
   PYENGINE_DISPATCH(sum_backward)(mptr(dx), cptr(dout), d.outer, d.reduce, d.inner, scale);
 }
 
@@ -425,7 +439,7 @@ void row_forward(const char* op, RowKernel k, py::object y_obj, py::object x_obj
   py::array y = f32_out(op, "y", y_obj), x = f32_in(op, "x", x_obj);
   auto [rows, cols] = rows_cols(op, x);
   expect_shape(op, "y", y, shape_of(x));
-  py::gil_scoped_release release;
+  GilRelease release(x.size());
   k(mptr(y), cptr(x), rows, cols);
 }
 
@@ -435,7 +449,7 @@ void row_backward(const char* op, RowGradKernel k, py::object dx_obj, py::object
   auto [rows, cols] = rows_cols(op, y);
   expect_shape(op, "dy", dy, shape_of(y));
   expect_shape(op, "dx", dx, shape_of(y));
-  py::gil_scoped_release release;
+  GilRelease release(y.size());
   k(mptr(dx), cptr(dy), cptr(y), rows, cols);
 }
 
@@ -456,7 +470,7 @@ void layernorm_forward(py::object y_obj, py::object mean_obj, py::object rstd_ob
   expect_shape(op, "weight", w, {cols});
   expect_shape(op, "bias", b, {cols});
   if (!(eps >= 0.0f)) value_error(op, "eps must be >= 0, got ", eps);
-  py::gil_scoped_release release;
+  GilRelease release(x.size());
   PYENGINE_DISPATCH(layernorm_forward)(mptr(y), mptr(mean), mptr(rstd), cptr(x), cptr(w), cptr(b),
                                        rows, cols, eps);
 }
@@ -481,7 +495,7 @@ void layernorm_backward(py::object dx_obj, py::object dw_obj, py::object db_obj,
   expect_shape(op, "mean", mean, row_shape);
   expect_shape(op, "rstd", rstd, row_shape);
   float *pdx = mptr_or_null(dx), *pdw = mptr_or_null(dw), *pdb = mptr_or_null(db);
-  py::gil_scoped_release release;
+  GilRelease release(x.size());
   PYENGINE_DISPATCH(layernorm_backward)(pdx, pdw, pdb, cptr(dy), cptr(x), cptr(w), cptr(mean),
                                         cptr(rstd), rows, cols);
 }
@@ -540,7 +554,7 @@ void cross_entropy_forward(py::object loss_obj, py::object logits_obj, py::objec
   using Fwd64 = void (*)(float*, const float*, const int64_t*, int64_t, int64_t, int64_t);
   const float* logits = cptr(a.logits);
   const void* target = a.target.data();
-  py::gil_scoped_release release;
+  GilRelease release(a.rows * a.classes);
   if (a.int32)
     PYENGINE_DISPATCH_AS(Fwd32, cross_entropy_forward)(
         mptr(loss), logits, static_cast<const int32_t*>(target), a.rows, a.classes, ignore_index);
@@ -560,7 +574,7 @@ void cross_entropy_backward(py::object dlogits_obj, py::object dloss_obj, py::ob
   using Bwd64 = void (*)(float*, const float*, const float*, const int64_t*, int64_t, int64_t, int64_t);
   const float* logits = cptr(a.logits);
   const void* target = a.target.data();
-  py::gil_scoped_release release;
+  GilRelease release(a.rows * a.classes);
   if (a.int32)
     PYENGINE_DISPATCH_AS(Bwd32, cross_entropy_backward)(mptr(dlogits), cptr(dloss), logits,
                                                         static_cast<const int32_t*>(target),
@@ -585,7 +599,7 @@ void sgd_update(py::object param_obj, py::object buf_obj, py::object grad_obj, f
   if (nesterov && (momentum <= 0.0f || dampening != 0.0f))
     value_error(op, "nesterov needs momentum > 0 and dampening = 0");
   float* pbuf = momentum != 0.0f ? mptr_or_null(buf) : nullptr;
-  py::gil_scoped_release release;
+  GilRelease release(param.size());
   PYENGINE_DISPATCH(sgd_update)(mptr(param), pbuf, cptr(grad), param.size(), lr, momentum,
                                 dampening, weight_decay, nesterov, first_step);
 }
