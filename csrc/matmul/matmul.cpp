@@ -10,12 +10,13 @@
 //           for ir:  A micro-panel (MR x KC)  ->  micro_kernel: MR x NR tile of C
 //
 // Transposes are handled by the packing, so all four op(A).op(B) cases run
-// the same micro-kernel; a narrower, taller one serves C of few columns.
+// the same micro-kernel; narrower, taller ones serve C of few columns.
 // The epilogue (bias on the first K block, activation
 // on the last) is applied to the tile while it is still in registers.
 // Small problems pack without blocking on one thread (small_gemm); a C of a
 // few rows streams B once, GEMV-like (skinny_gemm).
 #include <algorithm>
+#include <iterator>
 
 #include "core/cpu_info.h"
 #include "core/kernel_list.inc"
@@ -31,18 +32,19 @@ namespace {
 using simd::kWidth;
 using simd::vfloat;
 
-// Micro-tiles: MR rows x NR = VECS vectors of columns, held in MR * VECS
-// vector registers. The wide tile uses 24 of AVX-512's 32 (6 x 4: per step
-// of k, 4 loads and 6 broadcasts feed 24 FMAs), 12 of AVX2's or SSE's 16
-// (6 x 2). The narrow tile, twice as high and half as wide, keeps every lane
-// busy when C has at most NR/2 columns (32 on AVX-512: attention heads,
-// small convolutions, small matrices).
+// Micro-tiles: MR rows x NR = VECS vectors of columns, accumulated in
+// MR * VECS = kAccumulators vector registers: 24 of AVX-512's 32, 12 of
+// AVX2's or SSE's 16. The widest tile (6 x 4 vectors on AVX-512: per step of
+// k, 4 loads and 6 broadcasts feed 24 FMAs; 6 x 2 on AVX2 and SSE) serves
+// wide C; C of fewer columns takes the narrowest tile that covers them
+// (12 x 2, 8 x 3 or 24 x 1 vectors), so no lane computes padding.
 #if defined(__AVX512F__)
 constexpr int64_t kWideVecs = 4;
 #else
 constexpr int64_t kWideVecs = 2;
 #endif
-constexpr int64_t MC = 144;                          // rows of C per task
+constexpr int64_t kAccumulators = 6 * kWideVecs;
+constexpr int64_t MC = 144;                          // rows of C per task (a multiple of every MR)
 constexpr int64_t N_TASK = 4 * kWideVecs * kWidth;  // columns of C per task
 // Below this many multiply-adds a problem is packed whole, on one thread.
 constexpr int64_t kSmallWork = 64 * 64 * 64;
@@ -224,7 +226,7 @@ struct Tiled {
     // halved (rows first, down to one micro-tile) until every thread has at
     // least two, so mid-sized problems spread over the threads too.
     static TaskGrid task_grid(int64_t m, int64_t n, int threads) {
-      TaskGrid grid{MC, N_TASK};
+      TaskGrid grid{MC, round_up(N_TASK, NR)};
       auto tasks = [&] { return ((m + grid.rows - 1) / grid.rows) * ((n + grid.cols - 1) / grid.cols); };
       while (tasks() < 2 * threads && (grid.rows > MR || grid.cols > NR)) {
         if (grid.rows > MR) grid.rows = round_up(grid.rows / 2, MR);
@@ -319,8 +321,34 @@ struct Tiled {
   }
 };
 
-using WideTile = Tiled<6, kWideVecs>;
-using NarrowTile = Tiled<12, kWideVecs / 2>;
+template <int64_t VECS>
+using TileOf = Tiled<kAccumulators / VECS, VECS>;
+
+using GemmDriver = void (*)(float* c, const float* a, const float* b, int64_t m, int64_t n,
+                            int64_t k, bool trans_a, bool trans_b, bool accumulate,
+                            const Epilogue& epilogue);
+struct TileDrivers {
+  int64_t nr;
+  GemmDriver small, packed;
+};
+
+template <int64_t VECS>
+constexpr TileDrivers drivers_of() {
+  return {TileOf<VECS>::NR, TileOf<VECS>::small_gemm, TileOf<VECS>::packed_gemm};
+}
+
+// The narrowest tile at least n wide, or the widest.
+const TileDrivers& tile_for(int64_t n) {
+#if defined(__AVX512F__)
+  static constexpr TileDrivers tiles[] = {drivers_of<1>(), drivers_of<2>(), drivers_of<3>(),
+                                          drivers_of<4>()};
+#else
+  static constexpr TileDrivers tiles[] = {drivers_of<1>(), drivers_of<2>()};
+#endif
+  for (const TileDrivers& tile : tiles)
+    if (n <= tile.nr) return tile;
+  return tiles[std::size(tiles) - 1];
+}
 
 // The rows of op(A) (m x k) contiguous: A itself, or a gathered copy.
 const float* rows_of_op_a(const float* a, int64_t m, int64_t k, bool trans_a) {
@@ -432,11 +460,9 @@ void gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_
   if (m <= kSkinnyRows)
     skinny_gemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
   else if (m * n * k <= kSmallWork)
-    (n <= NarrowTile::NR ? NarrowTile::small_gemm : WideTile::small_gemm)(
-        c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
+    tile_for(n).small(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
   else
-    (n <= NarrowTile::NR ? NarrowTile::packed_gemm : WideTile::packed_gemm)(
-        c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
+    tile_for(n).packed(c, a, b, m, n, k, trans_a, trans_b, accumulate, epilogue);
 }
 
 // Runs fn(i) for every matrix of a batch: across threads when each matrix is
