@@ -17,6 +17,7 @@
 // few rows streams B once, GEMV-like (skinny_gemm).
 #include <algorithm>
 #include <iterator>
+#include <type_traits>
 
 #include "core/cpu_info.h"
 #include "core/kernel_list.inc"
@@ -396,36 +397,46 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
       const int64_t depth = std::min(kDepth, k - p0);
       const bool first = p0 == 0 && !accumulate, last = p0 + kDepth >= k && !accumulate;
       const float* bp = b + p0 * n;
-      auto finish = [&](int64_t i, int64_t j, vfloat acc, int64_t count) {
-        const int64_t at = i * n + j;
-        store_row(c + at, epilogue.preact ? epilogue.preact + at : nullptr, acc, count,
-                  epilogue.bias ? epilogue.bias + j : nullptr, first, last, epilogue.activation);
-      };
-      int64_t j = j0;
-      if (depth == kDepth)  // the common case, with every loop bound a constant
-        for (; j + kWidth <= j1; j += kWidth) {
-          vfloat bv[kDepth];
+      // Middle passes just add into C; the first and last go through the
+      // epilogue. Two copies of the sweep keep that test out of its loops.
+      auto sweep = [&](auto middle_pass) {
+        auto finish = [&](int64_t i, int64_t j, vfloat acc, int64_t count) {
+          const int64_t at = i * n + j;
+          if constexpr (decltype(middle_pass)::value)
+            store_n(c + at, load_n(c + at, count) + acc, count);
+          else
+            store_row(c + at, epilogue.preact ? epilogue.preact + at : nullptr, acc, count,
+                      epilogue.bias ? epilogue.bias + j : nullptr, first, last,
+                      epilogue.activation);
+        };
+        int64_t j = j0;
+        if (depth == kDepth)  // the common case, with every loop bound a constant
+          for (; j + kWidth <= j1; j += kWidth) {
+            vfloat bv[kDepth];
 #pragma GCC unroll 16
-          for (int64_t q = 0; q < kDepth; ++q) bv[q] = simd::load(bp + q * n + j);
+            for (int64_t q = 0; q < kDepth; ++q) bv[q] = simd::load(bp + q * n + j);
+            for (int64_t i = 0; i < m; ++i) {
+              const float* ai = a_rows + i * k + p0;
+              vfloat acc{};
+#pragma GCC unroll 16
+              for (int64_t q = 0; q < kDepth; ++q) acc += simd::splat(ai[q]) * bv[q];
+              finish(i, j, acc, kWidth);
+            }
+          }
+        for (; j < j1; j += kWidth) {  // the last rows of B, or a partial vector
+          const int64_t count = std::min<int64_t>(kWidth, j1 - j);
+          vfloat bv[kDepth];
+          for (int64_t q = 0; q < depth; ++q) bv[q] = load_n(bp + q * n + j, count);
           for (int64_t i = 0; i < m; ++i) {
             const float* ai = a_rows + i * k + p0;
             vfloat acc{};
-#pragma GCC unroll 16
-            for (int64_t q = 0; q < kDepth; ++q) acc += simd::splat(ai[q]) * bv[q];
-            finish(i, j, acc, kWidth);
+            for (int64_t q = 0; q < depth; ++q) acc += simd::splat(ai[q]) * bv[q];
+            finish(i, j, acc, count);
           }
         }
-      for (; j < j1; j += kWidth) {  // the last rows of B, or a partial vector
-        const int64_t count = std::min<int64_t>(kWidth, j1 - j);
-        vfloat bv[kDepth];
-        for (int64_t q = 0; q < depth; ++q) bv[q] = load_n(bp + q * n + j, count);
-        for (int64_t i = 0; i < m; ++i) {
-          const float* ai = a_rows + i * k + p0;
-          vfloat acc{};
-          for (int64_t q = 0; q < depth; ++q) acc += simd::splat(ai[q]) * bv[q];
-          finish(i, j, acc, count);
-        }
-      }
+      };
+      if (first || last) sweep(std::false_type{});
+      else sweep(std::true_type{});
     }
   });
 }
