@@ -3,11 +3,11 @@
 Extends the matmul tests of test_kernels.py towards the GEMM's own structure: odd sizes that
 straddle the micro-tiles (MR x NR: the widest 6x64 on AVX-512, 6x16 on AVX2, 6x8 on SSE; the
 narrowest one covering N below that: 24x16, 12x32 or 8x48 on AVX-512, 12x8 on AVX2, 12x4 on
-SSE), the row task (MC = 144), the packed blocks
-(KC <= 512, NC <= 4096), untransposed A read in place beside a packed last partial panel, and
-the small-matrix path packed whole on one thread (M*N*K <= 64^3 multiply-adds); all four
-transpose cases; batches run across threads (small
-matrices) or one after another (large ones), with a shared 2-D operand; the fused epilogue
+SSE), the row task (MC = 144), the packed blocks (K blocks of equal depth up to 768,
+NC <= 4096), untransposed A read in place beside a packed last partial panel, and the
+small-matrix path packed whole on one thread (M*N*K <= 64^3 multiply-adds); all four transpose
+cases; batches run across threads (small matrices) or one after another (large ones), with a
+shared 2-D operand; the fused epilogue
 (bias, ReLU, GELU, the pre-activation output); K = 0; thread-count independence; the FMA peak
 probe; and the epilogue's argument errors.
 
@@ -244,7 +244,7 @@ def test_batched(isa, size, layout, trans_a, trans_b):
 
 EPILOGUE_SIZES = {  # small path, packed with one K block, packed over several K blocks, batched
     "small": ((), (), 9, 17, 33), "packed": ((), (), 37, 45, 203),
-    "k_blocks": ((), (), 25, 35, 601), "batched": ((2,), (), 19, 70, 300)}
+    "k_blocks": ((), (), 25, 35, 1601), "batched": ((2,), (), 19, 70, 300)}
 
 
 @pytest.mark.parametrize("with_preact", [False, True], ids=["nopreact", "preact"])
@@ -289,9 +289,9 @@ def test_k_zero(isa, with_bias, trans_a, trans_b, activation):
 
 
 def test_large_crossing_blocks(isa):
-    """Crosses KC (<= 512), the row tasks (MC) and the column tasks; and NC (<= 4096)."""
+    """Crosses K blocks (<= 768 deep), the row tasks (MC) and the column tasks; and NC (<= 4096)."""
     rng = rng_for("large")
-    a, b, bias = operands(rng, 200, 1100, 700, False, True, with_bias=True)
+    a, b, bias = operands(rng, 200, 1100, 1300, False, True, with_bias=True)
     check_forward(isa, a, b, bias, False, True, "gelu", with_preact=True)
     check_backward(isa, rng, a, b, False, True, with_bias=True)
     a, b, bias = operands(rng, 13, 4111, 521, True, False, with_bias=True)

@@ -56,12 +56,12 @@ int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 int64_t round_down(int64_t x, int64_t to) { return x / to * to; }
 
 struct Blocking {
-  int64_t kc;  // depth of a packed block
+  int64_t kc;  // depth of a packed block (a problem's blocks are 0.75 to 1.5 kc deep)
   int64_t nc;  // columns of the packed B block
 };
 
-// Block sizes from the machine's caches: an MC x KC block of A takes at most
-// a third of L2 (it is reused by every column task), and the packed B block
+// Block sizes from the machine's caches: an MC x KC block of A takes about a
+// third of L2 (it is reused by every column task), and the packed B block
 // KC x NC about half of L3 (capped: some machines report a huge L3).
 const Blocking& blocking() {
   static const Blocking b = [] {
@@ -241,17 +241,18 @@ struct Tiled {
                    bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
     const Blocking& blk = blocking();
     const int64_t m_padded = round_up(m, MR);
-    float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * blk.kc));
-    float* b_pack = scratch_floats(1, static_cast<size_t>(blk.kc * round_up(std::min(n, blk.nc), NR)));
     // Inside another parallel region (a caller's threads, or the batch loop),
     // run on the calling thread: no oversubscription. Below kParallelWork one
     // task covers most of C and the barriers cost more than a second thread gains.
     const bool parallel = m * n * k >= kParallelWork && !in_parallel_region();
     const TaskGrid grid = task_grid(m, std::min(n, blk.nc), parallel ? thread_count() : 1);
-    // K blocks of equal depth (576 = 288 + 288, not 512 + 64): a thin last
-    // block would pay a full pass over C for little work.
-    const int64_t k_blocks = std::max<int64_t>(1, (k + blk.kc - 1) / blk.kc);
+    // K blocks of equal depth, up to 1.5 KC: each block is one more pass over
+    // C, and a thin last one (512 + 64) would pay a full pass for little
+    // work. K = 768 (GPT-2's width) is one pass, 576 one, 4096 six.
+    const int64_t k_blocks = std::max<int64_t>(1, (2 * k + 3 * blk.kc - 1) / (3 * blk.kc));
     const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
+    float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * kc_step));
+    float* b_pack = scratch_floats(1, static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR)));
 
     parallel_region(parallel, thread_count(), [&] {
     for (int64_t jc = 0; jc < n; jc += blk.nc) {
