@@ -379,16 +379,21 @@ void epilogue_in_place(float* c, int64_t n, int64_t rows, int64_t j0, int64_t j1
 // combined into each C vector, so C is read and written once per eight.
 void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                       bool trans_a, bool accumulate, const Epilogue& epilogue) {
-  constexpr int64_t kMaxChunk = 2048;  // columns of C per task, at most
   // Rows of B combined per pass over the chunk. More would thrash one L1
   // set when the rows of B lie a multiple of 4 KiB apart (N = 1024, 3072, ...).
   constexpr int64_t kDepth = 8;
   const float* a_rows = rows_of_op_a(a, m, k, trans_a);
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
-  // Two chunks per thread at least, so the threads share the work evenly.
+  // Chunks of C columns: two a thread, at most 2048 columns, so C's chunk
+  // stays near L1 while 8 rows of B stream past it. A single row of C (a
+  // GEMV) is read once per 8 rows of B, so it can live in L2: one chunk a
+  // thread, up to 64K columns, and B is read in long runs, which the
+  // prefetchers follow better (1 x 768 x 50304: 6.5 -> 11 GFLOP/s).
   const int64_t threads = parallel ? thread_count() : 1;
-  const int64_t chunk = std::clamp<int64_t>(round_up((n + 2 * threads - 1) / (2 * threads), kWidth),
-                                            16 * kWidth, kMaxChunk);
+  const int64_t per_thread = m == 1 ? 1 : 2, max_chunk = m == 1 ? 65536 : 2048;
+  const int64_t chunk = std::clamp<int64_t>(
+      round_up((n + per_thread * threads - 1) / (per_thread * threads), kWidth), 16 * kWidth,
+      max_chunk);
   const int64_t chunks = (n + chunk - 1) / chunk;
   parallel_for(parallel, chunks, [&](int64_t t) {
     const int64_t j0 = t * chunk, j1 = std::min(n, j0 + chunk);
