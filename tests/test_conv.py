@@ -2,10 +2,10 @@
 against a float64 numpy reference and PyTorch autograd in float64, gradient accumulation,
 finite differences, partial gradient requests and thread-count independence.
 
-The cases cover odd shapes, every kernel path (the 1x1 stride-1 unpadded path without im2col,
-images spread over threads with per-group dW partials, per-image GEMMs shared by the threads)
-and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to 3, padding 0 to 3, dilation
-1 and 2).
+The cases cover odd shapes, every kernel path (the 1x1 stride-1 unpadded image read in place,
+images batched into one GEMM in even chunks, an image per chunk, chunks cut by the cols budget,
+GEMMs large enough for threads) and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to
+3, padding 0 to 3, dilation 1 and 2).
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ class Conv:
                 (self.w + 2 * pw - dw * (self.s - 1) - 1) // sw + 1)
 
 
-# Kernel paths, as conv2d.cpp chooses them (per-image GEMM multiply-adds K * P * C*R*S
-# against 128^3; dW partials up to 2^16 floats):
+# The kernel's paths (conv2d.cpp): images go through in chunks sized for about 2048 GEMM columns
+# (OH*OW each) and at most 2^22 floats of cols; a chunk of one 1x1 stride-1 unpadded image reads x
+# itself as its cols. Comments name the chunks.
 CASES = {
-    "1x1-direct": Conv(2, 5, 7, 6, 3, 1, 1),                       # cols = x, dcols = dx
-    "1x1-direct-N1": Conv(1, 9, 5, 11, 7, 1, 1),
+    "1x1-direct-N1": Conv(1, 9, 5, 11, 7, 1, 1),                   # cols = x, dcols = dx
+    "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, direct
+    "1x1-batched": Conv(2, 5, 7, 6, 3, 1, 1),                      # 2 images gathered
     "1x1-stride2": Conv(2, 3, 9, 8, 5, 1, 1, stride=2),
     "1x1-pad1": Conv(1, 4, 5, 5, 3, 1, 1, padding=1),
     "3x3-pad1-N1": Conv(1, 3, 9, 11, 5, 3, 3, padding=1),
@@ -70,10 +72,12 @@ CASES = {
     "5x2-rect-mixed": Conv(3, 3, 14, 8, 4, 5, 2, stride=(3, 2), padding=(0, 3), dilation=(1, 2)),
     "kernel-fills-input": Conv(2, 3, 5, 4, 7, 5, 4),               # a single output pixel
     "pad-exceeds-kernel": Conv(1, 2, 3, 3, 3, 2, 2, stride=3, padding=3),  # all-padding rows
-    "images-over-threads": Conv(5, 3, 12, 12, 5, 3, 3, padding=1),
-    "images-grouped": Conv(21, 2, 6, 7, 3, 3, 3, stride=(1, 2), padding=1),  # 21 images, 16 groups
-    "shared-gemm": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),       # 2.65M multiply-adds an image
-    "shared-gemm-large-dw": Conv(3, 128, 3, 3, 64, 3, 3),          # small GEMM, dW over 2^16
+    "many-images": Conv(21, 2, 6, 7, 3, 3, 3, stride=(1, 2), padding=1),   # 21 in one chunk
+    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 6 + 6 + 5
+    "image-per-chunk": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),     # 2162 pixels: 1 + 1 + 1
+    "threaded-gemm": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),     # 5.3M multiply-adds, 2 threads
+    "cols-budget": Conv(3, 200, 30, 30, 4, 3, 3, padding=1),       # 1.6M floats an image: 2 + 1
+    "wide-weight": Conv(3, 128, 3, 3, 64, 3, 3),                   # dW (64, 1152), 1 pixel
 }
 
 
@@ -153,8 +157,8 @@ def test_conv2d_finite_differences(name):
     assert all(np.abs(g).max() > 1e-3 for g in analytic)
 
 
-@pytest.mark.parametrize("name", ["1x1-direct", "7x7-stride2-pad3", "images-grouped", "shared-gemm",
-                                  "shared-gemm-large-dw"])
+@pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",
+                                  "threaded-gemm"])
 def test_conv2d_partial_gradients(name):
     """Asking for one gradient gives what the full backward gives (every path skips the rest)."""
     conv = CASES[name]
@@ -172,12 +176,13 @@ def test_conv2d_partial_gradients(name):
     np.testing.assert_array_equal(only_b[2], gb)
 
 
-THREAD_CASES = ["1x1-direct", "7x7-stride2-pad3", "images-over-threads", "images-grouped",
-                "shared-gemm", "shared-gemm-large-dw"]
+THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
+                "threaded-gemm", "cols-budget"]
 
 
 def test_conv2d_thread_count_independent(restore_threads):
-    """The kernel path and the dW groups depend on the shapes only: bitwise equal results."""
+    """The chunks depend on the shapes only and each element has one summation order: bitwise
+    equal results with 1 and 2 threads (the larger cases split every pass over the threads)."""
     rng = rng_for("threads")
     problems = []
     for name in THREAD_CASES:
