@@ -3,8 +3,8 @@ against a float64 numpy reference and PyTorch autograd in float64, gradient accu
 finite differences, partial gradient requests and thread-count independence.
 
 The cases cover odd shapes, every kernel path (the 1x1 stride-1 unpadded image read in place,
-images batched into one GEMM in even chunks, an image per chunk, chunks cut by the cols budget,
-GEMMs large enough for threads) and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to
+images cut into blocks of output rows, small images batched into one GEMM in even chunks, chunks
+cut by the cols budget, GEMMs large enough for threads) and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to
 3, padding 0 to 3, dilation 1 and 2).
 """
 
@@ -54,12 +54,13 @@ class Conv:
                 (self.w + 2 * pw - dw * (self.s - 1) - 1) // sw + 1)
 
 
-# The kernel's paths (conv2d.cpp): images go through in chunks sized for about 2048 GEMM columns
-# (OH*OW each) and at most 2^22 floats of cols; a chunk of one 1x1 stride-1 unpadded image reads x
-# itself as its cols. Comments name the chunks.
+# The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
+# output rows of about 512 pixels (unless it is 1x1, stride 1, unpadded: then it is read in place);
+# smaller images are batched, about 2048 pixels and at most 2^22 floats of cols a chunk, chunks
+# as even as possible. Comments name the chunks.
 CASES = {
     "1x1-direct-N1": Conv(1, 9, 5, 11, 7, 1, 1),                   # cols = x, dcols = dx
-    "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, direct
+    "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, in place
     "1x1-batched": Conv(2, 5, 7, 6, 3, 1, 1),                      # 2 images gathered
     "1x1-stride2": Conv(2, 3, 9, 8, 5, 1, 1, stride=2),
     "1x1-pad1": Conv(1, 4, 5, 5, 3, 1, 1, padding=1),
@@ -73,10 +74,12 @@ CASES = {
     "kernel-fills-input": Conv(2, 3, 5, 4, 7, 5, 4),               # a single output pixel
     "pad-exceeds-kernel": Conv(1, 2, 3, 3, 3, 2, 2, stride=3, padding=3),  # all-padding rows
     "many-images": Conv(21, 2, 6, 7, 3, 3, 3, stride=(1, 2), padding=1),   # 21 in one chunk
-    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 6 + 6 + 5
-    "image-per-chunk": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),     # 2162 pixels: 1 + 1 + 1
-    "threaded-gemm": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),     # 5.3M multiply-adds, 2 threads
-    "cols-budget": Conv(3, 200, 30, 30, 4, 3, 3, padding=1),       # 1.6M floats an image: 2 + 1
+    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 6 + 6 + 5 images
+    "cols-budget": Conv(7, 200, 20, 20, 4, 3, 3, padding=1),       # 720K floats an image: 4 + 3
+    "row-blocks": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),          # rows 10+10+10+10+6 an image
+    "row-blocks-strided": Conv(2, 3, 60, 50, 4, 5, 3, stride=(2, 1), padding=(2, 1),
+                               dilation=(1, 2)),                   # 30x48 out: rows 10+10+10
+    "threaded-gemm": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),     # rows 12+12: 1.3M multiply-adds
     "wide-weight": Conv(3, 128, 3, 3, 64, 3, 3),                   # dW (64, 1152), 1 pixel
 }
 
@@ -158,7 +161,7 @@ def test_conv2d_finite_differences(name):
 
 
 @pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",
-                                  "threaded-gemm"])
+                                  "row-blocks-strided", "threaded-gemm"])
 def test_conv2d_partial_gradients(name):
     """Asking for one gradient gives what the full backward gives (every path skips the rest)."""
     conv = CASES[name]
@@ -177,7 +180,7 @@ def test_conv2d_partial_gradients(name):
 
 
 THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
-                "threaded-gemm", "cols-budget"]
+                "cols-budget", "row-blocks-strided", "threaded-gemm"]
 
 
 def test_conv2d_thread_count_independent(restore_threads):

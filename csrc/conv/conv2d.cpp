@@ -1,24 +1,22 @@
 // 2-D convolution (NCHW, groups = 1) as im2col + the packed GEMM of
-// matmul.cpp. The images go through in chunks of nb; with P = OH*OW output
-// pixels an image and CRS = C*R*S taps an output value:
+// matmul.cpp, one chunk of the output at a time: a block of output rows of
+// one image, or a few whole small images. With Q columns in the chunk (its
+// output pixels) and CRS = C*R*S taps an output value:
 //
-//   cols (CRS, nb*P):  column i*P + (oh, ow), row (c, r, s) holds
-//                      x[image i, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 in the padding
-//   forward:           Y (K, nb*P) = W (K, CRS) . cols, then y[image i, k] = Y[k, i*P ..] + bias[k]
-//   backward:          dW += dY . cols^T and dcols = W^T . dY: matmul_backward of that
-//                      product (dcols zeroed first); dx += col2im(dcols)
+//   cols (CRS, Q):  column q = (image, oh, ow) of the chunk, row (c, r, s):
+//                   x[image, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 in the padding
+//   forward:        Y (K, Q) = W (K, CRS) . cols, moved to y with bias[k] added on row k
+//   backward:       dW += dY . cols^T and dcols = W^T . dY: matmul_backward of that
+//                   product (dcols zeroed first); dx += col2im(dcols)
 //
-// One image alone has a GEMM of only P columns: below a few hundred, the
-// micro-tiles' width is mostly padding and the GEMM's fixed costs dominate,
-// so small images are batched into one GEMM of about kTargetColumns columns.
-// A large image is a chunk of its own, and Y is then y itself; a 1x1
-// convolution with stride 1 and no padding also reads x as its cols and
-// accumulates into dx as its dcols: no copies at all.
+// A whole image as a chunk writes its Y straight into y; a whole 1x1 image
+// with stride 1 and no padding also reads x as its cols and accumulates into
+// dx as its dcols: no copies at all.
 //
 // Threads: the GEMM is threaded inside matmul; im2col splits (image, row)
 // pairs, col2im (image, channel) pairs, so no two threads write the same
-// element. The chunking depends on the shapes only and every element is
-// summed in one fixed order, so any thread count gives the same bits.
+// element. The chunks depend on the shapes only and every element is summed
+// in one fixed order, so any thread count gives the same bits.
 #include <algorithm>
 #include <cstring>
 
@@ -39,25 +37,51 @@ using simd::kWidth;
 constexpr int kChunkSlot = 2;  // a chunk's Y or dY in GEMM layout (K, nb*P)
 constexpr int kColsSlot = 3;   // a chunk's cols and dcols
 
-// Images per chunk: enough for about kTargetColumns GEMM columns, as long as
-// their cols stay within kColsBudget floats (16 MiB).
+// Chunk sizes (measured on ResNet-50 layers). An image of more than
+// kBlockColumns output pixels is cut into blocks of whole output rows, about
+// kBlockColumns GEMM columns each: the GEMM's packed block of cols then stays
+// in L2 (3x3 64->64 at 56x56: 30% faster than whole images). Smaller images
+// are batched up to about kTargetColumns columns, within kColsBudget floats of
+// cols (16 MiB): an image of 14x14 alone would leave most of the micro-tiles'
+// width empty.
+constexpr int64_t kBlockColumns = 512;
 constexpr int64_t kTargetColumns = 2048;
 constexpr int64_t kColsBudget = int64_t(1) << 22;
 
-// The images of each chunk; chunks are as even as possible (nb images, the
-// last one fewer).
-int64_t images_per_chunk(const ConvShape& g) {
-  const int64_t wanted = (kTargetColumns + g.P() - 1) / g.P();
-  const int64_t fitting = std::max<int64_t>(1, kColsBudget / (g.CRS() * g.P()));
-  const int64_t most = std::min({g.N, wanted, fitting});  // N >= 1
-  const int64_t chunks = (g.N + most - 1) / most;
-  return (g.N + chunks - 1) / chunks;
+// A chunk: `images` whole images from image n, or output rows [oh0, oh0 +
+// rows) of image n alone. Its GEMM has images * rows * OW columns.
+struct Chunk {
+  int64_t n, images, oh0, rows;
+};
+
+bool pointwise(const ConvShape& g) {
+  return g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
 
-// x is its own cols: one image, 1x1, stride 1, no padding.
-bool direct(const ConvShape& g, int64_t images) {
-  return images == 1 && g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+// fn(chunk) over the output in order. The chunks depend on the shapes only
+// and are as even as possible.
+template <typename Fn>
+void for_each_chunk(const ConvShape& g, Fn fn) {
+  auto even = [](int64_t total, int64_t most) {  // parts of at most `most`, as even as possible
+    const int64_t parts = (total + most - 1) / most;
+    return (total + parts - 1) / parts;
+  };
+  if (g.P() > kBlockColumns && !pointwise(g)) {  // a pointwise image is its own cols: kept whole
+    const int64_t rows = even(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t oh0 = 0; oh0 < g.OH; oh0 += rows) fn(Chunk{n, 1, oh0, std::min(rows, g.OH - oh0)});
+    return;
+  }
+  const int64_t wanted = (kTargetColumns + g.P() - 1) / g.P();
+  const int64_t fitting = std::max<int64_t>(1, kColsBudget / (g.CRS() * g.P()));
+  const int64_t images = even(g.N, std::min({g.N, wanted, fitting}));
+  for (int64_t n = 0; n < g.N; n += images) fn(Chunk{n, std::min(images, g.N - n), 0, g.OH});
 }
+
+// The chunk's Y is y itself: one whole image.
+bool whole_image(const ConvShape& g, const Chunk& c) { return c.images == 1 && c.rows == g.OH; }
+// x is the chunk's cols: one whole 1x1, stride 1, unpadded image.
+bool direct(const ConvShape& g, const Chunk& c) { return whole_image(g, c) && pointwise(g); }
 
 // Enough work in all to start threads for a pass over `elements` floats.
 bool worth_threads(int64_t elements) {
@@ -82,29 +106,31 @@ Span inside(int64_t offset, int64_t stride, int64_t in, int64_t out) {
   return {lo, std::max(lo, std::min(out, ceil_div(in - offset)))};
 }
 
-// Row (c, r, s) of cols, one output row oh at a time: fn(oh, ih, span, iw0),
-// where the outputs [span.lo, span.hi) of that row read input row ih at
-// columns iw0, iw0 + sw, ...; ih is -1 when the whole output row is padding.
+// Row (c, r, s) of cols, one output row oh of the chunk at a time:
+// fn(oh - c.oh0, ih, span, iw0), where the outputs [span.lo, span.hi) of that
+// row read input row ih at columns iw0, iw0 + sw, ...; ih is -1 when the
+// whole output row is padding.
 template <typename Fn>
-void for_each_run(const ConvShape& g, int64_t r, int64_t s, Fn fn) {
+void for_each_run(const ConvShape& g, const Chunk& c, int64_t r, int64_t s, Fn fn) {
   const Span rows = inside(g.in_row(0, r), g.sh, g.H, g.OH);
   const Span span = inside(g.in_col(0, s), g.sw, g.W, g.OW);
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
+  for (int64_t oh = c.oh0; oh < c.oh0 + c.rows; ++oh) {
     const bool valid = oh >= rows.lo && oh < rows.hi && span.lo < span.hi;
-    fn(oh, valid ? g.in_row(oh, r) : -1, span, g.in_col(span.lo, s));
+    fn(oh - c.oh0, valid ? g.in_row(oh, r) : -1, span, g.in_col(span.lo, s));
   }
 }
 
-// cols (CRS, images*P) of x (images, C, H, W): image i fills columns
-// [i*P, (i+1)*P) of every row.
-void im2col(float* cols, const float* x, const ConvShape& g, int64_t images) {
-  const int64_t P = g.P(), rows = g.CRS(), taps = g.R * g.S;
-  PYENGINE_OMP(omp parallel for if (worth_threads(images * rows * P)) schedule(static) num_threads(thread_count()))
-  for (int64_t task = 0; task < images * rows; ++task) {
+// cols (CRS, columns) of chunk c from x (images, C, H, W) at its first
+// image: image i fills columns [i*block, (i+1)*block) of every row, block =
+// c.rows * OW.
+void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c) {
+  const int64_t block = c.rows * g.OW, columns = c.images * block, rows = g.CRS(), taps = g.R * g.S;
+  PYENGINE_OMP(omp parallel for if (worth_threads(rows * columns)) schedule(static) num_threads(thread_count()))
+  for (int64_t task = 0; task < c.images * rows; ++task) {
     const int64_t i = task / rows, row = task % rows;
     const float* plane = x + (i * g.C + row / taps) * g.H * g.W;
-    float* dst = cols + row * images * P + i * P;
-    for_each_run(g, row / g.S % g.R, row % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
+    float* dst = cols + row * columns + i * block;
+    for_each_run(g, c, row / g.S % g.R, row % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
       float* d = dst + oh * g.OW;
       if (ih < 0) {
         std::fill(d, d + g.OW, 0.0f);
@@ -124,17 +150,17 @@ void im2col(float* cols, const float* x, const ConvShape& g, int64_t images) {
   }
 }
 
-// dx (images, C, H, W) += the scatter of dcols (CRS, images*P), each element
-// in tap order.
-void col2im(float* dx, const float* dcols, const ConvShape& g, int64_t images) {
-  const int64_t P = g.P(), taps = g.R * g.S;
-  PYENGINE_OMP(omp parallel for if (worth_threads(images * g.CRS() * P)) schedule(static) num_threads(thread_count()))
-  for (int64_t task = 0; task < images * g.C; ++task) {
-    const int64_t i = task / g.C, c = task % g.C;
+// dx (images, C, H, W) at the chunk's first image += the scatter of its
+// dcols (CRS, columns), each element in tap order.
+void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c) {
+  const int64_t block = c.rows * g.OW, columns = c.images * block, taps = g.R * g.S;
+  PYENGINE_OMP(omp parallel for if (worth_threads(g.CRS() * columns)) schedule(static) num_threads(thread_count()))
+  for (int64_t task = 0; task < c.images * g.C; ++task) {
+    const int64_t i = task / g.C, channel = task % g.C;
     float* plane = dx + task * g.H * g.W;
     for (int64_t t = 0; t < taps; ++t) {
-      const float* src = dcols + (c * taps + t) * images * P + i * P;
-      for_each_run(g, t / g.S, t % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
+      const float* src = dcols + (channel * taps + t) * columns + i * block;
+      for_each_run(g, c, t / g.S, t % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
         if (ih < 0) return;
         float* d = plane + ih * g.W + iw0;
         const float* v = src + oh * g.OW + span.lo;
@@ -147,25 +173,26 @@ void col2im(float* dx, const float* dcols, const ConvShape& g, int64_t images) {
   }
 }
 
-// Moves the rows of P floats of a chunk between the image layout
-// (images, K, P) of y and dy and the GEMM layout (K, images*P):
+// Moves a chunk's runs of block = c.rows * OW floats between the image
+// layout (images, K, P) of y and dy, at the chunk's first image, and the GEMM
+// layout (K, images * block):
 // to_images: image[i, k] = gemm[k, i] + bias[k] (bias may be null; in place
-// when both are one buffer, for a single image); else gemm[k, i] = image[i, k].
+// when both are one buffer, for a whole image); else gemm[k, i] = image[i, k].
 void move_rows(float* dst, const float* src, const float* bias, const ConvShape& g,
-               int64_t images, bool to_images) {
-  const int64_t P = g.P();
-  PYENGINE_OMP(omp parallel for if (worth_threads(images * g.K * P)) schedule(static) num_threads(thread_count()))
-  for (int64_t row = 0; row < images * g.K; ++row) {
+               const Chunk& c, bool to_images) {
+  const int64_t block = c.rows * g.OW;
+  PYENGINE_OMP(omp parallel for if (worth_threads(c.images * g.K * block)) schedule(static) num_threads(thread_count()))
+  for (int64_t row = 0; row < c.images * g.K; ++row) {
     const int64_t i = row / g.K, k = row % g.K;
-    const int64_t image_at = row * P, gemm_at = (k * images + i) * P;
+    const int64_t image_at = row * g.P() + c.oh0 * g.OW, gemm_at = (k * c.images + i) * block;
     float* d = dst + (to_images ? image_at : gemm_at);
     const float* s = src + (to_images ? gemm_at : image_at);
     if (!bias) {
-      std::memmove(d, s, static_cast<size_t>(P) * sizeof(float));
+      std::memmove(d, s, static_cast<size_t>(block) * sizeof(float));
       continue;
     }
     const float b = bias[k];
-    for (int64_t p = 0; p < P; ++p) d[p] = s[p] + b;
+    for (int64_t p = 0; p < block; ++p) d[p] = s[p] + b;
   }
 }
 
@@ -194,20 +221,21 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
                     int64_t dilation_h, int64_t dilation_w) {
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
   if (N == 0) return;
-  const int64_t nb = images_per_chunk(g), image_x = C * H * W, image_y = K * g.P();
-  for (int64_t n = 0; n < N; n += nb) {
-    const int64_t images = std::min(nb, N - n), columns = images * g.P();
-    const float* cols = x + n * image_x;
-    if (!direct(g, images)) {
+  const int64_t image_x = C * H * W, image_y = K * g.P();
+  for_each_chunk(g, [&](const Chunk& c) {
+    const int64_t columns = c.images * c.rows * g.OW;
+    const float* cols = x + c.n * image_x;
+    if (!direct(g, c)) {
       float* buffer = scratch_floats(kColsSlot, static_cast<size_t>(g.CRS() * columns));
-      im2col(buffer, cols, g, images);
+      im2col(buffer, cols, g, c);
       cols = buffer;
     }
-    float* out = images == 1 ? y + n * image_y : scratch_floats(kChunkSlot, static_cast<size_t>(K * columns));
+    float* out = whole_image(g, c) ? y + c.n * image_y
+                                   : scratch_floats(kChunkSlot, static_cast<size_t>(K * columns));
     matmul_forward(out, nullptr, w, cols, nullptr, Activation::none, 1, K, columns, g.CRS(), false,
                    false, 0, 0);
-    if (images > 1 || bias) move_rows(y + n * image_y, out, bias, g, images, /*to_images=*/true);
-  }
+    if (!whole_image(g, c) || bias) move_rows(y + c.n * image_y, out, bias, g, c, /*to_images=*/true);
+  });
 }
 
 void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,
@@ -217,26 +245,26 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
   if (dbias) bias_grad(dbias, dy, g);
   if ((!dx && !dw) || N == 0) return;
-  const int64_t nb = images_per_chunk(g), image_x = C * H * W, image_y = K * g.P();
-  for (int64_t n = 0; n < N; n += nb) {
-    const int64_t images = std::min(nb, N - n), columns = images * g.P(), size = g.CRS() * columns;
-    const float* dy_gemm = dy + n * image_y;
-    if (images > 1) {
+  const int64_t image_x = C * H * W, image_y = K * g.P();
+  for_each_chunk(g, [&](const Chunk& c) {
+    const int64_t columns = c.images * c.rows * g.OW, size = g.CRS() * columns;
+    const float* dy_gemm = dy + c.n * image_y;
+    if (!whole_image(g, c)) {
       float* buffer = scratch_floats(kChunkSlot, static_cast<size_t>(K * columns));
-      move_rows(buffer, dy_gemm, nullptr, g, images, /*to_images=*/false);
+      move_rows(buffer, dy_gemm, nullptr, g, c, /*to_images=*/false);
       dy_gemm = buffer;
     }
-    const float* cols = x + n * image_x;  // read only for dw
-    float* dcols = dx ? dx + n * image_x : nullptr;
-    if (!direct(g, images)) {
+    const float* cols = x + c.n * image_x;  // read only for dw
+    float* dcols = dx ? dx + c.n * image_x : nullptr;
+    if (!direct(g, c)) {
       float* buffer = scratch_floats(kColsSlot, static_cast<size_t>(2 * size));
-      if (dw) im2col(buffer, cols, g, images);
+      if (dw) im2col(buffer, cols, g, c);
       cols = buffer;
       if (dx) zero(dcols = buffer + size, size);
     }
     matmul_backward(dw, dcols, nullptr, dy_gemm, w, cols, 1, K, columns, g.CRS(), false, false, 0, 0);
-    if (dx && !direct(g, images)) col2im(dx + n * image_x, dcols, g, images);
-  }
+    if (dx && !direct(g, c)) col2im(dx + c.n * image_x, dcols, g, c);
+  });
 }
 
 }  // namespace PYENGINE_KERNEL_NS
