@@ -20,7 +20,7 @@ bias. numba has no convolution here and is not a row.
 Each case runs once untimed (first touch, JIT, the allocator's first pages), and each peer's
 outputs are checked against pyengine's on the same inputs before timing. ``extra_info["flops"]``
 (2 N K OH OW C R S per pass, three passes for forward+backward) makes ``compare.py`` print a
-GFLOP/s table. The file takes about 60 s at ``--threads 2`` on 2 cores.
+GFLOP/s table. The file takes about 30 s at ``--threads 2`` on 2 cores.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ LAYERS = [
     Conv("3x3 256->256 @14 pad 1", 256, 256, 14, 3, 1, 1),
     Conv("7x7/2 3->64 @224 pad 3 (stem)", 3, 64, 224, 7, 2, 3),
 ]
-PASSES = {"forward": 15, "forward+backward": 8}  # pass: rounds
+PASSES = {"forward": 30, "forward+backward": 15}  # pass: rounds
 
 
 @dataclass(frozen=True)

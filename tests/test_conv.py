@@ -4,7 +4,8 @@ finite differences, partial gradient requests and thread-count independence.
 
 The cases cover odd shapes, every kernel path (the 1x1 stride-1 unpadded image read in place,
 images cut into blocks of output rows, small images batched into one GEMM in even chunks, chunks
-cut by the cols budget, GEMMs large enough for threads) and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to
+cut by the cols budget, chunks spread over the threads with partial dW sums, GEMMs shared by the
+threads) and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to
 3, padding 0 to 3, dilation 1 and 2).
 """
 
@@ -57,7 +58,9 @@ class Conv:
 # The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
 # output rows of about 512 pixels (unless it is 1x1, stride 1, unpadded: then it is read in place);
 # smaller images are batched, about 2048 pixels and at most 2^22 floats of cols a chunk, chunks
-# as even as possible. Comments name the chunks.
+# as even as possible. The backward of chunks whose GEMM has fewer than 2^23 multiply-adds runs
+# them in up to 8 runs (one partial dW each) over the threads; larger ones share each GEMM's
+# threads. Comments name the chunks.
 CASES = {
     "1x1-direct-N1": Conv(1, 9, 5, 11, 7, 1, 1),                   # cols = x, dcols = dx
     "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, in place
@@ -79,7 +82,8 @@ CASES = {
     "row-blocks": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),          # rows 10+10+10+10+6 an image
     "row-blocks-strided": Conv(2, 3, 60, 50, 4, 5, 3, stride=(2, 1), padding=(2, 1),
                                dilation=(1, 2)),                   # 30x48 out: rows 10+10+10
-    "threaded-gemm": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),     # rows 12+12: 1.3M multiply-adds
+    "two-runs": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),          # rows 12+12: 1.3M multiply-adds
+    "shared-gemm": Conv(2, 64, 24, 24, 64, 3, 3, padding=1),       # rows 12+12: 10.6M multiply-adds
     "wide-weight": Conv(3, 128, 3, 3, 64, 3, 3),                   # dW (64, 1152), 1 pixel
 }
 
@@ -161,7 +165,7 @@ def test_conv2d_finite_differences(name):
 
 
 @pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",
-                                  "row-blocks-strided", "threaded-gemm"])
+                                  "row-blocks-strided", "shared-gemm"])
 def test_conv2d_partial_gradients(name):
     """Asking for one gradient gives what the full backward gives (every path skips the rest)."""
     conv = CASES[name]
@@ -180,7 +184,7 @@ def test_conv2d_partial_gradients(name):
 
 
 THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
-                "cols-budget", "row-blocks-strided", "threaded-gemm"]
+                "cols-budget", "row-blocks-strided", "two-runs", "shared-gemm"]
 
 
 def test_conv2d_thread_count_independent(restore_threads):
@@ -218,3 +222,13 @@ def test_conv2d_shape_and_pairs():
     x, w = np.ones((1, 2, 6, 6), F32), np.ones((3, 2, 3, 3), F32)
     np.testing.assert_array_equal(K.conv2d(x, w, stride=2, padding=1),
                                   K.conv2d(x, w, stride=(2, 2), padding=[1, 1]))
+
+
+def test_conv2d_empty_batch():
+    x, w, b = np.ones((0, 3, 5, 5), F32), np.ones((4, 3, 3, 3), F32), np.ones(4, F32)
+    assert K.conv2d(x, w, b).shape == (0, 4, 3, 3)
+    gx, gw, gb = K.conv2d_backward(np.ones((0, 4, 3, 3), F32), x, w, with_bias=True,
+                                   grad_weight=np.full(w.shape, 2.0, F32))
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, 2.0)  # nothing added
+    np.testing.assert_array_equal(gb, 0.0)

@@ -13,10 +13,15 @@
 // with stride 1 and no padding also reads x as its cols and accumulates into
 // dx as its dcols: no copies at all.
 //
-// Threads: the GEMM is threaded inside matmul; im2col splits (image, row)
-// pairs, col2im (image, channel) pairs, so no two threads write the same
-// element. The chunks depend on the shapes only and every element is summed
-// in one fixed order, so any thread count gives the same bits.
+// Threads. The chunks write disjoint parts of y, so a forward of two or more
+// chunks a thread spreads whole chunks over the threads, each with its own
+// scratch and a single-threaded GEMM: no barrier inside a chunk. A backward
+// of small GEMMs does the same in a fixed number of runs of chunks, each run
+// summing dW into its own partial. Otherwise the chunks go in order and use
+// the threads inside: the GEMM in matmul, im2col split by (image, row),
+// col2im by (image, channel), so no two threads write the same element. The
+// chunks and runs depend on the shapes only and every element is summed in
+// one fixed order: any thread count gives the same bits.
 #include <algorithm>
 #include <cstring>
 
@@ -33,9 +38,9 @@ namespace {
 
 using simd::kWidth;
 
-// Scratch slots, all on the calling thread. matmul's GEMM takes 0 and 1.
-constexpr int kChunkSlot = 2;  // a chunk's Y or dY in GEMM layout (K, nb*P)
-constexpr int kColsSlot = 3;   // a chunk's cols and dcols
+// Scratch slots. matmul's GEMM takes 0 and 1 on the thread that calls it.
+constexpr int kPartialSlot = 2;  // dW partials, on the thread calling the backward
+constexpr int kWorkSlot = 3;     // a chunk's cols, dcols and Y or dY, on the thread running it
 
 // Chunk sizes (measured on ResNet-50 layers). An image of more than
 // kBlockColumns output pixels is cut into blocks of whole output rows, about
@@ -47,6 +52,15 @@ constexpr int kColsSlot = 3;   // a chunk's cols and dcols
 constexpr int64_t kBlockColumns = 512;
 constexpr int64_t kTargetColumns = 2048;
 constexpr int64_t kColsBudget = int64_t(1) << 22;
+// The backward of chunks whose GEMM has fewer than kSharedGemmWork
+// multiply-adds spreads them over the threads (single-threaded GEMMs, no
+// barriers) in kRanges runs at most (a fixed number: the sums do not depend
+// on the thread count), each summing its dW into its own partial, within
+// kPartialBudget floats (8 MiB). Larger GEMMs are shared by the threads: two
+// threads' cols and dcols at once would no longer fit the caches.
+constexpr int64_t kSharedGemmWork = int64_t(1) << 23;
+constexpr int64_t kRanges = 8;
+constexpr int64_t kPartialBudget = int64_t(1) << 21;
 
 // A chunk: `images` whole images from image n, or output rows [oh0, oh0 +
 // rows) of image n alone. Its GEMM has images * rows * OW columns.
@@ -58,25 +72,37 @@ bool pointwise(const ConvShape& g) {
   return g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
 
-// fn(chunk) over the output in order. The chunks depend on the shapes only
-// and are as even as possible.
-template <typename Fn>
-void for_each_chunk(const ConvShape& g, Fn fn) {
-  auto even = [](int64_t total, int64_t most) {  // parts of at most `most`, as even as possible
-    const int64_t parts = (total + most - 1) / most;
-    return (total + parts - 1) / parts;
-  };
-  if (g.P() > kBlockColumns && !pointwise(g)) {  // a pointwise image is its own cols: kept whole
-    const int64_t rows = even(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t oh0 = 0; oh0 < g.OH; oh0 += rows) fn(Chunk{n, 1, oh0, std::min(rows, g.OH - oh0)});
-    return;
+// The chunks of the output, in order: `count` of them, each of `images`
+// whole images, or (images == 1) of `rows` output rows, `per_image` blocks an
+// image. They depend on the shapes only and are as even as possible.
+struct Chunking {
+  int64_t images, rows, per_image, count;
+
+  Chunking(const ConvShape& g) {
+    auto even = [](int64_t total, int64_t most) {  // parts of at most `most`, as even as possible
+      const int64_t parts = (total + most - 1) / most;
+      return (total + parts - 1) / parts;
+    };
+    if (g.P() > kBlockColumns && !pointwise(g)) {  // a pointwise image is its own cols: kept whole
+      images = 1;
+      rows = even(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
+      per_image = (g.OH + rows - 1) / rows;
+      count = g.N * per_image;
+    } else {
+      const int64_t wanted = (kTargetColumns + g.P() - 1) / g.P();
+      const int64_t fitting = std::max<int64_t>(1, kColsBudget / (g.CRS() * g.P()));
+      images = g.N ? even(g.N, std::min({g.N, wanted, fitting})) : 1;
+      rows = g.OH;
+      per_image = 1;
+      count = (g.N + images - 1) / images;
+    }
   }
-  const int64_t wanted = (kTargetColumns + g.P() - 1) / g.P();
-  const int64_t fitting = std::max<int64_t>(1, kColsBudget / (g.CRS() * g.P()));
-  const int64_t images = even(g.N, std::min({g.N, wanted, fitting}));
-  for (int64_t n = 0; n < g.N; n += images) fn(Chunk{n, std::min(images, g.N - n), 0, g.OH});
-}
+
+  Chunk at(const ConvShape& g, int64_t index) const {
+    const int64_t n = images * (index / per_image), oh0 = rows * (index % per_image);
+    return {n, std::min(images, g.N - n), oh0, std::min(rows, g.OH - oh0)};
+  }
+};
 
 // The chunk's Y is y itself: one whole image.
 bool whole_image(const ConvShape& g, const Chunk& c) { return c.images == 1 && c.rows == g.OH; }
@@ -196,6 +222,18 @@ void move_rows(float* dst, const float* src, const float* bias, const ConvShape&
   }
 }
 
+// dw (size,) += partial[0] + partial[1] + ... + partial[ranges - 1], summed
+// in that order into partial[0]; threads split the elements.
+void reduce_partials(float* dw, float* partial, int64_t ranges, int64_t size) {
+  constexpr int64_t kRun = 4096;
+  PYENGINE_OMP(omp parallel for if (worth_threads(ranges * size)) schedule(static) num_threads(thread_count()))
+  for (int64_t i = 0; i < size; i += kRun) {
+    const int64_t count = std::min(kRun, size - i);
+    for (int64_t r = 1; r < ranges; ++r) add_run(partial + i, partial + r * size + i, count);
+    add_run(dw + i, partial + i, count);
+  }
+}
+
 void zero(float* p, int64_t n) {
   constexpr int64_t kChunk = 16384;
   PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
@@ -220,22 +258,28 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
                     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                     int64_t dilation_h, int64_t dilation_w) {
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
-  if (N == 0) return;
   const int64_t image_x = C * H * W, image_y = K * g.P();
-  for_each_chunk(g, [&](const Chunk& c) {
-    const int64_t columns = c.images * c.rows * g.OW;
-    const float* cols = x + c.n * image_x;
-    if (!direct(g, c)) {
-      float* buffer = scratch_floats(kColsSlot, static_cast<size_t>(g.CRS() * columns));
-      im2col(buffer, cols, g, c);
-      cols = buffer;
-    }
-    float* out = whole_image(g, c) ? y + c.n * image_y
-                                   : scratch_floats(kChunkSlot, static_cast<size_t>(K * columns));
+  auto forward = [&](const Chunk& c) {
+    const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
+    float* work = scratch_floats(kWorkSlot, static_cast<size_t>(size + K * columns));
+    if (size) im2col(work, x + c.n * image_x, g, c);
+    const float* cols = size ? work : x + c.n * image_x;
+    float* out = whole_image(g, c) ? y + c.n * image_y : work + size;
     matmul_forward(out, nullptr, w, cols, nullptr, Activation::none, 1, K, columns, g.CRS(), false,
                    false, 0, 0);
     if (!whole_image(g, c) || bias) move_rows(y + c.n * image_y, out, bias, g, c, /*to_images=*/true);
-  });
+  };
+  // The chunks write disjoint parts of y. With two or more a thread, each
+  // thread takes whole chunks (its own scratch, a single-threaded GEMM: no
+  // barrier inside a chunk); otherwise they go in order, each using the
+  // threads. A GEMM gives the same bits on any number of threads either way.
+  const Chunking chunks(g);
+  if (chunks.count >= 2 * thread_count() && worth_threads(N * K * g.P() * g.CRS())) {
+    PYENGINE_OMP(omp parallel for schedule(dynamic) num_threads(thread_count()))
+    for (int64_t i = 0; i < chunks.count; ++i) forward(chunks.at(g, i));
+  } else {
+    for (int64_t i = 0; i < chunks.count; ++i) forward(chunks.at(g, i));
+  }
 }
 
 void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,
@@ -245,26 +289,44 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
   if (dbias) bias_grad(dbias, dy, g);
   if ((!dx && !dw) || N == 0) return;
-  const int64_t image_x = C * H * W, image_y = K * g.P();
-  for_each_chunk(g, [&](const Chunk& c) {
-    const int64_t columns = c.images * c.rows * g.OW, size = g.CRS() * columns;
+  const int64_t image_x = C * H * W, image_y = K * g.P(), size_w = K * g.CRS();
+  // One chunk: dw_into += dY . cols^T, dx += col2im(W^T . dY).
+  auto backward = [&](const Chunk& c, float* dw_into) {
+    const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
+    float* work = scratch_floats(kWorkSlot, static_cast<size_t>(2 * size + K * columns));
     const float* dy_gemm = dy + c.n * image_y;
     if (!whole_image(g, c)) {
-      float* buffer = scratch_floats(kChunkSlot, static_cast<size_t>(K * columns));
-      move_rows(buffer, dy_gemm, nullptr, g, c, /*to_images=*/false);
-      dy_gemm = buffer;
+      move_rows(work + 2 * size, dy_gemm, nullptr, g, c, /*to_images=*/false);
+      dy_gemm = work + 2 * size;
     }
-    const float* cols = x + c.n * image_x;  // read only for dw
-    float* dcols = dx ? dx + c.n * image_x : nullptr;
-    if (!direct(g, c)) {
-      float* buffer = scratch_floats(kColsSlot, static_cast<size_t>(2 * size));
-      if (dw) im2col(buffer, cols, g, c);
-      cols = buffer;
-      if (dx) zero(dcols = buffer + size, size);
-    }
-    matmul_backward(dw, dcols, nullptr, dy_gemm, w, cols, 1, K, columns, g.CRS(), false, false, 0, 0);
-    if (dx && !direct(g, c)) col2im(dx + c.n * image_x, dcols, g, c);
-  });
+    const float* cols = size ? work : x + c.n * image_x;  // read only for dw
+    float* dcols = !dx ? nullptr : size ? work + size : dx + c.n * image_x;
+    if (size && dw_into) im2col(work, x + c.n * image_x, g, c);
+    if (size && dx) zero(dcols, size);
+    matmul_backward(dw_into, dcols, nullptr, dy_gemm, w, cols, 1, K, columns, g.CRS(), false,
+                    false, 0, 0);
+    if (size && dx) col2im(dx + c.n * image_x, dcols, g, c);
+  };
+  // Units of chunks that write disjoint parts of dx: the blocks of one image
+  // (their input rows overlap), or one chunk of whole images. Small GEMMs go
+  // in `ranges` runs of consecutive units, run r summing its dW in partial r,
+  // the runs spread over the threads. Otherwise (or with fewer than two runs)
+  // the chunks go in order, each using the threads, and sum into dw directly.
+  const Chunking chunks(g);
+  const int64_t units = chunks.count / chunks.per_image;
+  const bool small = K * g.CRS() * chunks.images * chunks.rows * g.OW < kSharedGemmWork;
+  const int64_t ranges = !small ? 1 : std::min({units, kRanges, std::max<int64_t>(1, kPartialBudget / size_w)});
+  if (ranges < 2) {
+    for (int64_t i = 0; i < chunks.count; ++i) backward(chunks.at(g, i), dw);
+    return;
+  }
+  float* partial = dw ? scratch_floats(kPartialSlot, static_cast<size_t>(ranges * size_w)) : nullptr;
+  if (dw) std::fill(partial, partial + ranges * size_w, 0.0f);
+  PYENGINE_OMP(omp parallel for if (worth_threads(N * K * g.P() * g.CRS())) schedule(static) num_threads(thread_count()))
+  for (int64_t r = 0; r < ranges; ++r)
+    for (int64_t i = r * units / ranges * chunks.per_image; i < (r + 1) * units / ranges * chunks.per_image; ++i)
+      backward(chunks.at(g, i), dw ? partial + r * size_w : nullptr);
+  if (dw) reduce_partials(dw, partial, ranges, size_w);
 }
 
 }  // namespace PYENGINE_KERNEL_NS
