@@ -18,7 +18,8 @@ OH*OW) im2col array and multiplies by the (K, C*R*S) weight with ``np.matmul``, 
 bias. numba has no convolution here and is not a row.
 
 Each case runs once untimed (first touch, JIT, the allocator's first pages), and each peer's
-outputs are checked against pyengine's on the same inputs before timing. ``extra_info["flops"]``
+outputs are checked against pyengine's on the same inputs before timing; each row then waits
+half a second, so that the thread pools of the row before stop spinning on the cores. ``extra_info["flops"]``
 (2 N K OH OW C R S per pass, three passes for forward+backward) makes ``compare.py`` print a
 GFLOP/s table. The file takes about 30 s at ``--threads 2`` on 2 cores.
 """
@@ -26,6 +27,7 @@ GFLOP/s table. The file takes about 30 s at ``--threads 2`` on 2 cores.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,4 +205,8 @@ def test_conv2d(benchmark, threads, case, impl):
     benchmark.extra_info.update(threads=threads, pass_name=case.pass_name, layer=case.conv.layer,
                                 x_shape=list(case.conv.x_shape), w_shape=list(case.conv.w_shape),
                                 flops=passes * case.conv.flops)
+    # The previous row's thread pools (OpenBLAS, torch's OpenMP) keep spinning for a while after
+    # their last call, on the cores this row needs: measured, pyengine's first two backward
+    # calls after a numpy matmul took 1.8x as long. Let them go to sleep first.
+    time.sleep(0.5)
     benchmark.pedantic(timed, rounds=PASSES[case.pass_name], iterations=1, warmup_rounds=1)
