@@ -31,7 +31,7 @@ __all__ = [
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "layer_norm", "layer_norm_backward",
     "cross_entropy", "cross_entropy_backward",
-    "conv2d", "conv2d_backward", "conv2d_shape",
+    "conv2d", "conv2d_backward", "conv2d_shape", "conv2d_pairs",
     "sgd_update", "matmul_shape", "fma_probe",
     "BINARY_OPS", "SCALAR_OPS", "reduced_shape", "normalize_axes", "axis_runs",
     "sum_partial_shapes", "mean_scale",
@@ -397,15 +397,18 @@ def cross_entropy_backward(grad_loss, logits, target, ignore_index=-100, *, grad
 
 
 def _pair(value, name: str) -> tuple:
-    """An int or an (h, w) pair of ints as a pair; the binding checks the values."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    """An int or an (h, w) pair of ints as a pair of Python ints."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if is_int(value):
         return (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return tuple(int(v) if isinstance(v, np.integer) else v for v in value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_int, value)):
+        return (int(value[0]), int(value[1]))
     raise TypeError(f"conv2d: {name} must be an int or a pair (h, w) of ints, got {value!r}")
 
 
-def _geometry(stride, padding, dilation) -> tuple:
+def conv2d_pairs(stride, padding, dilation) -> tuple:
     """(stride, padding, dilation) as three (h, w) pairs."""
     return _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
 
@@ -415,7 +418,7 @@ def conv2d_shape(x_shape, w_shape, stride=1, padding=0, dilation=1) -> tuple:
     (K, C, R, S); ValueError when they do not fit. OH = (H + 2 padding -
     dilation (R - 1) - 1) // stride + 1, OW alike."""
     x_shape, w_shape = tuple(x_shape), tuple(w_shape)
-    (sh, sw), (ph, pw), (dh, dw) = _geometry(stride, padding, dilation)
+    (sh, sw), (ph, pw), (dh, dw) = conv2d_pairs(stride, padding, dilation)
     if len(x_shape) != 4 or len(w_shape) != 4 or x_shape[1] != w_shape[1]:
         raise ValueError(f"conv2d: x {x_shape} (N, C, H, W) and weight {w_shape} (K, C, R, S) "
                          "do not fit")
@@ -435,7 +438,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, out=None):
     """2-D convolution (cross-correlation, as in PyTorch) of x (N, C, H, W) with
     weight (K, C, R, S) plus bias (K,): (N, K, OH, OW), see conv2d_shape.
     stride, padding (zeros) and dilation are ints or (h, w) pairs."""
-    geometry = _geometry(stride, padding, dilation)
+    geometry = conv2d_pairs(stride, padding, dilation)
     if out is None:
         _check_array("conv2d", x)
         _check_array("conv2d", weight)
@@ -448,7 +451,7 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, with_
                     needs_x=True, needs_weight=True, grad_x=None, grad_weight=None,
                     grad_bias=None):
     """Gradients of conv2d: (grad_x, grad_weight, grad_bias); None where not asked."""
-    geometry = _geometry(stride, padding, dilation)
+    geometry = conv2d_pairs(stride, padding, dilation)
     if needs_x:
         grad_x = _grad_buffer(grad_x, x)
     if needs_weight:

@@ -223,7 +223,7 @@ class Conv2d(Op):
     name = "conv2d"
 
     def __init__(self, stride=1, padding=0, dilation=1):
-        self.stride, self.padding, self.dilation = K._geometry(stride, padding, dilation)
+        self.stride, self.padding, self.dilation = K.conv2d_pairs(stride, padding, dilation)
 
     def infer(self, x, weight, bias=None):
         _check_float(self.name, x, weight, *([bias] if bias else []))

@@ -350,6 +350,8 @@ K_CASES = [
      ValueError, ["conv2d", "stride (0, 0)"]),
     ("conv2d-stride-str", lambda: K.conv2d(f32(1, 1, 5, 5), f32(1, 1, 3, 3), stride="2"),
      TypeError, ["conv2d", "stride", "'2'"]),
+    ("conv2d-padding-float", lambda: K.conv2d(f32(1, 1, 5, 5), f32(1, 1, 3, 3), padding=(1, 0.5)),
+     TypeError, ["conv2d", "padding", "(1, 0.5)"]),
     ("conv2d-float64", lambda: K.conv2d(np.ones((1, 1, 5, 5)), f32(1, 1, 3, 3)), TypeError,
      ["conv2d_forward", "float64", "(1, 1, 5, 5)"]),
     ("conv2d-list", lambda: K.conv2d([[1.0]], f32(1, 1, 1, 1)), TypeError, ["conv2d", "list"]),

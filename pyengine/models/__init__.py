@@ -3,4 +3,4 @@
 from pyengine.models.cnn import CNN
 from pyengine.models.mlp import MLP
 
-__all__ = ["MLP", "CNN"]
+__all__ = ["CNN", "MLP"]

@@ -81,10 +81,11 @@ def test_layer_norm_init_and_eps():
 
 
 CONV_CONFIGS = {  # (in, out, kernel_size, keyword arguments, x shape)
-    "3x3-pad1": (3, 8, 3, dict(padding=1), (2, 3, 9, 10)),
-    "5x3-stride2-dilation": (4, 5, (5, 3), dict(stride=2, padding=(2, 1), dilation=(1, 2)), (3, 4, 11, 12)),
-    "1x1-nobias": (6, 4, 1, dict(bias=False), (2, 6, 5, 7)),
-    "7x7-stride2-pad3": (3, 16, 7, dict(stride=2, padding=3), (1, 3, 20, 18)),
+    "3x3-pad1": (3, 8, 3, {"padding": 1}, (2, 3, 9, 10)),
+    "5x3-stride2-dilation": (4, 5, (5, 3), {"stride": 2, "padding": (2, 1), "dilation": (1, 2)},
+                             (3, 4, 11, 12)),
+    "1x1-nobias": (6, 4, 1, {"bias": False}, (2, 6, 5, 7)),
+    "7x7-stride2-pad3": (3, 16, 7, {"stride": 2, "padding": 3}, (1, 3, 20, 18)),
 }
 
 
