@@ -57,10 +57,10 @@ class Conv:
 
 # The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
 # output rows of about 512 pixels (unless it is 1x1, stride 1, unpadded: then it is read in place);
-# smaller images are batched, about 2048 pixels and at most 2^22 floats of cols a chunk, chunks
-# as even as possible. The backward of chunks whose GEMM has fewer than 2^23 multiply-adds runs
-# them in up to 8 runs (one partial dW each) over the threads; larger ones share each GEMM's
-# threads. Comments name the chunks.
+# smaller images are batched, about 1024 pixels and at most 2^22 floats of cols a chunk, chunks
+# as even as possible. The backward spreads units of chunks (an image's blocks, or a chunk of
+# images) over the threads in up to 8 runs, one partial dW each; a single unit shares each GEMM's
+# threads (so does a forward of fewer than two chunks a thread). Comments name the chunks.
 CASES = {
     "1x1-direct-N1": Conv(1, 9, 5, 11, 7, 1, 1),                   # cols = x, dcols = dx
     "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, in place
@@ -77,13 +77,13 @@ CASES = {
     "kernel-fills-input": Conv(2, 3, 5, 4, 7, 5, 4),               # a single output pixel
     "pad-exceeds-kernel": Conv(1, 2, 3, 3, 3, 2, 2, stride=3, padding=3),  # all-padding rows
     "many-images": Conv(21, 2, 6, 7, 3, 3, 3, stride=(1, 2), padding=1),   # 21 in one chunk
-    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 6 + 6 + 5 images
-    "cols-budget": Conv(7, 200, 20, 20, 4, 3, 3, padding=1),       # 720K floats an image: 4 + 3
-    "row-blocks": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),          # rows 10+10+10+10+6 an image
+    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 3+3+4+3+4 images
+    "cols-budget": Conv(4, 456, 16, 16, 3, 3, 3, padding=1),       # 1.05M floats of cols: 2 + 2
+    "row-blocks": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),          # rows 9+9+9+9+10 an image
     "row-blocks-strided": Conv(2, 3, 60, 50, 4, 5, 3, stride=(2, 1), padding=(2, 1),
                                dilation=(1, 2)),                   # 30x48 out: rows 10+10+10
-    "two-runs": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),          # rows 12+12: 1.3M multiply-adds
-    "shared-gemm": Conv(2, 64, 24, 24, 64, 3, 3, padding=1),       # rows 12+12: 10.6M multiply-adds
+    "two-runs": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),          # rows 12+12 of 2 images
+    "shared-gemm": Conv(1, 64, 24, 24, 64, 3, 3, padding=1),       # rows 12+12 of 1: 10.6M MACs
     "wide-weight": Conv(3, 128, 3, 3, 64, 3, 3),                   # dW (64, 1152), 1 pixel
 }
 

@@ -15,10 +15,10 @@
 //
 // Threads. The chunks write disjoint parts of y, so a forward of two or more
 // chunks a thread spreads whole chunks over the threads, each with its own
-// scratch and a single-threaded GEMM: no barrier inside a chunk. A backward
-// of small GEMMs does the same in a fixed number of runs of chunks, each run
-// summing dW into its own partial. Otherwise the chunks go in order and use
-// the threads inside: the GEMM in matmul, im2col split by (image, row),
+// scratch and a single-threaded GEMM: no barrier inside a chunk. The
+// backward does the same in a fixed number of runs of chunks, each run
+// summing dW into its own partial. With too few chunks for that, they go in
+// order and use the threads inside: the GEMM in matmul, im2col split by (image, row),
 // col2im by (image, channel), so no two threads write the same element. The
 // chunks and runs depend on the shapes only and every element is summed in
 // one fixed order: any thread count gives the same bits.
@@ -50,15 +50,15 @@ constexpr int kWorkSlot = 3;     // a chunk's cols, dcols and Y or dY, on the th
 // cols (16 MiB): an image of 14x14 alone would leave most of the micro-tiles'
 // width empty.
 constexpr int64_t kBlockColumns = 512;
-constexpr int64_t kTargetColumns = 2048;
+constexpr int64_t kTargetColumns = 1024;
 constexpr int64_t kColsBudget = int64_t(1) << 22;
-// The backward of chunks whose GEMM has fewer than kSharedGemmWork
-// multiply-adds spreads them over the threads (single-threaded GEMMs, no
-// barriers) in kRanges runs at most (a fixed number: the sums do not depend
-// on the thread count), each summing its dW into its own partial, within
-// kPartialBudget floats (8 MiB). Larger GEMMs are shared by the threads, which
-// measured faster there (3x3 128->128 at 28x28, 2 threads: 27 vs 31 ms).
-constexpr int64_t kSharedGemmWork = int64_t(1) << 23;
+// The backward spreads the chunks over the threads (single-threaded GEMMs) in
+// kRanges runs at most (a fixed number: the sums do not depend on the thread
+// count), each summing its dW into its own partial, within kPartialBudget
+// floats (8 MiB). Sharing each chunk's GEMM by the threads instead measured
+// up to 14% faster on an idle machine (3x3 128->128 at 28x28, 2 threads), but
+// it costs barriers in every chunk, and with another process on the cores
+// each one can wait a scheduler tick: a 45 ms backward then took 3.4 s.
 constexpr int64_t kRanges = 8;
 constexpr int64_t kPartialBudget = int64_t(1) << 21;
 
@@ -72,35 +72,37 @@ bool pointwise(const ConvShape& g) {
   return g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
 
-// The chunks of the output, in order: `count` of them, each of `images`
-// whole images, or (images == 1) of `rows` output rows, `per_image` blocks an
-// image. They depend on the shapes only and are as even as possible.
+// The chunks of the output, in order, `count` of them: `per_image` blocks of
+// output rows of each image in turn, or (per_image == 0) runs of whole
+// images. Sizes differ by one row or image at most and depend on the shapes only.
 struct Chunking {
-  int64_t images, rows, per_image, count;
+  int64_t per_image, count;
 
-  Chunking(const ConvShape& g) {
-    auto even = [](int64_t total, int64_t most) {  // parts of at most `most`, as even as possible
-      const int64_t parts = (total + most - 1) / most;
-      return (total + parts - 1) / parts;
-    };
+  explicit Chunking(const ConvShape& g) {
+    auto parts = [](int64_t total, int64_t most) { return (total + most - 1) / most; };
     if (g.P() > kBlockColumns && !pointwise(g)) {  // a pointwise image is its own cols: kept whole
-      images = 1;
-      rows = even(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
-      per_image = (g.OH + rows - 1) / rows;
+      per_image = parts(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
       count = g.N * per_image;
     } else {
       const int64_t wanted = (kTargetColumns + g.P() - 1) / g.P();
       const int64_t fitting = std::max<int64_t>(1, kColsBudget / (g.CRS() * g.P()));
-      images = g.N ? even(g.N, std::min({g.N, wanted, fitting})) : 1;
-      rows = g.OH;
-      per_image = 1;
-      count = (g.N + images - 1) / images;
+      per_image = 0;
+      count = g.N ? parts(g.N, std::min({g.N, wanted, fitting})) : 0;
     }
   }
 
+  // Chunks that write disjoint parts of dx: an image's blocks (their input
+  // rows overlap), or a run of whole images.
+  int64_t units() const { return per_image ? count / per_image : count; }
+
   Chunk at(const ConvShape& g, int64_t index) const {
-    const int64_t n = images * (index / per_image), oh0 = rows * (index % per_image);
-    return {n, std::min(images, g.N - n), oh0, std::min(rows, g.OH - oh0)};
+    if (!per_image) {
+      const int64_t n0 = index * g.N / count, n1 = (index + 1) * g.N / count;
+      return {n0, n1 - n0, 0, g.OH};
+    }
+    const int64_t block = index % per_image;
+    const int64_t oh0 = block * g.OH / per_image, oh1 = (block + 1) * g.OH / per_image;
+    return {index / per_image, 1, oh0, oh1 - oh0};
   }
 };
 
@@ -308,14 +310,13 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
     if (size && dx) col2im(dx + c.n * image_x, dcols, g, c);
   };
   // Units of chunks that write disjoint parts of dx: the blocks of one image
-  // (their input rows overlap), or one chunk of whole images. Small GEMMs go
-  // in `ranges` runs of consecutive units, run r summing its dW in partial r,
-  // the runs spread over the threads. Otherwise (or with fewer than two runs)
-  // the chunks go in order, each using the threads, and sum into dw directly.
+  // (their input rows overlap), or one chunk of whole images. They go in
+  // `ranges` runs of consecutive units, run r summing its dW in partial r,
+  // the runs spread over the threads. With fewer than two runs the chunks go
+  // in order, each using the threads, and sum into dw directly.
   const Chunking chunks(g);
-  const int64_t units = chunks.count / chunks.per_image;
-  const bool small = K * g.CRS() * chunks.images * chunks.rows * g.OW < kSharedGemmWork;
-  const int64_t ranges = !small ? 1 : std::min({units, kRanges, std::max<int64_t>(1, kPartialBudget / size_w)});
+  const int64_t units = chunks.units(), per_unit = std::max<int64_t>(chunks.per_image, 1);
+  const int64_t ranges = std::min({units, kRanges, std::max<int64_t>(1, kPartialBudget / size_w)});
   if (ranges < 2) {
     for (int64_t i = 0; i < chunks.count; ++i) backward(chunks.at(g, i), dw);
     return;
@@ -324,7 +325,7 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   if (dw) std::fill(partial, partial + ranges * size_w, 0.0f);
   PYENGINE_OMP(omp parallel for if (worth_threads(N * K * g.P() * g.CRS())) schedule(static) num_threads(thread_count()))
   for (int64_t r = 0; r < ranges; ++r)
-    for (int64_t i = r * units / ranges * chunks.per_image; i < (r + 1) * units / ranges * chunks.per_image; ++i)
+    for (int64_t i = r * units / ranges * per_unit; i < (r + 1) * units / ranges * per_unit; ++i)
       backward(chunks.at(g, i), dw ? partial + r * size_w : nullptr);
   if (dw) reduce_partials(dw, partial, ranges, size_w);
 }
