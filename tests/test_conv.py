@@ -57,7 +57,7 @@ class Conv:
 
 # The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
 # output rows of about 512 pixels (unless it is 1x1, stride 1, unpadded: then it is read in place);
-# smaller images are batched, about 1024 pixels and at most 2^22 floats of cols a chunk, chunks
+# smaller images are batched, about 2048 pixels and at most 2^22 floats of cols a chunk, chunks
 # as even as possible. The backward spreads units of chunks (an image's blocks, or a chunk of
 # images) over the threads in up to 8 runs, one partial dW each; a single unit shares each GEMM's
 # threads (so does a forward of fewer than two chunks a thread). Comments name the chunks.
@@ -77,7 +77,7 @@ CASES = {
     "kernel-fills-input": Conv(2, 3, 5, 4, 7, 5, 4),               # a single output pixel
     "pad-exceeds-kernel": Conv(1, 2, 3, 3, 3, 2, 2, stride=3, padding=3),  # all-padding rows
     "many-images": Conv(21, 2, 6, 7, 3, 3, 3, stride=(1, 2), padding=1),   # 21 in one chunk
-    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 3+3+4+3+4 images
+    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 5+6+6 images
     "cols-budget": Conv(4, 456, 16, 16, 3, 3, 3, padding=1),       # 1.05M floats of cols: 2 + 2
     "row-blocks": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),          # rows 9+9+9+9+10 an image
     "row-blocks-strided": Conv(2, 3, 60, 50, 4, 5, 3, stride=(2, 1), padding=(2, 1),

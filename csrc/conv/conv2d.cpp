@@ -50,7 +50,7 @@ constexpr int kWorkSlot = 3;     // a chunk's cols, dcols and Y or dY, on the th
 // cols (16 MiB): an image of 14x14 alone would leave most of the micro-tiles'
 // width empty.
 constexpr int64_t kBlockColumns = 512;
-constexpr int64_t kTargetColumns = 1024;
+constexpr int64_t kTargetColumns = 2048;
 constexpr int64_t kColsBudget = int64_t(1) << 22;
 // The backward spreads the chunks over the threads (single-threaded GEMMs) in
 // kRanges runs at most (a fixed number: the sums do not depend on the thread
