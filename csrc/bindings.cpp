@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -500,6 +501,117 @@ void layernorm_backward(py::object dx_obj, py::object dw_obj, py::object db_obj,
                                         cptr(rstd), rows, cols);
 }
 
+// ---------------------------------------------------------------- convolution
+
+// Stride, padding and dilation are capped well inside int64 arithmetic.
+constexpr int64_t kMaxConvParam = 2147483647;
+
+// A pair (h, w) of Python ints, each in [minimum, kMaxConvParam].
+std::array<int64_t, 2> int_pair(const char* op, const char* name, const py::object& obj,
+                                int64_t minimum) {
+  const bool sequence = py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj);
+  if (!sequence || py::len(obj) != 2)
+    type_error(op, "'", name, "' must be a pair (h, w) of ints, got ", std::string(py::repr(obj)));
+  std::array<int64_t, 2> out{};
+  for (size_t i = 0; i < 2; ++i) {
+    py::object item = py::reinterpret_borrow<py::sequence>(obj)[i];
+    if (!PyLong_Check(item.ptr()) || PyBool_Check(item.ptr()))
+      type_error(op, "'", name, "' must be a pair (h, w) of ints, got ", std::string(py::repr(obj)));
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(item.ptr(), &overflow);
+    if (overflow || v < minimum || v > kMaxConvParam)
+      value_error(op, "'", name, "' must be >= ", minimum, " and <= ", kMaxConvParam, ", got ",
+                  std::string(py::repr(obj)));
+    out[i] = v;
+  }
+  return out;
+}
+
+struct ConvDims {
+  int64_t N, C, H, W, K, R, S;
+  std::array<int64_t, 2> stride, padding, dilation;
+  Shape y_shape;
+};
+
+// x (N, C, H, W) and weight (K, C, R, S); y is (N, K, OH, OW) with
+// OH = (H + 2 pad - dilation (R - 1) - 1) / stride + 1, which must be >= 1 (OW alike).
+ConvDims conv_dims(const char* op, const py::array& x, const py::array& w, const py::object& stride,
+                   const py::object& padding, const py::object& dilation) {
+  const Shape sx = shape_of(x), sw = shape_of(w);
+  if (x.ndim() != 4) value_error(op, "'x' must be 4-D (N, C, H, W), got shape ", shape_str(sx));
+  if (w.ndim() != 4) value_error(op, "'weight' must be 4-D (K, C, R, S), got shape ", shape_str(sw));
+  ConvDims d{sx[0], sx[1], sx[2], sx[3], sw[0], sw[2], sw[3], {}, {}, {}, {}};
+  d.stride = int_pair(op, "stride", stride, 1);
+  d.padding = int_pair(op, "padding", padding, 0);
+  d.dilation = int_pair(op, "dilation", dilation, 1);
+  if (sw[1] != d.C)
+    value_error(op, "x ", shape_str(sx), " has ", d.C, " channels but weight ", shape_str(sw),
+                " expects ", sw[1]);
+  if (d.C == 0 || d.H == 0 || d.W == 0 || d.K == 0 || d.R == 0 || d.S == 0)
+    value_error(op, "empty dims in x ", shape_str(sx), " or weight ", shape_str(sw),
+                " (only N may be 0)");
+  int64_t out[2];
+  const int64_t in[2] = {d.H, d.W}, kernel[2] = {d.R, d.S};
+  for (int i = 0; i < 2; ++i) {  // in 128 bits: a large dilation times a large kernel
+    const __int128 extent = static_cast<__int128>(d.dilation[i]) * (kernel[i] - 1) + 1;
+    const __int128 room = static_cast<__int128>(in[i]) + 2 * d.padding[i] - extent;
+    out[i] = room < 0 ? 0 : static_cast<int64_t>(room / d.stride[i] + 1);
+  }
+  if (out[0] < 1 || out[1] < 1)
+    value_error(op, "weight ", shape_str(sw), " with dilation ", shape_str({d.dilation[0], d.dilation[1]}),
+                " does not fit x ", shape_str(sx), " with padding ",
+                shape_str({d.padding[0], d.padding[1]}), ": no output");
+  d.y_shape = {d.N, d.K, out[0], out[1]};
+  return d;
+}
+
+void conv2d_forward(py::object y_obj, py::object x_obj, py::object w_obj, py::object bias_obj,
+                    py::object stride, py::object padding, py::object dilation) {
+  const char* op = "conv2d_forward";
+  py::array y = f32_out(op, "y", y_obj), x = f32_in(op, "x", x_obj), w = f32_in(op, "weight", w_obj);
+  auto bias = optional_f32(op, "bias", bias_obj, false);
+  const ConvDims d = conv_dims(op, x, w, stride, padding, dilation);
+  expect_shape(op, "y", y, d.y_shape);
+  if (bias) expect_shape(op, "bias", *bias, {d.K});
+  if (overlaps(y, x) || overlaps(y, w) || (bias && overlaps(y, *bias)))
+    value_error(op, "the output y ", shape_str(d.y_shape), " overlaps an input");
+  const float* bias_ptr = bias ? cptr(*bias) : nullptr;
+  py::gil_scoped_release release;
+  PYENGINE_DISPATCH(conv2d_forward)(mptr(y), cptr(x), cptr(w), bias_ptr, d.N, d.C, d.H, d.W, d.K,
+                                    d.R, d.S, d.stride[0], d.stride[1], d.padding[0],
+                                    d.padding[1], d.dilation[0], d.dilation[1]);
+}
+
+void conv2d_backward(py::object dx_obj, py::object dw_obj, py::object dbias_obj, py::object dy_obj,
+                     py::object x_obj, py::object w_obj, py::object stride, py::object padding,
+                     py::object dilation) {
+  const char* op = "conv2d_backward";
+  auto dx = optional_f32(op, "dx", dx_obj, true);
+  auto dw = optional_f32(op, "dweight", dw_obj, true);
+  auto dbias = optional_f32(op, "dbias", dbias_obj, true);
+  py::array dy = f32_in(op, "dy", dy_obj), x = f32_in(op, "x", x_obj), w = f32_in(op, "weight", w_obj);
+  const ConvDims d = conv_dims(op, x, w, stride, padding, dilation);
+  expect_shape(op, "dy", dy, d.y_shape);
+  if (dx) expect_shape(op, "dx", *dx, shape_of(x));
+  if (dw) expect_shape(op, "dweight", *dw, shape_of(w));
+  if (dbias) expect_shape(op, "dbias", *dbias, {d.K});
+  const std::optional<py::array>* grads[] = {&dx, &dw, &dbias};
+  for (size_t i = 0; i < 3; ++i) {
+    if (!*grads[i]) continue;
+    const py::array& g = **grads[i];
+    bool clash = overlaps(g, dy) || overlaps(g, x) || overlaps(g, w);
+    for (size_t j = i + 1; j < 3; ++j) clash = clash || (*grads[j] && overlaps(g, **grads[j]));
+    if (clash)
+      value_error(op, "the gradient with shape ", shape_str(shape_of(g)),
+                  " overlaps an input or another gradient");
+  }
+  float *pdx = mptr_or_null(dx), *pdw = mptr_or_null(dw), *pdbias = mptr_or_null(dbias);
+  py::gil_scoped_release release;
+  PYENGINE_DISPATCH(conv2d_backward)(pdx, pdw, pdbias, cptr(dy), cptr(x), cptr(w), d.N, d.C, d.H,
+                                     d.W, d.K, d.R, d.S, d.stride[0], d.stride[1], d.padding[0],
+                                     d.padding[1], d.dilation[0], d.dilation[1]);
+}
+
 // ---------------------------------------------------------------- cross-entropy
 
 // Checks logits (rows, classes) and target (rows,) of int64 or int32, and
@@ -656,6 +768,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("layernorm_backward", &layernorm_backward, py::arg("dx"), py::arg("dweight"),
         py::arg("dbias"), py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("mean"),
         py::arg("rstd"));
+  m.def("conv2d_forward", &conv2d_forward, py::arg("y"), py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("conv2d_backward", &conv2d_backward, py::arg("dx"), py::arg("dweight"), py::arg("dbias"),
+        py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"));
   m.def("cross_entropy_forward", &cross_entropy_forward, py::arg("loss"), py::arg("logits"),
         py::arg("target"), py::arg("ignore_index") = -100);
   m.def("cross_entropy_backward", &cross_entropy_backward, py::arg("dlogits"), py::arg("dloss"),

@@ -1,4 +1,4 @@
-"""The `pyengine` command line: `pyengine info`, `pyengine train mlp`."""
+"""The `pyengine` command line: `pyengine info`, `pyengine train mlp`, `pyengine train cnn`."""
 
 from __future__ import annotations
 
@@ -26,13 +26,23 @@ def cmd_info(args) -> int:
 def cmd_train_mlp(args) -> int:
     from pyengine.train import MLPConfig, train_mlp
 
+    return _train(args, train_mlp, MLPConfig, hidden=tuple(args.hidden))
+
+
+def cmd_train_cnn(args) -> int:
+    from pyengine.train import CNNConfig, train_cnn
+
+    return _train(args, train_cnn, CNNConfig, channels=tuple(args.channels))
+
+
+def _train(args, train, config_class, **model_options) -> int:
     if args.threads:
         pyengine.set_num_threads(args.threads)
-    config = MLPConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       momentum=args.momentum, hidden=tuple(args.hidden), seed=args.seed,
-                       checkpoint=None if args.no_checkpoint else args.checkpoint,
-                       progress=not args.quiet)
-    metrics = train_mlp(config)
+    config = config_class(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          momentum=args.momentum, seed=args.seed,
+                          checkpoint=None if args.no_checkpoint else args.checkpoint,
+                          progress=not args.quiet, **model_options)
+    metrics = train(config)
     print(f"final loss: {metrics['final_loss']:.4f}")
     print(f"train accuracy: {metrics['train_accuracy']:.4f}")
     print(f"test accuracy: {metrics['test_accuracy']:.4f}")
@@ -41,26 +51,38 @@ def cmd_train_mlp(args) -> int:
     return 0
 
 
+def _training_parser(models, name, help_text, defaults, run):
+    """A `pyengine train <name>` parser with the options every recipe shares."""
+    parser = models.add_parser(name, help=help_text)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--momentum", type=float, default=defaults.momentum)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=0, help="kernel threads (default: OpenMP's)")
+    parser.add_argument("--checkpoint", default=defaults.checkpoint, help="safetensors file to write")
+    parser.add_argument("--no-checkpoint", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pyengine.train import CNNConfig, MLPConfig
+
     parser = argparse.ArgumentParser(prog="pyengine", description="pyengine: a deep-learning engine")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="version, ISA level, threads, CUDA").set_defaults(run=cmd_info)
 
     train = commands.add_parser("train", help="train a model")
     models = train.add_subparsers(dest="model", required=True)
-    mlp = models.add_parser("mlp", help="an MLP on scikit-learn's digits (no download)")
-    defaults = __import__("pyengine.train", fromlist=["MLPConfig"]).MLPConfig()
-    mlp.add_argument("--epochs", type=int, default=defaults.epochs)
-    mlp.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    mlp.add_argument("--lr", type=float, default=defaults.lr)
-    mlp.add_argument("--momentum", type=float, default=defaults.momentum)
-    mlp.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden))
-    mlp.add_argument("--seed", type=int, default=defaults.seed)
-    mlp.add_argument("--threads", type=int, default=0, help="kernel threads (default: OpenMP's)")
-    mlp.add_argument("--checkpoint", default=defaults.checkpoint, help="safetensors file to write")
-    mlp.add_argument("--no-checkpoint", action="store_true")
-    mlp.add_argument("--quiet", action="store_true", help="no progress bar")
-    mlp.set_defaults(run=cmd_train_mlp)
+    mlp = _training_parser(models, "mlp", "an MLP on scikit-learn's digits (no download)",
+                           MLPConfig(), cmd_train_mlp)
+    mlp.add_argument("--hidden", type=int, nargs="+", default=list(MLPConfig().hidden))
+    cnn = _training_parser(models, "cnn", "a small CNN (two 3x3 convolutions) on the 8x8 digits",
+                           CNNConfig(), cmd_train_cnn)
+    cnn.add_argument("--channels", type=int, nargs=2, default=list(CNNConfig().channels),
+                     help="output channels of the two convolutions")
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyengine import ops as O
 from pyengine.tensor import Tensor, apply
 
-__all__ = ["linear", "relu", "gelu", "tanh", "softmax", "log_softmax", "layer_norm", "cross_entropy"]
+__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "softmax", "log_softmax", "layer_norm", "cross_entropy"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -19,6 +19,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     inputs = (flat, weight) if bias is None else (flat, weight, bias)
     y = apply(O.MatMul(trans_b=True), *inputs)
     return y if x.ndim == 2 else y.reshape(*lead, weight.shape[0])
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1) -> Tensor:
+    """2-D convolution as in PyTorch: x (N, C, H, W), weight (K, C, R, S), bias (K,).
+
+    stride, padding (zeros) and dilation are ints or (h, w) pairs; the output
+    is (N, K, OH, OW) with OH = (H + 2 padding - dilation (R - 1) - 1) // stride + 1.
+    """
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+    return apply(O.Conv2d(stride, padding, dilation), *inputs)
 
 
 def relu(x: Tensor) -> Tensor:

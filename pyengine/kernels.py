@@ -31,6 +31,7 @@ __all__ = [
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "layer_norm", "layer_norm_backward",
     "cross_entropy", "cross_entropy_backward",
+    "conv2d", "conv2d_backward", "conv2d_shape", "conv2d_pairs",
     "sgd_update", "matmul_shape", "fma_probe",
     "BINARY_OPS", "SCALAR_OPS", "reduced_shape", "normalize_axes", "axis_runs",
     "sum_partial_shapes", "mean_scale",
@@ -390,6 +391,77 @@ def cross_entropy_backward(grad_loss, logits, target, ignore_index=-100, *, grad
     grad_logits = _grad_buffer(grad_logits, logits)
     _C.cross_entropy_backward(grad_logits, grad_loss, logits, target, int(ignore_index))
     return grad_logits
+
+
+# ---------------------------------------------------------------- convolution
+
+
+def _pair(value, name: str) -> tuple:
+    """An int or an (h, w) pair of ints as a pair of Python ints."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(is_int, value)):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f"conv2d: {name} must be an int or a pair (h, w) of ints, got {value!r}")
+
+
+def conv2d_pairs(stride, padding, dilation) -> tuple:
+    """(stride, padding, dilation) as three (h, w) pairs."""
+    return _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+
+
+def conv2d_shape(x_shape, w_shape, stride=1, padding=0, dilation=1) -> tuple:
+    """The output shape (N, K, OH, OW) of conv2d of x (N, C, H, W) with weight
+    (K, C, R, S); ValueError when they do not fit. OH = (H + 2 padding -
+    dilation (R - 1) - 1) // stride + 1, OW alike."""
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    (sh, sw), (ph, pw), (dh, dw) = conv2d_pairs(stride, padding, dilation)
+    if len(x_shape) != 4 or len(w_shape) != 4 or x_shape[1] != w_shape[1]:
+        raise ValueError(f"conv2d: x {x_shape} (N, C, H, W) and weight {w_shape} (K, C, R, S) "
+                         "do not fit")
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"conv2d: stride {(sh, sw)} and dilation {(dh, dw)} must be >= 1, "
+                         f"padding {(ph, pw)} >= 0")
+    (n, _, h, w), (k, _, r, s) = x_shape, w_shape
+    oh = (h + 2 * ph - dh * (r - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (s - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"conv2d: weight {w_shape} with dilation {(dh, dw)} does not fit x "
+                         f"{x_shape} with padding {(ph, pw)}: no output")
+    return (n, k, oh, ow)
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, out=None):
+    """2-D convolution (cross-correlation, as in PyTorch) of x (N, C, H, W) with
+    weight (K, C, R, S) plus bias (K,): (N, K, OH, OW), see conv2d_shape.
+    stride, padding (zeros) and dilation are ints or (h, w) pairs."""
+    geometry = conv2d_pairs(stride, padding, dilation)
+    if out is None:
+        _check_array("conv2d", x)
+        _check_array("conv2d", weight)
+        out = _empty(conv2d_shape(x.shape, weight.shape, *geometry))
+    _C.conv2d_forward(out, x, weight, bias, *geometry)
+    return out
+
+
+def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, with_bias=False,
+                    needs_x=True, needs_weight=True, grad_x=None, grad_weight=None,
+                    grad_bias=None):
+    """Gradients of conv2d: (grad_x, grad_weight, grad_bias); None where not asked."""
+    geometry = conv2d_pairs(stride, padding, dilation)
+    if needs_x:
+        grad_x = _grad_buffer(grad_x, x)
+    if needs_weight:
+        grad_weight = _grad_buffer(grad_weight, weight)
+    if with_bias and grad_bias is None:
+        grad_bias = np.zeros(np.shape(weight)[:1], dtype=_f32)
+    _C.conv2d_backward(grad_x if needs_x else None, grad_weight if needs_weight else None,
+                       grad_bias if with_bias else None, grad_y, x, weight, *geometry)
+    return (grad_x if needs_x else None, grad_weight if needs_weight else None,
+            grad_bias if with_bias else None)
 
 
 # ---------------------------------------------------------------- optimizers

@@ -217,6 +217,31 @@ class LayerNorm(Op):
                               outs[1], outs[2])
 
 
+class Conv2d(Op):
+    """2-D convolution of x (N, C, H, W) with weight (K, C, R, S), plus bias (K,) when given."""
+
+    name = "conv2d"
+
+    def __init__(self, stride=1, padding=0, dilation=1):
+        self.stride, self.padding, self.dilation = K.conv2d_pairs(stride, padding, dilation)
+
+    def infer(self, x, weight, bias=None):
+        _check_float(self.name, x, weight, *([bias] if bias else []))
+        return [Spec(K.conv2d_shape(x.shape, weight.shape, self.stride, self.padding, self.dilation))]
+
+    def forward(self, outs, ins):
+        bias = ins[2] if len(ins) > 2 else None
+        _C.conv2d_forward(outs[0], ins[0], ins[1], bias, self.stride, self.padding, self.dilation)
+
+    def backward(self, grad_ins, grad_out, ins, outs):
+        dbias = grad_ins[2] if len(grad_ins) > 2 else None
+        _C.conv2d_backward(grad_ins[0], grad_ins[1], dbias, grad_out, ins[0], ins[1], self.stride,
+                           self.padding, self.dilation)
+
+    def label(self):
+        return f"conv2d(stride={self.stride}, padding={self.padding}, dilation={self.dilation})"
+
+
 class CrossEntropy(Op):
     name = "cross_entropy"
 

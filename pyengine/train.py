@@ -10,20 +10,34 @@ import pyengine
 from pyengine import functional as F
 from pyengine import io, optim
 from pyengine.data import batches, load_digits
-from pyengine.models import MLP
+from pyengine.models import CNN, MLP
 
 
 @dataclass
-class MLPConfig:
-    epochs: int = 30
+class TrainConfig:
+    """Options every training recipe takes."""
+
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    hidden: tuple = (128, 64)
     seed: int = 0
-    checkpoint: str | None = "checkpoints/mlp_digits.safetensors"
+    checkpoint: str | None = None
     progress: bool = True
+
+
+@dataclass
+class MLPConfig(TrainConfig):
+    epochs: int = 30
+    hidden: tuple = (128, 64)
+    checkpoint: str | None = "checkpoints/mlp_digits.safetensors"
+
+
+@dataclass
+class CNNConfig(TrainConfig):
+    channels: tuple = (16, 32)
+    checkpoint: str | None = "checkpoints/cnn_digits.safetensors"
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
@@ -38,18 +52,33 @@ def train_mlp(config: MLPConfig) -> dict:
     The first batch's step is captured into a static graph; every step after
     replays it (no allocation, planned memory). Returns the final metrics.
     """
-    from tqdm import tqdm
-
     pyengine.manual_seed(config.seed)
     data = load_digits(seed=config.seed)
     model = MLP(data.x_train.shape[1], list(config.hidden), 10)
+    return _fit(model, data, config, "mlp", {"model": "MLP", "hidden": list(config.hidden)})
+
+
+def train_cnn(config: CNNConfig) -> dict:
+    """Train models.CNN (two 3x3 convolutions and a linear head) on the 8x8
+    digits, with the same captured, replayed training step as train_mlp."""
+    pyengine.manual_seed(config.seed)
+    data = load_digits(seed=config.seed)
+    model = CNN(tuple(config.channels), 10)
+    return _fit(model, data, config, "cnn", {"model": "CNN", "channels": list(config.channels)})
+
+
+def _fit(model, data, config, name: str, metadata: dict) -> dict:
+    """SGD over the training split, the first batch's step captured and every
+    step replayed; then the accuracies and, when configured, a checkpoint."""
+    from tqdm import tqdm
+
     optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     steps_per_epoch = len(data.x_train) // config.batch_size
     step = None
     progress = tqdm(total=config.epochs * steps_per_epoch, disable=not config.progress,
-                    unit="step", desc="train mlp")
+                    unit="step", desc=f"train {name}")
     for epoch in range(config.epochs):
         for x, y in batches(data.x_train, data.y_train, config.batch_size, rng):
             if step is None:
@@ -63,7 +92,7 @@ def train_mlp(config: MLPConfig) -> dict:
                "test_accuracy": accuracy(model, data.x_test, data.y_test),
                "final_loss": loss, "steps": config.epochs * steps_per_epoch}
     if config.checkpoint:
-        io.save(model, config.checkpoint, metadata={"model": "MLP", "hidden": list(config.hidden),
-                                                    "test_accuracy": metrics["test_accuracy"]})
+        io.save(model, config.checkpoint,
+                metadata={**metadata, "test_accuracy": metrics["test_accuracy"]})
         metrics["checkpoint"] = config.checkpoint
     return metrics

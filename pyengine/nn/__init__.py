@@ -1,7 +1,7 @@
 """Neural-network building blocks."""
 
-from pyengine.nn.layers import GELU, CrossEntropyLoss, LayerNorm, Linear, ReLU, Sequential, Tanh
+from pyengine.nn.layers import GELU, Conv2d, CrossEntropyLoss, LayerNorm, Linear, ReLU, Sequential, Tanh
 from pyengine.nn.module import Module, Parameter
 
-__all__ = ["Module", "Parameter", "Linear", "LayerNorm", "ReLU", "GELU", "Tanh", "Sequential",
+__all__ = ["Module", "Parameter", "Linear", "Conv2d", "LayerNorm", "ReLU", "GELU", "Tanh", "Sequential",
            "CrossEntropyLoss"]

@@ -1,4 +1,4 @@
-"""Layers: Linear, LayerNorm, activations, Sequential, losses."""
+"""Layers: Linear, Conv2d, LayerNorm, activations, Sequential, losses."""
 
 from __future__ import annotations
 
@@ -31,6 +31,36 @@ class Linear(Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """2-D convolution over (N, C, H, W); weight is (out_channels, in_channels, kh, kw) as in PyTorch.
+
+    kernel_size, stride, padding and dilation are ints or (h, w) pairs.
+    Initialised like PyTorch: weight and bias uniform in +-1/sqrt(fan_in),
+    fan_in = in_channels * kh * kw, drawn from `generator` (or pyengine's
+    default generator, see pyengine.manual_seed).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, bias: bool = True, generator=None):
+        super().__init__()
+        rng = generator or default_generator()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        fan_in = in_channels * kh * kw
+        bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_channels, in_channels, kh, kw)))
+        self.bias = Parameter(rng.uniform(-bound, bound, (out_channels,))) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"bias={self.bias is not None}")
 
 
 class LayerNorm(Module):

@@ -80,6 +80,24 @@ def test_layer_norm_init_and_eps():
     np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3), atol=1e-5, rtol=1e-4)
 
 
+CONV_CONFIGS = {  # (in, out, kernel_size, keyword arguments, x shape)
+    "3x3-pad1": (3, 8, 3, {"padding": 1}, (2, 3, 9, 10)),
+    "5x3-stride2-dilation": (4, 5, (5, 3), {"stride": 2, "padding": (2, 1), "dilation": (1, 2)},
+                             (3, 4, 11, 12)),
+    "1x1-nobias": (6, 4, 1, {"bias": False}, (2, 6, 5, 7)),
+    "7x7-stride2-pad3": (3, 16, 7, {"stride": 2, "padding": 3}, (1, 3, 20, 18)),
+}
+
+
+@pytest.mark.parametrize("name", list(CONV_CONFIGS))
+def test_conv2d(name):
+    torch = _torch()
+    c, k, kernel, kwargs, x_shape = CONV_CONFIGS[name]
+    pe.manual_seed(3)
+    _check_module(nn.Conv2d(c, k, kernel, **kwargs), torch.nn.Conv2d(c, k, kernel, **kwargs), x_shape,
+                  atol=3e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["ReLU", "GELU", "Tanh"])
 def test_activations(name):
     torch = _torch()
@@ -316,12 +334,10 @@ def test_explicit_generator():
     np.testing.assert_array_equal(a.bias.numpy(), b.bias.numpy())
 
 
-@pytest.mark.parametrize("fan_in,fan_out", [(400, 50), (3, 200), (1, 64)])
-def test_linear_init_bounds(fan_in, fan_out):
-    pe.manual_seed(42)
-    m = nn.Linear(fan_in, fan_out)
+def _check_uniform_init(m, weight_shape, fan_in):
+    """weight and bias of m drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as PyTorch does."""
     bound = 1.0 / math.sqrt(fan_in)
-    for p, shape in ((m.weight, (fan_out, fan_in)), (m.bias, (fan_out,))):
+    for p, shape in ((m.weight, weight_shape), (m.bias, weight_shape[:1])):
         assert p.shape == shape and p.dtype == np.float32 and p.requires_grad
         w = p.numpy()
         assert np.all(np.abs(w) <= bound * (1 + 1e-6))
@@ -330,6 +346,24 @@ def test_linear_init_bounds(fan_in, fan_out):
     assert w.max() > 0.9 * bound and w.min() < -0.9 * bound
     np.testing.assert_allclose(w.std(), bound / math.sqrt(3), rtol=0.1)
     assert abs(w.mean()) < 0.1 * bound
+
+
+@pytest.mark.parametrize("fan_in,fan_out", [(400, 50), (3, 200), (1, 64)])
+def test_linear_init_bounds(fan_in, fan_out):
+    pe.manual_seed(42)
+    _check_uniform_init(nn.Linear(fan_in, fan_out), (fan_out, fan_in), fan_in)
+
+
+@pytest.mark.parametrize("c,k,kernel", [(16, 32, 3), (3, 64, (7, 5)), (1, 200, 1)], ids=str)
+def test_conv2d_init_bounds(c, k, kernel):
+    pe.manual_seed(42)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    _check_uniform_init(nn.Conv2d(c, k, kernel), (k, c, kh, kw), c * kh * kw)
+    # the same bound as torch's kaiming_uniform_(a=sqrt(5)): its weights fill it too
+    torch = _torch()
+    ref = torch.nn.Conv2d(c, k, kernel).weight.detach().numpy()
+    bound = 1.0 / math.sqrt(c * kh * kw)
+    assert np.abs(ref).max() <= bound * (1 + 1e-6) and np.abs(ref).max() > 0.9 * bound
 
 
 def test_repr_lists_children():

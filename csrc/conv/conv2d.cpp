@@ -1,0 +1,334 @@
+// 2-D convolution (NCHW, groups = 1) as im2col + the packed GEMM of
+// matmul.cpp, one chunk of the output at a time: a block of output rows of
+// one image, or a few whole small images. With Q columns in the chunk (its
+// output pixels) and CRS = C*R*S taps an output value:
+//
+//   cols (CRS, Q):  column q = (image, oh, ow) of the chunk, row (c, r, s):
+//                   x[image, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 in the padding
+//   forward:        Y (K, Q) = W (K, CRS) . cols, moved to y with bias[k] added on row k
+//   backward:       dW += dY . cols^T and dcols = W^T . dY: matmul_backward of that
+//                   product (dcols zeroed first); dx += col2im(dcols)
+//
+// A whole image as a chunk writes its Y straight into y; a whole 1x1 image
+// with stride 1 and no padding also reads x as its cols and accumulates into
+// dx as its dcols: no copies at all.
+//
+// Threads. The chunks write disjoint parts of y, so a forward of two or more
+// chunks a thread spreads whole chunks over the threads, each with its own
+// scratch and a single-threaded GEMM: no barrier inside a chunk. The
+// backward does the same in a fixed number of runs of chunks, each run
+// summing dW into its own partial. With too few chunks for that, they go in
+// order and use the threads inside: the GEMM in matmul, im2col split by (image, row),
+// col2im by (image, channel), so no two threads write the same element. The
+// chunks and runs depend on the shapes only and every element is summed in
+// one fixed order: any thread count gives the same bits.
+#include <algorithm>
+#include <cstring>
+
+#include "conv/conv_shape.h"
+#include "core/kernel_list.inc"
+#include "core/parallel.h"
+#include "core/row_ops.h"
+#include "core/scratch.h"
+#include "core/simd.h"
+
+namespace pyengine {
+namespace PYENGINE_KERNEL_NS {
+namespace {
+
+using simd::kWidth;
+
+// Scratch slots. matmul's GEMM takes 0 and 1 on the thread that calls it.
+constexpr int kPartialSlot = 2;  // dW partials, on the thread calling the backward
+constexpr int kWorkSlot = 3;     // a chunk's cols, dcols and Y or dY, on the thread running it
+
+// Chunk sizes (measured on ResNet-50 layers). An image of more than
+// kBlockColumns output pixels is cut into blocks of whole output rows, about
+// kBlockColumns GEMM columns each: the GEMM's packed block of cols then stays
+// in L2 (3x3 64->64 at 56x56: 30% faster than whole images). Smaller images
+// are batched up to about kTargetColumns columns, within kColsBudget floats of
+// cols (16 MiB): an image of 14x14 alone would leave most of the micro-tiles'
+// width empty.
+constexpr int64_t kBlockColumns = 512;
+constexpr int64_t kTargetColumns = 2048;
+constexpr int64_t kColsBudget = int64_t(1) << 22;
+// The backward spreads the chunks over the threads (single-threaded GEMMs) in
+// kRanges runs at most (a fixed number: the sums do not depend on the thread
+// count), each summing its dW into its own partial, within kPartialBudget
+// floats (8 MiB). Sharing each chunk's GEMM by the threads instead measured
+// up to 14% faster on an idle machine (3x3 128->128 at 28x28, 2 threads), but
+// it costs barriers in every chunk, and with another process on the cores
+// each one can wait a scheduler tick: a 45 ms backward then took 3.4 s.
+constexpr int64_t kRanges = 8;
+constexpr int64_t kPartialBudget = int64_t(1) << 21;
+
+// A chunk: `images` whole images from image n, or output rows [oh0, oh0 +
+// rows) of image n alone. Its GEMM has images * rows * OW columns.
+struct Chunk {
+  int64_t n, images, oh0, rows;
+};
+
+bool pointwise(const ConvShape& g) {
+  return g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+}
+
+// The chunks of the output, in order, `count` of them: `per_image` blocks of
+// output rows of each image in turn, or (per_image == 0) runs of whole
+// images. Sizes differ by one row or image at most and depend on the shapes only.
+struct Chunking {
+  int64_t per_image, count;
+
+  explicit Chunking(const ConvShape& g) {
+    auto parts = [](int64_t total, int64_t most) { return (total + most - 1) / most; };
+    if (g.P() > kBlockColumns && !pointwise(g)) {  // a pointwise image is its own cols: kept whole
+      per_image = parts(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
+      count = g.N * per_image;
+    } else {
+      const int64_t wanted = (kTargetColumns + g.P() - 1) / g.P();
+      const int64_t fitting = std::max<int64_t>(1, kColsBudget / (g.CRS() * g.P()));
+      per_image = 0;
+      count = g.N ? parts(g.N, std::min({g.N, wanted, fitting})) : 0;
+    }
+  }
+
+  // Chunks that write disjoint parts of dx: an image's blocks (their input
+  // rows overlap), or a run of whole images.
+  int64_t units() const { return per_image ? count / per_image : count; }
+
+  Chunk at(const ConvShape& g, int64_t index) const {
+    if (!per_image) {
+      const int64_t n0 = index * g.N / count, n1 = (index + 1) * g.N / count;
+      return {n0, n1 - n0, 0, g.OH};
+    }
+    const int64_t block = index % per_image;
+    const int64_t oh0 = block * g.OH / per_image, oh1 = (block + 1) * g.OH / per_image;
+    return {index / per_image, 1, oh0, oh1 - oh0};
+  }
+};
+
+// The chunk's Y is y itself: one whole image.
+bool whole_image(const ConvShape& g, const Chunk& c) { return c.images == 1 && c.rows == g.OH; }
+// x is the chunk's cols: one whole 1x1, stride 1, unpadded image.
+bool direct(const ConvShape& g, const Chunk& c) { return whole_image(g, c) && pointwise(g); }
+
+// Enough work in all to start threads for a pass over `elements` floats.
+bool worth_threads(int64_t elements) {
+  return elements >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
+}
+
+// dst[i] += src[i] for i < n.
+inline void add_run(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) simd::store(dst + i, simd::load(dst + i) + simd::load(src + i));
+  for (; i < n; ++i) dst[i] += src[i];
+}
+
+// The output positions o in [0, out) whose input o*stride + offset lies in [0, in).
+struct Span {
+  int64_t lo, hi;
+};
+
+Span inside(int64_t offset, int64_t stride, int64_t in, int64_t out) {
+  auto ceil_div = [stride](int64_t a) { return a <= 0 ? 0 : (a + stride - 1) / stride; };
+  const int64_t lo = std::min(out, ceil_div(-offset));
+  return {lo, std::max(lo, std::min(out, ceil_div(in - offset)))};
+}
+
+// Row (c, r, s) of cols, one output row oh of the chunk at a time:
+// fn(oh - c.oh0, ih, span, iw0), where the outputs [span.lo, span.hi) of that
+// row read input row ih at columns iw0, iw0 + sw, ...; ih is -1 when the
+// whole output row is padding.
+template <typename Fn>
+void for_each_run(const ConvShape& g, const Chunk& c, int64_t r, int64_t s, Fn fn) {
+  const Span rows = inside(g.in_row(0, r), g.sh, g.H, g.OH);
+  const Span span = inside(g.in_col(0, s), g.sw, g.W, g.OW);
+  for (int64_t oh = c.oh0; oh < c.oh0 + c.rows; ++oh) {
+    const bool valid = oh >= rows.lo && oh < rows.hi && span.lo < span.hi;
+    fn(oh - c.oh0, valid ? g.in_row(oh, r) : -1, span, g.in_col(span.lo, s));
+  }
+}
+
+// cols (CRS, columns) of chunk c from x (images, C, H, W) at its first
+// image: image i fills columns [i*block, (i+1)*block) of every row, block =
+// c.rows * OW.
+void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c) {
+  const int64_t block = c.rows * g.OW, columns = c.images * block, rows = g.CRS(), taps = g.R * g.S;
+  PYENGINE_OMP(omp parallel for if (worth_threads(rows * columns)) schedule(static) num_threads(thread_count()))
+  for (int64_t task = 0; task < c.images * rows; ++task) {
+    const int64_t i = task / rows, row = task % rows;
+    const float* plane = x + (i * g.C + row / taps) * g.H * g.W;
+    float* dst = cols + row * columns + i * block;
+    for_each_run(g, c, row / g.S % g.R, row % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
+      float* d = dst + oh * g.OW;
+      if (ih < 0) {
+        std::fill(d, d + g.OW, 0.0f);
+        return;
+      }
+      const float* src = plane + ih * g.W + iw0;
+      std::fill(d, d + span.lo, 0.0f);
+      const int64_t count = span.hi - span.lo;
+      if (g.sw == 1)  // a contiguous run: memcpy's vector loop
+        std::memcpy(d + span.lo, src, static_cast<size_t>(count) * sizeof(float));
+      else if (g.sw == 2)  // a constant stride: the compiler vectorizes it with shuffles
+        for (int64_t j = 0; j < count; ++j) d[span.lo + j] = src[2 * j];
+      else
+        for (int64_t j = 0; j < count; ++j) d[span.lo + j] = src[j * g.sw];
+      std::fill(d + span.hi, d + g.OW, 0.0f);
+    });
+  }
+}
+
+// dx (images, C, H, W) at the chunk's first image += the scatter of its
+// dcols (CRS, columns), each element in tap order.
+void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c) {
+  const int64_t block = c.rows * g.OW, columns = c.images * block, taps = g.R * g.S;
+  PYENGINE_OMP(omp parallel for if (worth_threads(g.CRS() * columns)) schedule(static) num_threads(thread_count()))
+  for (int64_t task = 0; task < c.images * g.C; ++task) {
+    const int64_t i = task / g.C, channel = task % g.C;
+    float* plane = dx + task * g.H * g.W;
+    for (int64_t t = 0; t < taps; ++t) {
+      const float* src = dcols + (channel * taps + t) * columns + i * block;
+      for_each_run(g, c, t / g.S, t % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
+        if (ih < 0) return;
+        float* d = plane + ih * g.W + iw0;
+        const float* v = src + oh * g.OW + span.lo;
+        const int64_t count = span.hi - span.lo;
+        if (g.sw == 1) add_run(d, v, count);
+        else
+          for (int64_t j = 0; j < count; ++j) d[j * g.sw] += v[j];
+      });
+    }
+  }
+}
+
+// Moves a chunk's runs of block = c.rows * OW floats between the image
+// layout (images, K, P) of y and dy, at the chunk's first image, and the GEMM
+// layout (K, images * block):
+// to_images: image[i, k] = gemm[k, i] + bias[k] (bias may be null; in place
+// when both are one buffer, for a whole image); else gemm[k, i] = image[i, k].
+void move_rows(float* dst, const float* src, const float* bias, const ConvShape& g,
+               const Chunk& c, bool to_images) {
+  const int64_t block = c.rows * g.OW;
+  PYENGINE_OMP(omp parallel for if (worth_threads(c.images * g.K * block)) schedule(static) num_threads(thread_count()))
+  for (int64_t row = 0; row < c.images * g.K; ++row) {
+    const int64_t i = row / g.K, k = row % g.K;
+    const int64_t image_at = row * g.P() + c.oh0 * g.OW, gemm_at = (k * c.images + i) * block;
+    float* d = dst + (to_images ? image_at : gemm_at);
+    const float* s = src + (to_images ? gemm_at : image_at);
+    if (!bias) {
+      std::memmove(d, s, static_cast<size_t>(block) * sizeof(float));
+      continue;
+    }
+    const float b = bias[k];
+    for (int64_t p = 0; p < block; ++p) d[p] = s[p] + b;
+  }
+}
+
+// dw (size,) += partial[0] + partial[1] + ... + partial[ranges - 1], summed
+// in that order into partial[0]; threads split the elements.
+void reduce_partials(float* dw, float* partial, int64_t ranges, int64_t size) {
+  constexpr int64_t kRun = 4096;
+  PYENGINE_OMP(omp parallel for if (worth_threads(ranges * size)) schedule(static) num_threads(thread_count()))
+  for (int64_t i = 0; i < size; i += kRun) {
+    const int64_t count = std::min(kRun, size - i);
+    for (int64_t r = 1; r < ranges; ++r) add_run(partial + i, partial + r * size + i, count);
+    add_run(dw + i, partial + i, count);
+  }
+}
+
+void zero(float* p, int64_t n) {
+  constexpr int64_t kChunk = 16384;
+  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
+  for (int64_t i = 0; i < n; i += kChunk) std::fill(p + i, p + std::min(n, i + kChunk), 0.0f);
+}
+
+// dbias[k] += the sum of dy[n, k, :] over the images, in image order.
+void bias_grad(float* dbias, const float* dy, const ConvShape& g) {
+  const int64_t P = g.P();
+  PYENGINE_OMP(omp parallel for if (g.K > 1 && worth_threads(g.N * g.K * P)) schedule(static) num_threads(thread_count()))
+  for (int64_t k = 0; k < g.K; ++k) {
+    float acc = 0.0f;
+    for (int64_t n = 0; n < g.N; ++n) acc += row::sum(dy + (n * g.K + k) * P, P);
+    dbias[k] += acc;
+  }
+}
+
+}  // namespace
+
+void conv2d_forward(float* y, const float* x, const float* w, const float* bias, int64_t N,
+                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                    int64_t dilation_h, int64_t dilation_w) {
+  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+  const int64_t image_x = C * H * W, image_y = K * g.P();
+  auto forward = [&](const Chunk& c) {
+    const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
+    float* work = scratch_floats(kWorkSlot, static_cast<size_t>(size + K * columns));
+    if (size) im2col(work, x + c.n * image_x, g, c);
+    const float* cols = size ? work : x + c.n * image_x;
+    float* out = whole_image(g, c) ? y + c.n * image_y : work + size;
+    matmul_forward(out, nullptr, w, cols, nullptr, Activation::none, 1, K, columns, g.CRS(), false,
+                   false, 0, 0);
+    if (!whole_image(g, c) || bias) move_rows(y + c.n * image_y, out, bias, g, c, /*to_images=*/true);
+  };
+  // The chunks write disjoint parts of y. With two or more a thread, each
+  // thread takes whole chunks (its own scratch, a single-threaded GEMM: no
+  // barrier inside a chunk); otherwise they go in order, each using the
+  // threads. A GEMM gives the same bits on any number of threads either way.
+  const Chunking chunks(g);
+  if (chunks.count >= 2 * thread_count() && worth_threads(N * K * g.P() * g.CRS())) {
+    PYENGINE_OMP(omp parallel for schedule(dynamic) num_threads(thread_count()))
+    for (int64_t i = 0; i < chunks.count; ++i) forward(chunks.at(g, i));
+  } else {
+    for (int64_t i = 0; i < chunks.count; ++i) forward(chunks.at(g, i));
+  }
+}
+
+void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,
+                     const float* w, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                     int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                     int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
+  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+  if (dbias) bias_grad(dbias, dy, g);
+  if ((!dx && !dw) || N == 0) return;
+  const int64_t image_x = C * H * W, image_y = K * g.P(), size_w = K * g.CRS();
+  // One chunk: dw_into += dY . cols^T, dx += col2im(W^T . dY).
+  auto backward = [&](const Chunk& c, float* dw_into) {
+    const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
+    float* work = scratch_floats(kWorkSlot, static_cast<size_t>(2 * size + K * columns));
+    const float* dy_gemm = dy + c.n * image_y;
+    if (!whole_image(g, c)) {
+      move_rows(work + 2 * size, dy_gemm, nullptr, g, c, /*to_images=*/false);
+      dy_gemm = work + 2 * size;
+    }
+    const float* cols = size ? work : x + c.n * image_x;  // read only for dw
+    float* dcols = !dx ? nullptr : size ? work + size : dx + c.n * image_x;
+    if (size && dw_into) im2col(work, x + c.n * image_x, g, c);
+    if (size && dx) zero(dcols, size);
+    matmul_backward(dw_into, dcols, nullptr, dy_gemm, w, cols, 1, K, columns, g.CRS(), false,
+                    false, 0, 0);
+    if (size && dx) col2im(dx + c.n * image_x, dcols, g, c);
+  };
+  // Units of chunks that write disjoint parts of dx: the blocks of one image
+  // (their input rows overlap), or one chunk of whole images. They go in
+  // `ranges` runs of consecutive units, run r summing its dW in partial r,
+  // the runs spread over the threads. With fewer than two runs the chunks go
+  // in order, each using the threads, and sum into dw directly.
+  const Chunking chunks(g);
+  const int64_t units = chunks.units(), per_unit = std::max<int64_t>(chunks.per_image, 1);
+  const int64_t ranges = std::min({units, kRanges, std::max<int64_t>(1, kPartialBudget / size_w)});
+  if (ranges < 2) {
+    for (int64_t i = 0; i < chunks.count; ++i) backward(chunks.at(g, i), dw);
+    return;
+  }
+  float* partial = dw ? scratch_floats(kPartialSlot, static_cast<size_t>(ranges * size_w)) : nullptr;
+  if (dw) std::fill(partial, partial + ranges * size_w, 0.0f);
+  PYENGINE_OMP(omp parallel for if (worth_threads(N * K * g.P() * g.CRS())) schedule(static) num_threads(thread_count()))
+  for (int64_t r = 0; r < ranges; ++r)
+    for (int64_t i = r * units / ranges * per_unit; i < (r + 1) * units / ranges * per_unit; ++i)
+      backward(chunks.at(g, i), dw ? partial + r * size_w : nullptr);
+  if (dw) reduce_partials(dw, partial, ranges, size_w);
+}
+
+}  // namespace PYENGINE_KERNEL_NS
+}  // namespace pyengine

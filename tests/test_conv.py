@@ -1,0 +1,234 @@
+"""conv2d at every ISA level (the reference loops included): forward and the three gradients
+against a float64 numpy reference and PyTorch autograd in float64, gradient accumulation,
+finite differences, partial gradient requests and thread-count independence.
+
+The cases cover odd shapes, every kernel path (the 1x1 stride-1 unpadded image read in place,
+images cut into blocks of output rows, small images batched into one GEMM in even chunks, chunks
+cut by the cols budget, chunks spread over the threads with partial dW sums, GEMMs shared by the
+threads) and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to
+3, padding 0 to 3, dilation 1 and 2).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from helpers import F32, check_finite_differences, helper_test_op, randn, torch
+
+import pyengine
+from pyengine import kernels as K
+
+pytestmark = pytest.mark.usefixtures("isa")  # every test runs once per available ISA level
+
+
+def rng_for(*key) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def pair(v) -> tuple:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@dataclass(frozen=True)
+class Conv:
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    stride: object = 1
+    padding: object = 0
+    dilation: object = 1
+
+    @property
+    def geometry(self) -> dict:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
+
+    def out_hw(self) -> tuple:
+        (sh, sw), (ph, pw), (dh, dw) = pair(self.stride), pair(self.padding), pair(self.dilation)
+        return ((self.h + 2 * ph - dh * (self.r - 1) - 1) // sh + 1,
+                (self.w + 2 * pw - dw * (self.s - 1) - 1) // sw + 1)
+
+
+# The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
+# output rows of about 512 pixels (unless it is 1x1, stride 1, unpadded: then it is read in place);
+# smaller images are batched, about 2048 pixels and at most 2^22 floats of cols a chunk, chunks
+# as even as possible. The backward spreads units of chunks (an image's blocks, or a chunk of
+# images) over the threads in up to 8 runs, one partial dW each; a single unit shares each GEMM's
+# threads (so does a forward of fewer than two chunks a thread). Comments name the chunks.
+CASES = {
+    "1x1-direct-N1": Conv(1, 9, 5, 11, 7, 1, 1),                   # cols = x, dcols = dx
+    "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, in place
+    "1x1-batched": Conv(2, 5, 7, 6, 3, 1, 1),                      # 2 images gathered
+    "1x1-stride2": Conv(2, 3, 9, 8, 5, 1, 1, stride=2),
+    "1x1-pad1": Conv(1, 4, 5, 5, 3, 1, 1, padding=1),
+    "3x3-pad1-N1": Conv(1, 3, 9, 11, 5, 3, 3, padding=1),
+    "3x3-stride2-pad1": Conv(3, 4, 10, 9, 7, 3, 3, stride=2, padding=1),
+    "3x3-dilation2": Conv(2, 3, 11, 10, 5, 3, 3, padding=2, dilation=2),
+    "5x5-stride3-pad3": Conv(2, 3, 13, 12, 5, 5, 5, stride=3, padding=3),
+    "7x7-stride2-pad3": Conv(2, 3, 17, 15, 9, 7, 7, stride=2, padding=3),
+    "3x5-rect": Conv(2, 5, 9, 12, 3, 3, 5, stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+    "5x2-rect-mixed": Conv(3, 3, 14, 8, 4, 5, 2, stride=(3, 2), padding=(0, 3), dilation=(1, 2)),
+    "kernel-fills-input": Conv(2, 3, 5, 4, 7, 5, 4),               # a single output pixel
+    "pad-exceeds-kernel": Conv(1, 2, 3, 3, 3, 2, 2, stride=3, padding=3),  # all-padding rows
+    "many-images": Conv(21, 2, 6, 7, 3, 3, 3, stride=(1, 2), padding=1),   # 21 in one chunk
+    "uneven-chunks": Conv(17, 2, 15, 20, 3, 3, 3, padding=1),      # 300 pixels: 5+6+6 images
+    "cols-budget": Conv(4, 456, 16, 16, 3, 3, 3, padding=1),       # 1.05M floats of cols: 2 + 2
+    "row-blocks": Conv(3, 2, 46, 47, 3, 3, 3, padding=1),          # rows 9+9+9+9+10 an image
+    "row-blocks-strided": Conv(2, 3, 60, 50, 4, 5, 3, stride=(2, 1), padding=(2, 1),
+                               dilation=(1, 2)),                   # 30x48 out: rows 10+10+10
+    "two-runs": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),          # rows 12+12 of 2 images
+    "shared-gemm": Conv(1, 64, 24, 24, 64, 3, 3, padding=1),       # rows 12+12 of 1: 10.6M MACs
+    "wide-weight": Conv(3, 128, 3, 3, 64, 3, 3),                   # dW (64, 1152), 1 pixel
+}
+
+
+def np_windows(x, conv: Conv):
+    """(N, C, OH, OW, R, S) windows of the zero-padded x, strided and dilated."""
+    (sh, sw), (ph, pw), (dh, dw) = pair(conv.stride), pair(conv.padding), pair(conv.dilation)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    extent = (dh * (conv.r - 1) + 1, dw * (conv.s - 1) + 1)
+    view = np.lib.stride_tricks.sliding_window_view(xp, extent, axis=(2, 3))
+    return view[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def np_conv(x, w, bias=None, *, conv: Conv):
+    y = np.einsum("ncpqrs,kcrs->nkpq", np_windows(x, conv), w)
+    return y if bias is None else y + bias[None, :, None, None]
+
+
+def np_conv_grads(g, x, w, bias=None, *, conv: Conv):
+    (sh, sw), (ph, pw), (dh, dw) = pair(conv.stride), pair(conv.padding), pair(conv.dilation)
+    oh, ow = g.shape[2:]
+    gw = np.einsum("nkpq,ncpqrs->kcrs", g, np_windows(x, conv))
+    gxp = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
+    for r in range(conv.r):  # tap (r, s) of output (p, q) reads padded input (p sh + r dh, q sw + s dw)
+        for s in range(conv.s):
+            gxp[:, :, r * dh:r * dh + sh * (oh - 1) + 1:sh, s * dw:s * dw + sw * (ow - 1) + 1:sw] += \
+                np.einsum("nkpq,kc->ncpq", g, w[:, :, r, s])
+    gx = gxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+    return (gx, gw) + (() if bias is None else (g.sum(axis=(0, 2, 3)),))
+
+
+def conv_case(rng, conv: Conv, with_bias: bool):
+    x = randn(rng, conv.n, conv.c, conv.h, conv.w)
+    w = randn(rng, conv.k, conv.c, conv.r, conv.s)
+    inputs = [x, w] + ([randn(rng, conv.k)] if with_bias else [])
+
+    def pe_fwd(x, w, bias=None):
+        return K.conv2d(x, w, bias, **conv.geometry)
+
+    def torch_fwd(x, w, bias=None):
+        return torch.nn.functional.conv2d(x, w, bias, **conv.geometry)
+
+    def pe_bwd(g, xs, outs, grads):
+        gx, gw, gb = (None,) * 3 if grads is None else tuple(grads) + (None,) * (3 - len(grads))
+        res = K.conv2d_backward(g, xs[0], xs[1], **conv.geometry, with_bias=with_bias,
+                                grad_x=gx, grad_weight=gw, grad_bias=gb)
+        return res[:len(xs)]
+
+    return {"inputs": inputs, "pe_fwd": pe_fwd, "np_fwd": lambda *a: np_conv(*a, conv=conv),
+            "torch_fwd": torch_fwd, "pe_bwd": pe_bwd,
+            "np_bwd": lambda g, *a: np_conv_grads(g, *a, conv=conv)}
+
+
+def conv_tol(conv: Conv) -> dict:
+    # float32 sums of L products of O(1) values err by ~sqrt(L) ulps typically, L at worst: the
+    # forward sums C*R*S products, grad_x K*R*S, grad_weight N*OH*OW, grad_bias N*OH*OW.
+    oh, ow = conv.out_hw()
+    length = max(conv.c * conv.r * conv.s, conv.k * conv.r * conv.s, conv.n * oh * ow)
+    return {"atol": 3e-6 * length + 1e-5, "rtol": 1e-4}
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_conv2d(name, with_bias):
+    conv = CASES[name]
+    tol = conv_tol(conv)
+    out, grads = helper_test_op(**conv_case(rng_for(name, with_bias), conv, with_bias), **tol)
+    assert out[0].shape == (conv.n, conv.k, *conv.out_hw())
+    assert all(np.abs(g).max() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["3x5-rect", "1x1-direct"])
+def test_conv2d_finite_differences(name):
+    conv = {"3x5-rect": Conv(2, 2, 5, 6, 3, 3, 2, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+            "1x1-direct": Conv(1, 3, 3, 2, 2, 1, 1)}[name]  # one 1x1 image: read in place
+    case = conv_case(rng_for("fd", name), conv, with_bias=True)
+    analytic = check_finite_differences(case["inputs"], case["pe_fwd"], case["pe_bwd"], eps=1e-2)
+    assert all(np.abs(g).max() > 1e-3 for g in analytic)
+
+
+@pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",
+                                  "row-blocks-strided", "shared-gemm"])
+def test_conv2d_partial_gradients(name):
+    """Asking for one gradient gives what the full backward gives (every path skips the rest)."""
+    conv = CASES[name]
+    rng = rng_for("partial", name)
+    x, w = randn(rng, conv.n, conv.c, conv.h, conv.w), randn(rng, conv.k, conv.c, conv.r, conv.s)
+    g = randn(rng, conv.n, conv.k, *conv.out_hw())
+    gx, gw, gb = K.conv2d_backward(g, x, w, **conv.geometry, with_bias=True)
+    only_x = K.conv2d_backward(g, x, w, **conv.geometry, needs_weight=False)
+    only_w = K.conv2d_backward(g, x, w, **conv.geometry, needs_x=False)
+    only_b = K.conv2d_backward(g, x, w, **conv.geometry, needs_x=False, needs_weight=False,
+                               with_bias=True)
+    assert only_x[1:] == (None, None) and only_w[0] is None and only_b[:2] == (None, None)
+    np.testing.assert_array_equal(only_x[0], gx)
+    np.testing.assert_array_equal(only_w[1], gw)
+    np.testing.assert_array_equal(only_b[2], gb)
+
+
+THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
+                "cols-budget", "row-blocks-strided", "two-runs", "shared-gemm"]
+
+
+def test_conv2d_thread_count_independent(restore_threads):
+    """The chunks depend on the shapes only and each element has one summation order: bitwise
+    equal results with 1 and 2 threads (the larger cases split every pass over the threads)."""
+    rng = rng_for("threads")
+    problems = []
+    for name in THREAD_CASES:
+        conv = CASES[name]
+        problems.append((conv, randn(rng, conv.n, conv.c, conv.h, conv.w),
+                         randn(rng, conv.k, conv.c, conv.r, conv.s), randn(rng, conv.k),
+                         randn(rng, conv.n, conv.k, *conv.out_hw())))
+
+    def run_all(threads):
+        pyengine.set_num_threads(threads)
+        assert pyengine.get_num_threads() == threads
+        results = []
+        for conv, x, w, b, g in problems:
+            y = K.conv2d(x, w, b, **conv.geometry)
+            init = [np.full(x.shape, 0.5, F32), np.full(w.shape, -0.25, F32), np.ones(b.shape, F32)]
+            K.conv2d_backward(g, x, w, **conv.geometry, with_bias=True, grad_x=init[0],
+                              grad_weight=init[1], grad_bias=init[2])
+            results.append([y, *init])
+        return results
+
+    one, two = run_all(1), run_all(2)
+    for name, r1, r2 in zip(THREAD_CASES, one, two, strict=True):
+        for what, a, b in zip(("y", "grad_x", "grad_weight", "grad_bias"), r1, r2, strict=True):
+            np.testing.assert_array_equal(b, a, err_msg=f"{name} {what}: 1 vs 2 threads")
+
+
+def test_conv2d_shape_and_pairs():
+    assert K.conv2d_shape((2, 3, 224, 224), (64, 3, 7, 7), 2, 3) == (2, 64, 112, 112)
+    assert K.conv2d_shape((1, 1, 5, 9), (1, 1, 3, 3), (1, 2), (0, 1), (2, 1)) == (1, 1, 1, 5)
+    x, w = np.ones((1, 2, 6, 6), F32), np.ones((3, 2, 3, 3), F32)
+    np.testing.assert_array_equal(K.conv2d(x, w, stride=2, padding=1),
+                                  K.conv2d(x, w, stride=(2, 2), padding=[1, 1]))
+
+
+def test_conv2d_empty_batch():
+    x, w, b = np.ones((0, 3, 5, 5), F32), np.ones((4, 3, 3, 3), F32), np.ones(4, F32)
+    assert K.conv2d(x, w, b).shape == (0, 4, 3, 3)
+    gx, gw, gb = K.conv2d_backward(np.ones((0, 4, 3, 3), F32), x, w, with_bias=True,
+                                   grad_weight=np.full(w.shape, 2.0, F32))
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, 2.0)  # nothing added
+    np.testing.assert_array_equal(gb, 0.0)
