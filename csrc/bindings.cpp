@@ -576,7 +576,7 @@ void conv2d_forward(py::object y_obj, py::object x_obj, py::object w_obj, py::ob
   if (overlaps(y, x) || overlaps(y, w) || (bias && overlaps(y, *bias)))
     value_error(op, "the output y ", shape_str(d.y_shape), " overlaps an input");
   const float* bias_ptr = bias ? cptr(*bias) : nullptr;
-  py::gil_scoped_release release;
+  GilRelease release(y.size() * d.C * d.R * d.S);
   PYENGINE_DISPATCH(conv2d_forward)(mptr(y), cptr(x), cptr(w), bias_ptr, d.N, d.C, d.H, d.W, d.K,
                                     d.R, d.S, d.stride[0], d.stride[1], d.padding[0],
                                     d.padding[1], d.dilation[0], d.dilation[1]);
@@ -606,7 +606,7 @@ void conv2d_backward(py::object dx_obj, py::object dw_obj, py::object dbias_obj,
                   " overlaps an input or another gradient");
   }
   float *pdx = mptr_or_null(dx), *pdw = mptr_or_null(dw), *pdbias = mptr_or_null(dbias);
-  py::gil_scoped_release release;
+  GilRelease release(dy.size() * d.C * d.R * d.S);
   PYENGINE_DISPATCH(conv2d_backward)(pdx, pdw, pdbias, cptr(dy), cptr(x), cptr(w), d.N, d.C, d.H,
                                      d.W, d.K, d.R, d.S, d.stride[0], d.stride[1], d.padding[0],
                                      d.padding[1], d.dilation[0], d.dilation[1]);

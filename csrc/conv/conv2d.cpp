@@ -153,8 +153,7 @@ void for_each_run(const ConvShape& g, const Chunk& c, int64_t r, int64_t s, Fn f
 // c.rows * OW.
 void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c) {
   const int64_t block = c.rows * g.OW, columns = c.images * block, rows = g.CRS(), taps = g.R * g.S;
-  PYENGINE_OMP(omp parallel for if (worth_threads(rows * columns)) schedule(static) num_threads(thread_count()))
-  for (int64_t task = 0; task < c.images * rows; ++task) {
+  parallel_for(worth_threads(rows * columns), c.images * rows, [&](int64_t task) {
     const int64_t i = task / rows, row = task % rows;
     const float* plane = x + (i * g.C + row / taps) * g.H * g.W;
     float* dst = cols + row * columns + i * block;
@@ -175,15 +174,14 @@ void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c) {
         for (int64_t j = 0; j < count; ++j) d[span.lo + j] = src[j * g.sw];
       std::fill(d + span.hi, d + g.OW, 0.0f);
     });
-  }
+  });
 }
 
 // dx (images, C, H, W) at the chunk's first image += the scatter of its
 // dcols (CRS, columns), each element in tap order.
 void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c) {
   const int64_t block = c.rows * g.OW, columns = c.images * block, taps = g.R * g.S;
-  PYENGINE_OMP(omp parallel for if (worth_threads(g.CRS() * columns)) schedule(static) num_threads(thread_count()))
-  for (int64_t task = 0; task < c.images * g.C; ++task) {
+  parallel_for(worth_threads(g.CRS() * columns), c.images * g.C, [&](int64_t task) {
     const int64_t i = task / g.C, channel = task % g.C;
     float* plane = dx + task * g.H * g.W;
     for (int64_t t = 0; t < taps; ++t) {
@@ -198,7 +196,7 @@ void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c) {
           for (int64_t j = 0; j < count; ++j) d[j * g.sw] += v[j];
       });
     }
-  }
+  });
 }
 
 // Moves a chunk's runs of block = c.rows * OW floats between the image
@@ -209,48 +207,46 @@ void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c) {
 void move_rows(float* dst, const float* src, const float* bias, const ConvShape& g,
                const Chunk& c, bool to_images) {
   const int64_t block = c.rows * g.OW;
-  PYENGINE_OMP(omp parallel for if (worth_threads(c.images * g.K * block)) schedule(static) num_threads(thread_count()))
-  for (int64_t row = 0; row < c.images * g.K; ++row) {
+  parallel_for(worth_threads(c.images * g.K * block), c.images * g.K, [&](int64_t row) {
     const int64_t i = row / g.K, k = row % g.K;
     const int64_t image_at = row * g.P() + c.oh0 * g.OW, gemm_at = (k * c.images + i) * block;
     float* d = dst + (to_images ? image_at : gemm_at);
     const float* s = src + (to_images ? gemm_at : image_at);
     if (!bias) {
       std::memmove(d, s, static_cast<size_t>(block) * sizeof(float));
-      continue;
+      return;
     }
     const float b = bias[k];
     for (int64_t p = 0; p < block; ++p) d[p] = s[p] + b;
-  }
+  });
 }
 
 // dw (size,) += partial[0] + partial[1] + ... + partial[ranges - 1], summed
 // in that order into partial[0]; threads split the elements.
 void reduce_partials(float* dw, float* partial, int64_t ranges, int64_t size) {
   constexpr int64_t kRun = 4096;
-  PYENGINE_OMP(omp parallel for if (worth_threads(ranges * size)) schedule(static) num_threads(thread_count()))
-  for (int64_t i = 0; i < size; i += kRun) {
-    const int64_t count = std::min(kRun, size - i);
+  parallel_chunks(worth_threads(ranges * size), size, kRun, [&](int64_t i, int64_t end) {
+    const int64_t count = end - i;
     for (int64_t r = 1; r < ranges; ++r) add_run(partial + i, partial + r * size + i, count);
     add_run(dw + i, partial + i, count);
-  }
+  });
 }
 
 void zero(float* p, int64_t n) {
   constexpr int64_t kChunk = 16384;
-  PYENGINE_OMP(omp parallel for if (worth_threads(n)) schedule(static) num_threads(thread_count()))
-  for (int64_t i = 0; i < n; i += kChunk) std::fill(p + i, p + std::min(n, i + kChunk), 0.0f);
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t begin, int64_t end) {
+    std::fill(p + begin, p + end, 0.0f);
+  });
 }
 
 // dbias[k] += the sum of dy[n, k, :] over the images, in image order.
 void bias_grad(float* dbias, const float* dy, const ConvShape& g) {
   const int64_t P = g.P();
-  PYENGINE_OMP(omp parallel for if (g.K > 1 && worth_threads(g.N * g.K * P)) schedule(static) num_threads(thread_count()))
-  for (int64_t k = 0; k < g.K; ++k) {
+  parallel_for(g.K > 1 && worth_threads(g.N * g.K * P), g.K, [&](int64_t k) {
     float acc = 0.0f;
     for (int64_t n = 0; n < g.N; ++n) acc += row::sum(dy + (n * g.K + k) * P, P);
     dbias[k] += acc;
-  }
+  });
 }
 
 }  // namespace
@@ -276,7 +272,8 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
   // barrier inside a chunk); otherwise they go in order, each using the
   // threads. A GEMM gives the same bits on any number of threads either way.
   const Chunking chunks(g);
-  if (chunks.count >= 2 * thread_count() && worth_threads(N * K * g.P() * g.CRS())) {
+  if (thread_count() > 1 && chunks.count >= 2 * thread_count() &&
+      worth_threads(N * K * g.P() * g.CRS())) {
     PYENGINE_OMP(omp parallel for schedule(dynamic) num_threads(thread_count()))
     for (int64_t i = 0; i < chunks.count; ++i) forward(chunks.at(g, i));
   } else {
@@ -323,10 +320,10 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   }
   float* partial = dw ? scratch_floats(kPartialSlot, static_cast<size_t>(ranges * size_w)) : nullptr;
   if (dw) std::fill(partial, partial + ranges * size_w, 0.0f);
-  PYENGINE_OMP(omp parallel for if (worth_threads(N * K * g.P() * g.CRS())) schedule(static) num_threads(thread_count()))
-  for (int64_t r = 0; r < ranges; ++r)
+  parallel_for(worth_threads(N * K * g.P() * g.CRS()), ranges, [&](int64_t r) {
     for (int64_t i = r * units / ranges * per_unit; i < (r + 1) * units / ranges * per_unit; ++i)
       backward(chunks.at(g, i), dw ? partial + r * size_w : nullptr);
+  });
   if (dw) reduce_partials(dw, partial, ranges, size_w);
 }
 
