@@ -5,9 +5,9 @@ straddle the micro-tiles (MR x NR: the widest 6x64 on AVX-512, 6x16 on AVX2, 6x8
 narrowest one covering N below that: 24x16, 12x32 or 8x48 on AVX-512, 12x8 on AVX2, 12x4 on
 SSE), the row task (MC = 144), the packed blocks (K blocks of equal depth up to 768,
 NC <= 4096), untransposed A read in place beside a packed last partial panel, and the
-small-matrix path packed whole on one thread (M*N*K <= 64^3 multiply-adds); all four transpose
-cases; batches run across threads (small matrices) or one after another (large ones), with a
-shared 2-D operand; the fused epilogue
+small-matrix path on one thread (M*N*K <= 64^3 multiply-adds; B packed whole, or read in place
+when N is a multiple of NR); all four transpose cases; batches run across threads (small
+matrices) or one after another (large ones), with a shared 2-D operand; the fused epilogue
 (bias, ReLU, GELU, the pre-activation output); K = 0; thread-count independence; the FMA peak
 probe; and the epilogue's argument errors.
 
@@ -193,6 +193,7 @@ def _odd_shapes():
         (25, 65, 171), (23, 63, 183), (11, 97, 247), (13, 95, 213), (53, 17, 299),
         (7, 129, 291), (143, 15, 123), (145, 9, 201), (289, 7, 131), (73, 31, 117),
         (47, 47, 45), (9, 33, 61), (151, 41, 97), (25, 48, 300), (23, 16, 77), (25, 13, 900),
+        (37, 64, 41), (29, 32, 63), (13, 128, 71),  # small, N a multiple of NR: B read in place
     ]
     around_small = [  # M*N*K just below (small path) and just above (packed) 64^3
         (63, 63, 65), (63, 63, 67), (129, 33, 61), (129, 33, 63), (3, 297, 293),

@@ -177,7 +177,8 @@ struct Tiled {
   // values) and the packed bp (kc x NR). The MR x VECS vector accumulators
   // stay in registers.
   template <bool kPackedA>
-  static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
+  static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp,
+                           int64_t ldb, int64_t kc,
                     int64_t rows, int64_t cols, const float* bias, bool first, bool last,
                     Activation activation) {
     const int64_t row_stride = kPackedA ? 1 : ap.lda, k_stride = kPackedA ? MR : 1;
@@ -202,7 +203,7 @@ struct Tiled {
         for (int64_t v = 0; v < VECS; ++v) acc[r][v] += ar * bv[v];
       }
       a += k_stride;
-      bp += NR;
+      bp += ldb;
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t v = 0; v < VECS && v * kWidth < cols; ++v) {
@@ -212,13 +213,14 @@ struct Tiled {
       }
   }
 
-  static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp, int64_t kc,
+  static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp,
+                           int64_t ldb, int64_t kc,
                     int64_t rows, int64_t cols, const float* bias, bool first, bool last,
                     Activation activation) {
     if (ap.lda == 0)
-      micro_kernel<true>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
+      micro_kernel<true>(c, preact, ldc, ap, bp, ldb, kc, rows, cols, bias, first, last, activation);
     else
-      micro_kernel<false>(c, preact, ldc, ap, bp, kc, rows, cols, bias, first, last, activation);
+      micro_kernel<false>(c, preact, ldc, ap, bp, ldb, kc, rows, cols, bias, first, last, activation);
   }
 
   // ---------------------------------------------------------------- drivers
@@ -288,7 +290,7 @@ struct Tiled {
               for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
                 float* tile = c + ir * n + col;
                 micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
-                             a_panel(ir), bp, kc, std::min(MR, m - ir),
+                             a_panel(ir), bp, NR, kc, std::min(MR, m - ir),
                              std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
                              first, last, epilogue.activation);
               }
@@ -306,9 +308,13 @@ struct Tiled {
   static void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                   bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
     const int64_t b_panels = (n + NR - 1) / NR;
-    float* b_pack = scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * b_panels * NR));
     float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
-    for (int64_t jp = 0; jp < b_panels; ++jp)
+    // B whose rows split into whole micro-panels is read in place (it fits
+    // in cache whole); otherwise packed, zero-padded to whole panels.
+    const bool b_in_place = !trans_b && n % NR == 0;
+    float* b_pack = b_in_place ? nullptr
+                               : scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * b_panels * NR));
+    for (int64_t jp = 0; jp < b_panels && !b_in_place; ++jp)
       pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
     for (int64_t ir = 0; ir < m; ir += MR) {
       const bool in_place = !trans_a && ir + MR <= m;
@@ -316,7 +322,8 @@ struct Tiled {
       const APanel panel = in_place ? APanel{a + ir * k, k} : APanel{a_pack, 0};
       for (int64_t jr = 0; jr < n; jr += NR)
         micro_kernel(c + ir * n + jr, epilogue.preact ? epilogue.preact + ir * n + jr : nullptr, n,
-                     panel, b_pack + (jr / NR) * NR * k, k, std::min(MR, m - ir),
+                     panel, b_in_place ? b + jr : b_pack + (jr / NR) * NR * k, b_in_place ? n : NR, k,
+                     std::min(MR, m - ir),
                      std::min(NR, n - jr), epilogue.bias ? epilogue.bias + jr : nullptr,
                      !accumulate, !accumulate, epilogue.activation);
     }
