@@ -2,6 +2,7 @@
 // vectorizes them for the variant's ISA; exp uses the SIMD polynomial.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
@@ -135,18 +136,24 @@ void binary_grad(float* grad, const float* dout, const float* a, const float* b,
   });
 }
 
+// The helpers below copy the function object into each chunk: a copy is a
+// local, so a store to the output cannot alias its captured scalars, which
+// stay in registers and leave the loop free to vectorize.
+
 // out[i] = f(in[i]) over chunks, threaded when large.
 template <typename F>
 void map_unary(float* out, const float* in, int64_t n, F f) {
   parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = f(in[i]);
+    const F fn = f;
+    for (int64_t i = i0; i < i1; ++i) out[i] = fn(in[i]);
   });
 }
 // dx[i] += dy[i] * g(v[i]), threaded when large.
 template <typename G>
 void accumulate_grad(float* dx, const float* dy, const float* v, int64_t n, G g) {
   parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) dx[i] += dy[i] * g(v[i]);
+    const G fn = g;
+    for (int64_t i = i0; i < i1; ++i) dx[i] += dy[i] * fn(v[i]);
   });
 }
 
@@ -156,9 +163,10 @@ template <typename F>
 void map_vector(float* out, const float* in, int64_t n, F f) {
   using simd::kWidth;
   parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
+    const F fn = f;
     int64_t i = i0;
-    for (; i + kWidth <= i1; i += kWidth) simd::store(out + i, f(simd::load(in + i)));
-    if (i < i1) simd::store_partial(out + i, f(simd::load_partial(in + i, i1 - i, 0.0f)), i1 - i);
+    for (; i + kWidth <= i1; i += kWidth) simd::store(out + i, fn(simd::load(in + i)));
+    if (i < i1) simd::store_partial(out + i, fn(simd::load_partial(in + i, i1 - i, 0.0f)), i1 - i);
   });
 }
 
@@ -167,14 +175,15 @@ template <typename G>
 void accumulate_vector_grad(float* dx, const float* dy, const float* v, int64_t n, G g) {
   using simd::kWidth;
   parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
+    const G fn = g;
     int64_t i = i0;
     for (; i + kWidth <= i1; i += kWidth)
-      simd::store(dx + i, simd::load(dx + i) + simd::load(dy + i) * g(simd::load(v + i)));
+      simd::store(dx + i, simd::load(dx + i) + simd::load(dy + i) * fn(simd::load(v + i)));
     if (i < i1) {
       const int64_t count = i1 - i;
       const simd::vfloat d = simd::load_partial(dy + i, count, 0.0f);
       simd::store_partial(dx + i, simd::load_partial(dx + i, count, 0.0f) +
-                                      d * g(simd::load_partial(v + i, count, 0.0f)), count);
+                                      d * fn(simd::load_partial(v + i, count, 0.0f)), count);
     }
   });
 }
@@ -208,12 +217,38 @@ void binary_backward(float* da, float* db, const float* dout, const float* a, co
   }
 }
 
+namespace {
+
+// Calls fn(std::integral_constant<ScalarOp, op>{}): the op is a compile-time
+// constant inside, its switch folds away and the loops vectorize (12 -> ~3 ms
+// for 12.6M elements, measured, where the switch inside the loop kept it scalar).
+template <typename Fn>
+void with_scalar_op(ScalarOp op, Fn fn) {
+  using Op = ScalarOp;
+  switch (op) {
+    case Op::add: return fn(std::integral_constant<Op, Op::add>{});
+    case Op::sub: return fn(std::integral_constant<Op, Op::sub>{});
+    case Op::rsub: return fn(std::integral_constant<Op, Op::rsub>{});
+    case Op::mul: return fn(std::integral_constant<Op, Op::mul>{});
+    case Op::div: return fn(std::integral_constant<Op, Op::div>{});
+    case Op::rdiv: return fn(std::integral_constant<Op, Op::rdiv>{});
+    case Op::pow: return fn(std::integral_constant<Op, Op::pow>{});
+  }
+}
+
+}  // namespace
+
 void scalar_forward(float* out, const float* a, ScalarOp op, float s, int64_t n) {
-  map_unary(out, a, n, [op, s](float v) { return ew::scalar_apply(op, v, s); });
+  with_scalar_op(op, [&](auto kop) {
+    map_unary(out, a, n, [s](float v) { return ew::scalar_apply(decltype(kop)::value, v, s); });
+  });
 }
 void scalar_backward(float* da, const float* dout, const float* a, ScalarOp op, float s,
                      int64_t n) {
-  accumulate_grad(da, dout, a, n, [op, s](float v) { return ew::scalar_grad(op, v, s); });
+  with_scalar_op(op, [&](auto kop) {
+    accumulate_grad(da, dout, a, n,
+                    [s](float v) { return ew::scalar_grad(decltype(kop)::value, v, s); });
+  });
 }
 
 void relu_forward(float* y, const float* x, int64_t n) {
