@@ -132,8 +132,8 @@ struct Tiled {
   // ------------------------------------------------------------------ packing
 
   // Rows [i0, i0+MR) x depth [p0, p0+kc) of op(A) as ap[p][r], zero-padded.
-  static void pack_a_panel(float* ap, const float* a, int64_t m, int64_t k, bool trans_a, int64_t i0,
-                    int64_t p0, int64_t kc) {
+  static void pack_a_panel(float* ap, const float* a, int64_t m, int64_t k, bool trans_a,
+                           int64_t i0, int64_t p0, int64_t kc) {
     const int64_t rows = std::min(MR, m - i0);
     if (trans_a) {  // op(A) rows are columns of A: each p reads `rows` contiguous floats
       for (int64_t p = 0; p < kc; ++p) {
@@ -151,8 +151,8 @@ struct Tiled {
   }
 
   // Depth [p0, p0+kc) x columns [j0, j0+NR) of op(B) as bp[p][c], zero-padded.
-  static void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b, int64_t j0,
-                    int64_t p0, int64_t kc) {
+  static void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b,
+                           int64_t j0, int64_t p0, int64_t kc) {
     const int64_t cols = std::min(NR, n - j0);
     if (trans_b) {  // op(B) columns are rows of B: `cols` read streams, one contiguous write
       const float* src = b + j0 * k + p0;
@@ -174,13 +174,12 @@ struct Tiled {
   // ------------------------------------------------------------------ micro-kernel
 
   // The rows x cols (<= MR x NR) tile of C at c from the A panel (kc x MR
-  // values) and the packed bp (kc x NR). The MR x VECS vector accumulators
-  // stay in registers.
+  // values) and kc rows of NR values of B at bp, ldb apart (NR when packed).
+  // The MR x VECS vector accumulators stay in registers.
   template <bool kPackedA>
   static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp,
-                           int64_t ldb, int64_t kc,
-                    int64_t rows, int64_t cols, const float* bias, bool first, bool last,
-                    Activation activation) {
+                           int64_t ldb, int64_t kc, int64_t rows, int64_t cols,
+                           const float* bias, bool first, bool last, Activation activation) {
     const int64_t row_stride = kPackedA ? 1 : ap.lda, k_stride = kPackedA ? MR : 1;
     const float* a = ap.a;
     // Ask for the C tile now, every cache line of it: it arrives while the
@@ -188,18 +187,18 @@ struct Tiled {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t col = 0; col < cols; col += 16) __builtin_prefetch(c + r * ldc + col, 1);
     vfloat acc[MR][VECS];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int64_t r = 0; r < MR; ++r)
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int64_t v = 0; v < VECS; ++v) acc[r][v] = vfloat{};
     for (int64_t p = 0; p < kc; ++p) {
       vfloat bv[VECS];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int64_t v = 0; v < VECS; ++v) bv[v] = simd::load(bp + v * kWidth);
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int64_t r = 0; r < MR; ++r) {
         const vfloat ar = simd::splat(a[r * row_stride]);
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int64_t v = 0; v < VECS; ++v) acc[r][v] += ar * bv[v];
       }
       a += k_stride;
@@ -214,33 +213,37 @@ struct Tiled {
   }
 
   static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp,
-                           int64_t ldb, int64_t kc,
-                    int64_t rows, int64_t cols, const float* bias, bool first, bool last,
-                    Activation activation) {
+                           int64_t ldb, int64_t kc, int64_t rows, int64_t cols,
+                           const float* bias, bool first, bool last, Activation activation) {
     if (ap.lda == 0)
-      micro_kernel<true>(c, preact, ldc, ap, bp, ldb, kc, rows, cols, bias, first, last, activation);
+      micro_kernel<true>(c, preact, ldc, ap, bp, ldb, kc, rows, cols, bias, first, last,
+                         activation);
     else
-      micro_kernel<false>(c, preact, ldc, ap, bp, ldb, kc, rows, cols, bias, first, last, activation);
+      micro_kernel<false>(c, preact, ldc, ap, bp, ldb, kc, rows, cols, bias, first, last,
+                          activation);
   }
 
   // ---------------------------------------------------------------- drivers
 
-    // The task grid of the packed GEMM: blocks of MC rows x N_TASK columns,
-    // halved (rows first, down to one micro-tile) until every thread has at
-    // least two, so mid-sized problems spread over the threads too.
-    static TaskGrid task_grid(int64_t m, int64_t n, int threads) {
-      TaskGrid grid{MC, round_up(N_TASK, NR)};
-      auto tasks = [&] { return ((m + grid.rows - 1) / grid.rows) * ((n + grid.cols - 1) / grid.cols); };
-      while (tasks() < 2 * threads && (grid.rows > MR || grid.cols > NR)) {
-        if (grid.rows > MR) grid.rows = round_up(grid.rows / 2, MR);
-        else grid.cols = round_up(grid.cols / 2, NR);
-      }
-      return grid;
+  // The task grid of the packed GEMM: blocks of MC rows x N_TASK columns,
+  // halved (rows first, down to one micro-tile) until every thread has at
+  // least two, so mid-sized problems spread over the threads too.
+  static TaskGrid task_grid(int64_t m, int64_t n, int threads) {
+    TaskGrid grid{MC, round_up(N_TASK, NR)};
+    auto tasks = [&] {
+      return ((m + grid.rows - 1) / grid.rows) * ((n + grid.cols - 1) / grid.cols);
+    };
+    while (tasks() < 2 * threads && (grid.rows > MR || grid.cols > NR)) {
+      if (grid.rows > MR) grid.rows = round_up(grid.rows / 2, MR);
+      else grid.cols = round_up(grid.cols / 2, NR);
     }
+    return grid;
+  }
 
   // C (m, n) = or += op(A) . op(B), with the epilogue when not accumulating.
-  static void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
-                   bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
+  static void packed_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
+                          int64_t k, bool trans_a, bool trans_b, bool accumulate,
+                          const Epilogue& epilogue) {
     const Blocking& blk = blocking();
     const int64_t m_padded = round_up(m, MR);
     // Inside another parallel region (a caller's threads, or the batch loop),
@@ -254,50 +257,51 @@ struct Tiled {
     const int64_t k_blocks = std::max<int64_t>(1, (2 * k + 3 * blk.kc - 1) / (3 * blk.kc));
     const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
     float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * kc_step));
-    float* b_pack = scratch_floats(1, static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR)));
+    float* b_pack =
+        scratch_floats(1, static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR)));
 
     parallel_region(parallel, thread_count(), [&] {
-    for (int64_t jc = 0; jc < n; jc += blk.nc) {
-      const int64_t nc = std::min(blk.nc, n - jc);
-      for (int64_t pc = 0; pc < k; pc += kc_step) {
-        const int64_t kc = std::min(kc_step, k - pc);
-        const bool first = pc == 0 && !accumulate;
-        const bool last = pc + kc >= k && !accumulate;
-        const int64_t b_panels = (nc + NR - 1) / NR;
-        PYENGINE_OMP(omp for schedule(static))
-        for (int64_t jp = 0; jp < b_panels; ++jp)
-          pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
-        // Untransposed A is read in place but for a last, partial panel.
-        const int64_t a_first = trans_a ? 0 : m / MR, a_panels = m_padded / MR;
-        PYENGINE_OMP(omp for schedule(static))
-        for (int64_t ip = a_first; ip < a_panels; ++ip)
-          pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
-        auto a_panel = [&](int64_t ir) {
-          return ir + MR <= m && !trans_a ? APanel{a + ir * k + pc, k}
-                                          : APanel{a_pack + (ir / MR) * MR * kc, 0};
-        };
+      for (int64_t jc = 0; jc < n; jc += blk.nc) {
+        const int64_t nc = std::min(blk.nc, n - jc);
+        for (int64_t pc = 0; pc < k; pc += kc_step) {
+          const int64_t kc = std::min(kc_step, k - pc);
+          const bool first = pc == 0 && !accumulate;
+          const bool last = pc + kc >= k && !accumulate;
+          const int64_t b_panels = (nc + NR - 1) / NR;
+          PYENGINE_OMP(omp for schedule(static))
+          for (int64_t jp = 0; jp < b_panels; ++jp)
+            pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
+          // Untransposed A is read in place but for a last, partial panel.
+          const int64_t a_first = trans_a ? 0 : m / MR, a_panels = m_padded / MR;
+          PYENGINE_OMP(omp for schedule(static))
+          for (int64_t ip = a_first; ip < a_panels; ++ip)
+            pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
+          auto a_panel = [&](int64_t ir) {
+            return ir + MR <= m && !trans_a ? APanel{a + ir * k + pc, k}
+                                            : APanel{a_pack + (ir / MR) * MR * kc, 0};
+          };
 
-        const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
-        const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
-        PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
-        for (int64_t rt = 0; rt < row_tasks; ++rt)
-          for (int64_t ct = 0; ct < col_tasks; ++ct) {
-            const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
-            const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
-            for (int64_t jr = j_begin; jr < j_end; jr += NR) {
-              const float* bp = b_pack + (jr / NR) * NR * kc;
-              const int64_t col = jc + jr;
-              for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
-                float* tile = c + ir * n + col;
-                micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
-                             a_panel(ir), bp, NR, kc, std::min(MR, m - ir),
-                             std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
-                             first, last, epilogue.activation);
+          const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
+          const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
+          PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
+          for (int64_t rt = 0; rt < row_tasks; ++rt)
+            for (int64_t ct = 0; ct < col_tasks; ++ct) {
+              const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
+              const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
+              for (int64_t jr = j_begin; jr < j_end; jr += NR) {
+                const float* bp = b_pack + (jr / NR) * NR * kc;
+                const int64_t col = jc + jr;
+                for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
+                  float* tile = c + ir * n + col;
+                  micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
+                               a_panel(ir), bp, NR, kc, std::min(MR, m - ir),
+                               std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
+                               first, last, epilogue.activation);
+                }
               }
             }
-          }
+        }
       }
-    }
     });
   }
 
@@ -305,27 +309,31 @@ struct Tiled {
   // op(B) is packed once (zero-padded to whole micro-panels, which also takes
   // care of trans_b and the column edge), each MR-row strip of op(A) once, and
   // every tile goes through the same micro-kernel.
-  static void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
-                  bool trans_a, bool trans_b, bool accumulate, const Epilogue& epilogue) {
+  static void small_gemm(float* c, const float* a, const float* b, int64_t m, int64_t n,
+                         int64_t k, bool trans_a, bool trans_b, bool accumulate,
+                         const Epilogue& epilogue) {
     const int64_t b_panels = (n + NR - 1) / NR;
     float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
     // B whose rows split into whole micro-panels is read in place (it fits
     // in cache whole); otherwise packed, zero-padded to whole panels.
     const bool b_in_place = !trans_b && n % NR == 0;
     float* b_pack = b_in_place ? nullptr
-                               : scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) * b_panels * NR));
+                               : scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) *
+                                                                       b_panels * NR));
     for (int64_t jp = 0; jp < b_panels && !b_in_place; ++jp)
       pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
     for (int64_t ir = 0; ir < m; ir += MR) {
       const bool in_place = !trans_a && ir + MR <= m;
       if (!in_place) pack_a_panel(a_pack, a, m, k, trans_a, ir, 0, k);
       const APanel panel = in_place ? APanel{a + ir * k, k} : APanel{a_pack, 0};
-      for (int64_t jr = 0; jr < n; jr += NR)
-        micro_kernel(c + ir * n + jr, epilogue.preact ? epilogue.preact + ir * n + jr : nullptr, n,
-                     panel, b_in_place ? b + jr : b_pack + (jr / NR) * NR * k, b_in_place ? n : NR, k,
-                     std::min(MR, m - ir),
-                     std::min(NR, n - jr), epilogue.bias ? epilogue.bias + jr : nullptr,
-                     !accumulate, !accumulate, epilogue.activation);
+      for (int64_t jr = 0; jr < n; jr += NR) {
+        const float* bp = b_in_place ? b + jr : b_pack + (jr / NR) * NR * k;
+        float* preact = epilogue.preact ? epilogue.preact + ir * n + jr : nullptr;
+        micro_kernel(c + ir * n + jr, preact, n, panel, bp, b_in_place ? n : NR, k,
+                     std::min(MR, m - ir), std::min(NR, n - jr),
+                     epilogue.bias ? epilogue.bias + jr : nullptr, !accumulate, !accumulate,
+                     epilogue.activation);
+      }
     }
   }
 };
@@ -495,7 +503,8 @@ void gemm(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_
 template <typename Fn>
 void for_each_matrix(int64_t batch, int64_t work_per_matrix, Fn fn) {
   const bool across = batch > 1 && work_per_matrix < 128 * 128 * 128 && thread_count() > 1 &&
-                      !in_parallel_region() && batch * work_per_matrix >= PYENGINE_PARALLEL_MIN_WORK;
+                      !in_parallel_region() &&
+                      batch * work_per_matrix >= PYENGINE_PARALLEL_MIN_WORK;
   if (!across) {
     for (int64_t i = 0; i < batch; ++i) fn(i);
     return;
