@@ -52,9 +52,10 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
   const int threads = parallel ? thread_count() : 1;
   if (outer >= 2 * threads) {
     parallel_for(parallel, outer, [&](int64_t o) {
+      const float s = scale;  // a local: the stores below cannot alias it, so the loop vectorizes
       float* dst = out + o * inner;
       sum_rows(dst, in + o * reduce * inner, reduce, inner);
-      for (int64_t i = 0; i < inner; ++i) dst[i] *= scale;
+      for (int64_t i = 0; i < inner; ++i) dst[i] *= s;
     });
     return;
   }
@@ -66,11 +67,12 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
     for (int64_t o = 0; o < outer; ++o)
       sum_rows(partial + t * per_thread + o * inner, in + (o * reduce + r0) * inner, r1 - r0, inner);
     PYENGINE_OMP(omp barrier)
+    const float s = scale;
     PYENGINE_OMP(omp for schedule(static))
     for (int64_t i = 0; i < outer * inner; ++i) {
       float total = 0.0f;
       for (int u = 0; u < team; ++u) total += partial[u * per_thread + i];
-      out[i] = total * scale;
+      out[i] = total * s;
     }
   });
 }
@@ -78,10 +80,25 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
 void sum_backward(float* din, const float* dout, int64_t outer, int64_t reduce, int64_t inner,
                   float scale) {
   const bool parallel = outer * reduce * inner >= PYENGINE_PARALLEL_MIN_WORK;
-  parallel_for(parallel, outer * reduce, [&](int64_t row) {  // row = o * reduce + r
-    float* dst = din + row * inner;
-    const float* g = dout + row / reduce * inner;
-    for (int64_t i = 0; i < inner; ++i) dst[i] += g[i] * scale;
+  // din's rows [r0, r1) of block o += dout's row o times scale.
+  auto add_rows = [&](int64_t o, int64_t r0, int64_t r1) {
+    const float s = scale;  // a local: the stores below cannot alias it, so the loops vectorize
+    const float* g = dout + o * inner;
+    float* dst = din + (o * reduce + r0) * inner;
+    if (inner == 1) {  // a sum over the last axis: one contiguous run gets one value
+      const float v = g[0] * s;
+      for (int64_t i = 0; i < r1 - r0; ++i) dst[i] += v;
+      return;
+    }
+    for (int64_t r = r0; r < r1; ++r, dst += inner)
+      for (int64_t i = 0; i < inner; ++i) dst[i] += g[i] * s;
+  };
+  // Threads take whole blocks when there are enough, else pieces of each block's rows.
+  const int64_t threads = parallel ? thread_count() : 1;
+  const int64_t pieces = outer >= 2 * threads ? 1 : std::min<int64_t>(2 * threads, reduce);
+  parallel_for(parallel, outer * pieces, [&](int64_t task) {
+    const int64_t o = task / pieces, q = task % pieces;
+    add_rows(o, reduce * q / pieces, reduce * (q + 1) / pieces);
   });
 }
 
