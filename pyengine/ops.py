@@ -12,11 +12,12 @@ into the buffers given; ``None`` marks an input that needs no gradient.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from pyengine import _C
+from pyengine import _C, registry
 from pyengine import kernels as K
 
 F32 = np.dtype(np.float32)
@@ -47,8 +48,43 @@ class Op:
     def backward(self, grad_ins: list, grad_out: np.ndarray, ins: list, outs: list) -> None:
         raise NotImplementedError
 
+    def saved(self, ins: list, outs: list) -> list:
+        """The forward values the backward reads (the executor keeps only
+        these alive until it runs). By default: all of them."""
+        return [*ins, *outs]
+
     def label(self) -> str:
         return self.name
+
+
+class _KernelPair:
+    """What an Op needs from a declared forward/backward kernel pair, worked
+    out once per pair: where each kernel argument comes from."""
+
+    def __init__(self, base: str):
+        forward, backward = registry.pairs()[base]
+        self.forward, self.backward = forward, backward
+        self.inputs, self.outputs = forward.inputs, forward.outputs
+        self.float_inputs = [a["name"] for a in forward.args
+                             if a["name"] in self.inputs and a["dtype"] == "float32"]
+        # Forward arguments in kernel order: ("out", j), ("in", i), or None
+        # (an optional output the plain op does not produce).
+        self.forward_sources = []
+        for a in forward.args:
+            if a["name"] in self.outputs:
+                self.forward_sources.append(("out", self.outputs.index(a["name"])))
+            elif a["name"] in self.inputs:
+                self.forward_sources.append(("in", self.inputs.index(a["name"])))
+            else:
+                self.forward_sources.append(None)
+        self.plan = registry.backward_plan(forward, backward) if backward else None
+        self.forward_attrs = [a["name"] for a in forward.attrs]
+        self.backward_attrs = [a["name"] for a in backward.attrs] if backward else []
+
+
+@functools.lru_cache(maxsize=None)
+def _pair(base: str) -> _KernelPair:
+    return _KernelPair(base)
 
 
 def _check_float(op: str, *specs: Spec) -> None:
@@ -57,28 +93,79 @@ def _check_float(op: str, *specs: Spec) -> None:
             raise TypeError(f"{op}: expected float32 tensors, got {spec.dtype} with shape {spec.shape}")
 
 
-class MatMul(Op):
-    name = "matmul"
+def _pick(source, outs: list, ins: list):
+    """A forward kernel argument: output j, input i, or None (not produced)."""
+    if source is None:
+        return None
+    kind, index = source
+    return outs[index] if kind == "out" else ins[index]
 
-    def __init__(self, trans_a=False, trans_b=False):
-        self.trans_a, self.trans_b = trans_a, trans_b
 
-    def infer(self, a, b, bias=None):
-        _check_float(self.name, a, b, *([bias] if bias else []))
-        return [Spec(K.matmul_shape(a.shape, b.shape, self.trans_a, self.trans_b))]
+class KernelOp(Op):
+    """An op whose forward and backward are a declared kernel pair (see
+    pyengine.registry): shapes come from the declaration's shape rule, the
+    kernels' arguments from their declared names, and what the backward
+    saves from the arrays its declaration reads. `options` are the kernels'
+    attributes (those the backward does not declare are not passed to it)."""
+
+    def __init__(self, base: str, **options):
+        self.name = base
+        self.pair = _pair(base)
+        self.options = options
+        self._forward_kernel = self.pair.forward.kernel
+        self._forward_options = [options[k] for k in self.pair.forward_attrs if k in options]
+        if len(self._forward_options) != len(options):
+            unknown = set(options) - set(self.pair.forward_attrs)
+            raise TypeError(f"{base}: unknown options {sorted(unknown)}")
+        self._backward_options = {k: options[k] for k in self.pair.backward_attrs if k in options}
+
+    def infer(self, *inputs: Spec) -> list:
+        pair = self.pair
+        if len(inputs) > len(pair.inputs):
+            raise TypeError(f"{self.name}: takes {len(pair.inputs)} inputs, got {len(inputs)}")
+        for name, spec in zip(pair.inputs, inputs):
+            if name in pair.float_inputs and spec.dtype != F32:
+                raise TypeError(f"{self.name}: expected float32 tensors, got {spec.dtype} with "
+                                f"shape {spec.shape}")
+        shapes = {name: spec.shape for name, spec in zip(pair.inputs, inputs)}
+        expected = _C.infer_shapes(pair.forward.name, shapes, self.options)
+        return [Spec(tuple(expected[name])) for name in pair.outputs]
 
     def forward(self, outs, ins):
-        bias = ins[2] if len(ins) > 2 else None
-        _C.matmul_forward(outs[0], ins[0], ins[1], bias, self.trans_a, self.trans_b)
+        ins = list(ins) + [None] * (len(self.pair.inputs) - len(ins))
+        args = [_pick(s, outs, ins) for s in self.pair.forward_sources]
+        self._forward_kernel(*args, *self._forward_options)
 
     def backward(self, grad_ins, grad_out, ins, outs):
-        dbias = grad_ins[2] if len(grad_ins) > 2 else None
-        _C.matmul_backward(grad_ins[0], grad_ins[1], dbias, grad_out, ins[0], ins[1],
-                           self.trans_a, self.trans_b)
+        grad_ins = list(grad_ins) + [None] * (len(self.pair.inputs) - len(grad_ins))
+        args = []
+        for kind, index in self.pair.plan.sources:
+            args.append(grad_ins[index] if kind == "grad" else grad_out if kind == "grad_out"
+                        else ins[index] if kind == "input" else outs[index])
+        self.pair.backward.kernel(*args, **self._backward_options)
+
+    def saved(self, ins, outs):
+        values = []
+        for kind, index in self.pair.plan.saves:
+            source = ins if kind == "input" else outs
+            if index < len(source):  # an optional input may be absent
+                values.append(source[index])
+        return values
+
+
+class MatMul(KernelOp):
+    def __init__(self, trans_a=False, trans_b=False):
+        super().__init__("matmul", trans_a=bool(trans_a), trans_b=bool(trans_b))
+        self.trans_a, self.trans_b = bool(trans_a), bool(trans_b)
 
     def label(self):
         flags = "".join(f for f, on in (("ᵀa", self.trans_a), ("ᵀb", self.trans_b)) if on)
         return f"matmul{('[' + flags + ']') if flags else ''}"
+
+
+# The activations a GEMM epilogue applies: the executor fuses these into the
+# matmul that alone feeds them (declared once, as the C++ Activation enum).
+FUSIBLE_ACTIVATIONS = tuple(name for name in registry.ENUMS["Activation"] if name != "none")
 
 
 class MatMulActivation(Op):
@@ -87,82 +174,44 @@ class MatMulActivation(Op):
     step needs it, the matmul's own output (outs[1]) from its epilogue. Forward only: the backward steps
     stay those of the two original ops, which read the same buffers."""
 
-    is_view = False
-
     def __init__(self, matmul: MatMul, activation: str):
+        if activation not in FUSIBLE_ACTIVATIONS:
+            raise ValueError(f"matmul: no epilogue for activation {activation!r}")
         self.matmul, self.activation = matmul, activation
         self.name = f"matmul+{activation}"
 
     def forward(self, outs, ins):
         bias = ins[2] if len(ins) > 2 else None
         preact = outs[1] if len(outs) > 1 else None  # absent when no backward reads it
-        _C.matmul_forward(outs[0], ins[0], ins[1], bias, self.matmul.trans_a, self.matmul.trans_b,
-                          self.activation, preact)
+        _C.matmul_forward(outs[0], preact, ins[0], ins[1], bias, self.matmul.trans_a,
+                          self.matmul.trans_b, self.activation)
 
     def label(self):
         return f"{self.matmul.label()}+{self.activation}"
 
 
-class Binary(Op):
+class Binary(KernelOp):
     def __init__(self, op: str):
-        self.name, self.code = op, K.BINARY_OPS[op]
-
-    def infer(self, a, b):
-        _check_float(self.name, a, b)
-        try:
-            return [Spec(tuple(np.broadcast_shapes(a.shape, b.shape)))]
-        except ValueError:
-            raise ValueError(f"{self.name}: shapes {a.shape} and {b.shape} do not broadcast") from None
-
-    def forward(self, outs, ins):
-        _C.binary_forward(outs[0], ins[0], ins[1], self.code)
-
-    def backward(self, grad_ins, grad_out, ins, outs):
-        _C.binary_backward(grad_ins[0], grad_ins[1], grad_out, ins[0], ins[1], self.code)
+        super().__init__("binary", op=op)
+        self.name = op
 
 
-class Scalar(Op):
+class Scalar(KernelOp):
     def __init__(self, op: str, scalar: float):
-        self.op, self.code, self.scalar = op, K.SCALAR_OPS[op], float(scalar)
+        super().__init__("scalar", op=op, s=float(scalar))
+        self.op, self.scalar = op, float(scalar)
         self.name = f"{op}_scalar"
-
-    def infer(self, a):
-        _check_float(self.name, a)
-        return [Spec(a.shape)]
-
-    def forward(self, outs, ins):
-        _C.scalar_forward(outs[0], ins[0], self.code, self.scalar)
-
-    def backward(self, grad_ins, grad_out, ins, outs):
-        _C.scalar_backward(grad_ins[0], grad_out, ins[0], self.code, self.scalar)
 
     def label(self):
         return f"{self.op}({self.scalar:g})"
 
 
-class Unary(Op):
-    """One input, one output of its shape: activations, and softmax and
-    log-softmax over the last axis."""
-
-    # Which forward value the backward kernel reads: the input or the output.
-    SAVES_OUTPUT = {"relu": False, "gelu": False, "tanh": True, "exp": True,
-                    "softmax": True, "log_softmax": True}
+class Unary(KernelOp):
+    """One input, one output of its shape: the activations, and softmax and
+    log-softmax over the last axis; any declared one-input kernel pair."""
 
     def __init__(self, name: str):
-        self.name = name
-        self._fwd = getattr(_C, name + "_forward")
-        self._bwd = getattr(_C, name + "_backward")
-        self._uses_output = self.SAVES_OUTPUT[name]
-
-    def infer(self, x):
-        _check_float(self.name, x)
-        return [Spec(x.shape)]
-
-    def forward(self, outs, ins):
-        self._fwd(outs[0], ins[0])
-
-    def backward(self, grad_ins, grad_out, ins, outs):
-        self._bwd(grad_ins[0], grad_out, outs[0] if self._uses_output else ins[0])
+        super().__init__(name)
 
 
 class Sum(Op):
@@ -198,67 +247,34 @@ class Sum(Op):
         return f"{self.name}(axis={self.axis})"
 
 
-class LayerNorm(Op):
-    name = "layer_norm"
-
+class LayerNorm(KernelOp):
     def __init__(self, eps: float):
+        super().__init__("layer_norm", eps=float(eps))
         self.eps = float(eps)
 
-    def infer(self, x, weight, bias):
-        _check_float(self.name, x, weight, bias)
-        rows = Spec(x.shape[:-1])
-        return [Spec(x.shape), rows, rows]  # y, mean, rstd
 
-    def forward(self, outs, ins):
-        _C.layernorm_forward(outs[0], outs[1], outs[2], ins[0], ins[1], ins[2], self.eps)
-
-    def backward(self, grad_ins, grad_out, ins, outs):
-        _C.layernorm_backward(grad_ins[0], grad_ins[1], grad_ins[2], grad_out, ins[0], ins[1],
-                              outs[1], outs[2])
-
-
-class Conv2d(Op):
+class Conv2d(KernelOp):
     """2-D convolution of x (N, C, H, W) with weight (K, C, R, S), plus bias (K,) when given."""
 
-    name = "conv2d"
-
     def __init__(self, stride=1, padding=0, dilation=1):
-        self.stride, self.padding, self.dilation = K.conv2d_pairs(stride, padding, dilation)
-
-    def infer(self, x, weight, bias=None):
-        _check_float(self.name, x, weight, *([bias] if bias else []))
-        return [Spec(K.conv2d_shape(x.shape, weight.shape, self.stride, self.padding, self.dilation))]
-
-    def forward(self, outs, ins):
-        bias = ins[2] if len(ins) > 2 else None
-        _C.conv2d_forward(outs[0], ins[0], ins[1], bias, self.stride, self.padding, self.dilation)
-
-    def backward(self, grad_ins, grad_out, ins, outs):
-        dbias = grad_ins[2] if len(grad_ins) > 2 else None
-        _C.conv2d_backward(grad_ins[0], grad_ins[1], dbias, grad_out, ins[0], ins[1], self.stride,
-                           self.padding, self.dilation)
+        pairs = [(v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
+                 for v in (stride, padding, dilation)]
+        super().__init__("conv2d", stride=pairs[0], padding=pairs[1], dilation=pairs[2])
+        self.stride, self.padding, self.dilation = pairs
 
     def label(self):
         return f"conv2d(stride={self.stride}, padding={self.padding}, dilation={self.dilation})"
 
 
-class CrossEntropy(Op):
-    name = "cross_entropy"
-
+class CrossEntropy(KernelOp):
     def __init__(self, ignore_index: int = -100):
+        super().__init__("cross_entropy", ignore_index=int(ignore_index))
         self.ignore_index = int(ignore_index)
 
-    def infer(self, logits, target):
-        _check_float(self.name, logits)
-        return [Spec(())]
-
-    def forward(self, outs, ins):
-        _C.cross_entropy_forward(outs[0], ins[0], ins[1], self.ignore_index)
-
     def backward(self, grad_ins, grad_out, ins, outs):
-        if grad_ins[1] is not None:
+        if len(grad_ins) > 1 and grad_ins[1] is not None:
             raise ValueError("cross_entropy: integer targets have no gradient")
-        _C.cross_entropy_backward(grad_ins[0], grad_out, ins[0], ins[1], self.ignore_index)
+        super().backward(grad_ins, grad_out, ins, outs)
 
 
 class Reshape(Op):
@@ -290,7 +306,7 @@ class Reshape(Op):
     def backward(self, grad_ins, grad_out, ins, outs):
         # Eager mode only: the executor shares the gradient buffer instead.
         g = grad_ins[0]
-        _C.binary_forward(g, g, grad_out.reshape(g.shape), K.BINARY_OPS["add"])
+        _C.binary_forward(g, g, grad_out.reshape(g.shape), "add")
 
     def view_of(self, x: np.ndarray, spec: Spec) -> np.ndarray:
         return x.reshape(spec.shape)

@@ -128,7 +128,7 @@ def conv_case(rng, conv: Conv, with_bias: bool):
 
     def pe_bwd(g, xs, outs, grads):
         gx, gw, gb = (None,) * 3 if grads is None else tuple(grads) + (None,) * (3 - len(grads))
-        res = K.conv2d_backward(g, xs[0], xs[1], **conv.geometry, with_bias=with_bias,
+        res = K.conv2d_backward(g, xs[0], xs[1], **conv.geometry, needs_bias=with_bias,
                                 grad_x=gx, grad_weight=gw, grad_bias=gb)
         return res[:len(xs)]
 
@@ -172,11 +172,11 @@ def test_conv2d_partial_gradients(name):
     rng = rng_for("partial", name)
     x, w = randn(rng, conv.n, conv.c, conv.h, conv.w), randn(rng, conv.k, conv.c, conv.r, conv.s)
     g = randn(rng, conv.n, conv.k, *conv.out_hw())
-    gx, gw, gb = K.conv2d_backward(g, x, w, **conv.geometry, with_bias=True)
+    gx, gw, gb = K.conv2d_backward(g, x, w, **conv.geometry, needs_bias=True)
     only_x = K.conv2d_backward(g, x, w, **conv.geometry, needs_weight=False)
     only_w = K.conv2d_backward(g, x, w, **conv.geometry, needs_x=False)
     only_b = K.conv2d_backward(g, x, w, **conv.geometry, needs_x=False, needs_weight=False,
-                               with_bias=True)
+                               needs_bias=True)
     assert only_x[1:] == (None, None) and only_w[0] is None and only_b[:2] == (None, None)
     np.testing.assert_array_equal(only_x[0], gx)
     np.testing.assert_array_equal(only_w[1], gw)
@@ -205,7 +205,7 @@ def test_conv2d_thread_count_independent(restore_threads):
         for conv, x, w, b, g in problems:
             y = K.conv2d(x, w, b, **conv.geometry)
             init = [np.full(x.shape, 0.5, F32), np.full(w.shape, -0.25, F32), np.ones(b.shape, F32)]
-            K.conv2d_backward(g, x, w, **conv.geometry, with_bias=True, grad_x=init[0],
+            K.conv2d_backward(g, x, w, **conv.geometry, needs_bias=True, grad_x=init[0],
                               grad_weight=init[1], grad_bias=init[2])
             results.append([y, *init])
         return results
@@ -227,7 +227,7 @@ def test_conv2d_shape_and_pairs():
 def test_conv2d_empty_batch():
     x, w, b = np.ones((0, 3, 5, 5), F32), np.ones((4, 3, 3, 3), F32), np.ones(4, F32)
     assert K.conv2d(x, w, b).shape == (0, 4, 3, 3)
-    gx, gw, gb = K.conv2d_backward(np.ones((0, 4, 3, 3), F32), x, w, with_bias=True,
+    gx, gw, gb = K.conv2d_backward(np.ones((0, 4, 3, 3), F32), x, w, needs_bias=True,
                                    grad_weight=np.full(w.shape, 2.0, F32))
     assert gx.shape == x.shape
     np.testing.assert_array_equal(gw, 2.0)  # nothing added

@@ -149,7 +149,7 @@ def check_backward(isa, rng, a, b, trans_a, trans_b, with_bias, tight=False):
     fill = (lambda s: np.zeros(s, F32)) if tight else (lambda s: randn(rng, *s))
     init = [fill(a.shape), fill(b.shape), fill((n,))]
     bufs = [x.copy() for x in init]
-    res = K.matmul_backward(g, a, b, trans_a=trans_a, trans_b=trans_b, with_bias=with_bias,
+    res = K.matmul_backward(g, a, b, trans_a=trans_a, trans_b=trans_b, needs_bias=with_bias,
                             grad_a=bufs[0], grad_b=bufs[1],
                             grad_bias=bufs[2] if with_bias else None)
     assert res[0] is bufs[0] and res[1] is bufs[1]
@@ -339,7 +339,7 @@ def test_thread_count_independent(isa, restore_threads):
             preact = np.empty(K.matmul_shape(a.shape, b.shape, ta, tb), F32)
             out = K.matmul(a, b, bias, trans_a=ta, trans_b=tb, activation=act, preact=preact)
             bufs = [x.copy() for x in init]
-            K.matmul_backward(g, a, b, trans_a=ta, trans_b=tb, with_bias=True,
+            K.matmul_backward(g, a, b, trans_a=ta, trans_b=tb, needs_bias=True,
                               grad_a=bufs[0], grad_b=bufs[1], grad_bias=bufs[2])
             results.append([out, preact, *bufs])
         return results

@@ -154,7 +154,7 @@ def _threaded_ops(rng):
     def run():
         y = K.softmax(x)
         ln, mean, rstd = K.layer_norm(x, w, bias)
-        return [K.matmul(a, b, bias[:97]), *K.matmul_backward(g, a, b, with_bias=True)[:3], y,
+        return [K.matmul(a, b, bias[:97]), *K.matmul_backward(g, a, b, needs_bias=True)[:3], y,
                 K.softmax_backward(gy, y), ln, *K.layer_norm_backward(gy, x, w, mean, rstd),
                 K.sum(x, 0), np.asarray(K.cross_entropy(x, np.arange(64) * 11))]
     return run

@@ -55,7 +55,7 @@ def matmul_case(rng, m, n, k, trans_a, trans_b, with_bias, batch_a=(), batch_b=(
     def pe_bwd(g, xs, outs, grads):
         ga, gb, gbias = _grads(grads, 3)
         res = K.matmul_backward(g, xs[0], xs[1], trans_a=trans_a, trans_b=trans_b,
-                                with_bias=with_bias, grad_a=ga, grad_b=gb, grad_bias=gbias)
+                                needs_bias=with_bias, grad_a=ga, grad_b=gb, grad_bias=gbias)
         return res[:len(xs)]
 
     def np_bwd(g, a, b, bias=None):
@@ -184,7 +184,7 @@ def scalar_case(rng, op, s, shape):
     pe_fwd = getattr(K, op + "_scalar")
 
     def pe_bwd(g, xs, outs, grads):
-        return (K.scalar_backward(op, g, xs[0], s, grad_a=_grads(grads, 1)[0]),)
+        return (K.scalar_backward(g, xs[0], op=op, s=s, grad_a=_grads(grads, 1)[0]),)
 
     return dict(inputs=[a], pe_fwd=lambda a: pe_fwd(a, s), np_fwd=lambda a: fwd(a, s),
                 torch_fwd=lambda a: fwd(a, s), pe_bwd=pe_bwd,
@@ -434,7 +434,7 @@ def layer_norm_case(rng, shape, eps=1e-5):
                                 - xhat * (gw * xhat).mean(-1, keepdims=True))
         return dx, (g * xhat).reshape(-1, cols).sum(0), g.reshape(-1, cols).sum(0)
 
-    return dict(inputs=[x, w, b], pe_fwd=lambda x, w, b: K.layer_norm(x, w, b, eps),
+    return dict(inputs=[x, w, b], pe_fwd=lambda x, w, b: K.layer_norm(x, w, b, eps=eps),
                 np_fwd=ref_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
@@ -475,10 +475,10 @@ def cross_entropy_case(logits, target, ignore_index):
                                 ignore_index=ignore_index)
 
     def pe_bwd(g, xs, outs, grads):
-        return (K.cross_entropy_backward(g, xs[0], target, ignore_index,
+        return (K.cross_entropy_backward(g, xs[0], target, ignore_index=ignore_index,
                                          grad_logits=_grads(grads, 1)[0]),)
 
-    return dict(inputs=[logits], pe_fwd=lambda x: K.cross_entropy(x, target, ignore_index),
+    return dict(inputs=[logits], pe_fwd=lambda x: K.cross_entropy(x, target, ignore_index=ignore_index),
                 np_fwd=np_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
@@ -648,7 +648,7 @@ def test_backward_skips_unrequested_grads():
     ga, gb, gbias = K.matmul_backward(g, a, b, needs_a=False)
     assert ga is None and gbias is None
     assert_close(gb, a.T.astype(F64) @ g, atol=1e-5, rtol=1e-5)
-    ga, gb, gbias = K.matmul_backward(g, a, b, needs_b=False, with_bias=True)
+    ga, gb, gbias = K.matmul_backward(g, a, b, needs_b=False, needs_bias=True)
     assert gb is None
     assert_close(ga, g.astype(F64) @ b.T, atol=1e-5, rtol=1e-5)
     assert_close(gbias, g.astype(F64).sum(0), atol=1e-5, rtol=1e-5)
@@ -659,7 +659,7 @@ def test_backward_skips_unrequested_grads():
     _, mean, rstd = K.layer_norm(x, w, bias)
     gy = randn(rng, 5, 8)
     full = K.layer_norm_backward(gy, x, w, mean, rstd)
-    only_x = K.layer_norm_backward(gy, x, w, mean, rstd, needs_params=False)
+    only_x = K.layer_norm_backward(gy, x, w, mean, rstd, needs_weight=False, needs_bias=False)
     only_params = K.layer_norm_backward(gy, x, w, mean, rstd, needs_x=False)
     assert only_x[1] is None and only_x[2] is None and only_params[0] is None
     assert_close(only_x[0], full[0], atol=1e-6, rtol=1e-6)
@@ -674,7 +674,7 @@ def test_zero_size_inputs():
     np.testing.assert_array_equal(K.matmul(e(3, 0), e(0, 4), bias), np.broadcast_to(bias, (3, 4)))
     np.testing.assert_array_equal(K.matmul(e(3, 0), e(0, 4), out=np.full((3, 4), np.nan, F32)), 0)
     g = randn(rng, 3, 4)
-    ga, gb, gbias = K.matmul_backward(g, e(3, 0), e(0, 4), with_bias=True)
+    ga, gb, gbias = K.matmul_backward(g, e(3, 0), e(0, 4), needs_bias=True)
     assert ga.shape == (3, 0) and gb.shape == (0, 4)
     assert_close(gbias, g.sum(0, dtype=F64), atol=1e-6, rtol=1e-6)
     assert K.matmul(e(2, 0, 5), e(5, 4)).shape == (2, 0, 4)
@@ -689,7 +689,7 @@ def test_zero_size_inputs():
     y, mean, rstd = K.layer_norm(e(0, 5), randn(rng, 5), randn(rng, 5))
     assert y.shape == (0, 5) and mean.shape == (0,) and rstd.shape == (0,)
     assert np.isnan(K.cross_entropy(e(0, 5), np.zeros(0, np.int64)))
-    np.testing.assert_array_equal(K.cross_entropy_backward(1.0, e(0, 5), np.zeros(0, np.int32)),
+    np.testing.assert_array_equal(K.cross_entropy_backward(np.ones((), np.float32), e(0, 5), np.zeros(0, np.int32)),
                                   e(0, 5))
     K.sgd_update(e(0), e(0), e(0), lr=0.1, momentum=0.9, first_step=True)
 

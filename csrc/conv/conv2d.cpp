@@ -39,8 +39,6 @@ namespace {
 using simd::kWidth;
 
 // Scratch slots. matmul's GEMM takes 0 and 1 on the thread that calls it.
-constexpr int kPartialSlot = 2;  // dW partials, on the thread calling the backward
-constexpr int kWorkSlot = 3;     // a chunk's cols, dcols and Y or dY, on the thread running it
 
 // Chunk sizes (measured on ResNet-50 layers). An image of more than
 // kBlockColumns output pixels is cut into blocks of whole output rows, about
@@ -259,7 +257,8 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
   const int64_t image_x = C * H * W, image_y = K * g.P();
   auto forward = [&](const Chunk& c) {
     const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
-    float* work = scratch_floats(kWorkSlot, static_cast<size_t>(size + K * columns));
+    ScratchFrame scratch;  // a chunk's cols and Y, on the thread running it
+    float* work = scratch.floats(static_cast<size_t>(size + K * columns));
     if (size) im2col(work, x + c.n * image_x, g, c);
     const float* cols = size ? work : x + c.n * image_x;
     float* out = whole_image(g, c) ? y + c.n * image_y : work + size;
@@ -292,7 +291,8 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   // One chunk: dw_into += dY . cols^T, dx += col2im(W^T . dY).
   auto backward = [&](const Chunk& c, float* dw_into) {
     const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
-    float* work = scratch_floats(kWorkSlot, static_cast<size_t>(2 * size + K * columns));
+    ScratchFrame scratch;  // a chunk's cols, dcols and dY, on the thread running it
+    float* work = scratch.floats(static_cast<size_t>(2 * size + K * columns));
     const float* dy_gemm = dy + c.n * image_y;
     if (!whole_image(g, c)) {
       move_rows(work + 2 * size, dy_gemm, nullptr, g, c, /*to_images=*/false);
@@ -318,7 +318,8 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
     for (int64_t i = 0; i < chunks.count; ++i) backward(chunks.at(g, i), dw);
     return;
   }
-  float* partial = dw ? scratch_floats(kPartialSlot, static_cast<size_t>(ranges * size_w)) : nullptr;
+  ScratchFrame scratch;  // dW partials, on the thread calling the backward
+  float* partial = dw ? scratch.floats(static_cast<size_t>(ranges * size_w)) : nullptr;
   if (dw) std::fill(partial, partial + ranges * size_w, 0.0f);
   parallel_for(worth_threads(N * K * g.P() * g.CRS()), ranges, [&](int64_t r) {
     for (int64_t i = r * units / ranges * per_unit; i < (r + 1) * units / ranges * per_unit; ++i)

@@ -2,33 +2,68 @@
 
 #include <cstdlib>
 #include <new>
-#include <stdexcept>
+#include <vector>
 
 namespace pyengine {
 namespace {
 
-struct ScratchSlot {
-  float* data = nullptr;
-  size_t capacity = 0;
-  ~ScratchSlot() { std::free(data); }
+constexpr size_t kAlign = 64;
+constexpr size_t kFirstBlockBytes = size_t{1} << 20;
+
+struct Block {
+  char* data = nullptr;
+  size_t capacity = 0;  // bytes
 };
 
-thread_local ScratchSlot t_slots[kMaxScratchSlots];
+// One thread's stack: blocks in order, the top at (block, offset). A buffer
+// never spans blocks, and a block is only replaced (with a larger one) when
+// nothing in it is live, so live buffers never move.
+struct ScratchStack {
+  std::vector<Block> blocks;
+  size_t block = 0, offset = 0;
+  ~ScratchStack() {
+    for (Block& b : blocks) std::free(b.data);
+  }
+
+  float* take(size_t bytes) {
+    bytes = (bytes + kAlign - 1) / kAlign * kAlign;
+    if (bytes == 0) bytes = kAlign;
+    while (true) {
+      if (block == blocks.size()) blocks.push_back(Block{});
+      Block& b = blocks[block];
+      if (offset == 0 && b.capacity < bytes) grow(b, bytes);
+      if (offset + bytes <= b.capacity) {
+        float* p = reinterpret_cast<float*>(b.data + offset);
+        offset += bytes;
+        return p;
+      }
+      ++block;  // the rest of this block stays unused until the frame closes
+      offset = 0;
+    }
+  }
+
+  static void grow(Block& b, size_t bytes) {
+    size_t capacity = b.capacity ? b.capacity : kFirstBlockBytes;
+    while (capacity < bytes) capacity *= 2;
+    void* fresh = std::aligned_alloc(kAlign, capacity);
+    if (!fresh) throw std::bad_alloc();
+    std::free(b.data);
+    b.data = static_cast<char*>(fresh);
+    b.capacity = capacity;
+  }
+};
+
+thread_local ScratchStack t_stack;
 
 }  // namespace
 
-float* scratch_floats(int slot, size_t count) {
-  if (slot < 0 || slot >= kMaxScratchSlots) throw std::out_of_range("scratch slot out of range");
-  ScratchSlot& s = t_slots[slot];
-  if (count > s.capacity) {
-    size_t bytes = ((count * sizeof(float) + 63) / 64) * 64;
-    void* fresh = std::aligned_alloc(64, bytes);
-    if (!fresh) throw std::bad_alloc();
-    std::free(s.data);
-    s.data = static_cast<float*>(fresh);
-    s.capacity = bytes / sizeof(float);
-  }
-  return s.data;
+ScratchFrame::ScratchFrame() : block_(t_stack.block), offset_(t_stack.offset) {}
+
+ScratchFrame::~ScratchFrame() {
+  t_stack.block = block_;
+  t_stack.offset = offset_;
 }
+
+float* ScratchFrame::floats(size_t count) { return t_stack.take(count * sizeof(float)); }
 
 }  // namespace pyengine

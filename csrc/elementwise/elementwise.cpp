@@ -119,7 +119,8 @@ void binary_grad(float* grad, const float* dout, const float* a, const float* b,
   }
   const int64_t size = strided_extent(ndim, shape, self_strides);
   const int threads = thread_count();
-  float* partial = scratch_floats(2, static_cast<size_t>(threads) * size);
+  ScratchFrame scratch;
+  float* partial = scratch.floats(static_cast<size_t>(threads) * size);
   std::fill(partial, partial + static_cast<size_t>(threads) * size, 0.0f);
   PYENGINE_OMP(omp parallel num_threads(threads))
   {

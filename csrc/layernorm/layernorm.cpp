@@ -45,7 +45,8 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
   const bool parallel = rows_worth_threads(rows, cols);
   const int threads = parallel ? thread_count() : 1;
   // Per-thread partial sums: [thread][0..cols) for dweight, [cols..2 cols) for dbias.
-  float* partial = scratch_floats(2, static_cast<size_t>(threads) * 2 * cols);
+  ScratchFrame scratch;
+  float* partial = scratch.floats(static_cast<size_t>(threads) * 2 * cols);
   std::fill(partial, partial + static_cast<size_t>(threads) * 2 * cols, 0.0f);
 
   parallel_region(parallel, threads, [&] {

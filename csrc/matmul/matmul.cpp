@@ -256,9 +256,9 @@ struct Tiled {
     // work. K = 768 (GPT-2's width) is one pass, 576 one, 4096 six.
     const int64_t k_blocks = std::max<int64_t>(1, (2 * k + 3 * blk.kc - 1) / (3 * blk.kc));
     const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
-    float* a_pack = scratch_floats(0, static_cast<size_t>(m_padded * kc_step));
-    float* b_pack =
-        scratch_floats(1, static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR)));
+    ScratchFrame scratch;
+    float* a_pack = scratch.floats(static_cast<size_t>(m_padded * kc_step));
+    float* b_pack = scratch.floats(static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR)));
 
     parallel_region(parallel, thread_count(), [&] {
       for (int64_t jc = 0; jc < n; jc += blk.nc) {
@@ -313,13 +313,14 @@ struct Tiled {
                          int64_t k, bool trans_a, bool trans_b, bool accumulate,
                          const Epilogue& epilogue) {
     const int64_t b_panels = (n + NR - 1) / NR;
-    float* a_pack = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
+    ScratchFrame scratch;
+    float* a_pack = scratch.floats(static_cast<size_t>(std::max<int64_t>(k, 1) * MR));
     // B whose rows split into whole micro-panels is read in place (it fits
     // in cache whole); otherwise packed, zero-padded to whole panels.
     const bool b_in_place = !trans_b && n % NR == 0;
     float* b_pack = b_in_place ? nullptr
-                               : scratch_floats(1, static_cast<size_t>(std::max<int64_t>(k, 1) *
-                                                                       b_panels * NR));
+                               : scratch.floats(static_cast<size_t>(std::max<int64_t>(k, 1) *
+                                                                    b_panels * NR));
     for (int64_t jp = 0; jp < b_panels && !b_in_place; ++jp)
       pack_b_panel(b_pack + jp * NR * k, b, n, k, trans_b, jp * NR, 0, k);
     for (int64_t ir = 0; ir < m; ir += MR) {
@@ -368,9 +369,10 @@ const TileDrivers& tile_for(int64_t n) {
 }
 
 // The rows of op(A) (m x k) contiguous: A itself, or a gathered copy.
-const float* rows_of_op_a(const float* a, int64_t m, int64_t k, bool trans_a) {
+// A gathered copy lives in the caller's `scratch` frame.
+const float* rows_of_op_a(ScratchFrame& scratch, const float* a, int64_t m, int64_t k, bool trans_a) {
   if (!trans_a) return a;
-  float* gathered = scratch_floats(0, static_cast<size_t>(std::max<int64_t>(m * k, 1)));
+  float* gathered = scratch.floats(static_cast<size_t>(std::max<int64_t>(m * k, 1)));
   for (int64_t p = 0; p < k; ++p)
     for (int64_t i = 0; i < m; ++i) gathered[i * k + p] = a[p * m + i];
   return gathered;
@@ -397,7 +399,8 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
   // Rows of B combined per pass over the chunk. More would thrash one L1
   // set when the rows of B lie a multiple of 4 KiB apart (N = 1024, 3072, ...).
   constexpr int64_t kDepth = 8;
-  const float* a_rows = rows_of_op_a(a, m, k, trans_a);
+  ScratchFrame scratch;
+  const float* a_rows = rows_of_op_a(scratch, a, m, k, trans_a);
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
   // Chunks of C columns: two a thread, at most 2048 columns, so C's chunk
   // stays near L1 while 8 rows of B stream past it. A single row of C (a
@@ -467,7 +470,8 @@ void skinny_gemm_rows(float* c, const float* a, const float* b, int64_t m, int64
 // streamed once. The epilogue runs over the finished rows.
 void skinny_gemm_dot(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k,
                      bool trans_a, bool accumulate, const Epilogue& epilogue) {
-  const float* a_rows = rows_of_op_a(a, m, k, trans_a);
+  ScratchFrame scratch;
+  const float* a_rows = rows_of_op_a(scratch, a, m, k, trans_a);
   const bool parallel = m * n * k >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
   parallel_for(parallel, n, [&](int64_t j) {
     for (int64_t i = 0; i < m; ++i) {

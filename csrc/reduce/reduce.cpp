@@ -60,7 +60,8 @@ void sum_forward(float* out, const float* in, int64_t outer, int64_t reduce, int
     return;
   }
   const size_t per_thread = static_cast<size_t>(outer * inner);
-  float* partial = scratch_floats(2, threads * per_thread);
+  ScratchFrame scratch;
+  float* partial = scratch.floats(threads * per_thread);
   parallel_region(parallel, threads, [&] {
     const int t = thread_index(), team = team_size();
     const int64_t r0 = reduce * t / team, r1 = reduce * (t + 1) / team;

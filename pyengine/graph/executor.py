@@ -68,7 +68,9 @@ class Step:
     def reads(self) -> list:
         if self.kind == "forward":
             return list(self.ins)
-        return [*self.ins, *self.outs, self.grad_out]
+        # Only what the backward reads (its declaration says which forward
+        # values): the others' buffers are free once the forward is done.
+        return [*self.op.saved(self.ins, self.outs), self.grad_out]
 
     def writes(self) -> list:
         return list(self.outs) if self.kind == "forward" else [g for g in self.grad_ins if g is not None]
@@ -226,7 +228,7 @@ class CompiledGraph:
         if len(consumers) != 1:
             return None
         act = consumers[0]
-        return act if isinstance(act.op, O.Unary) and act.op.name in ("relu", "gelu") else None
+        return act if isinstance(act.op, O.Unary) and act.op.name in O.FUSIBLE_ACTIVATIONS else None
 
     # ---------------------------------------------------------------- planning
     def _lifetimes(self) -> dict:

@@ -1,0 +1,849 @@
+// The generic binding behind every declared op (see registry.h): one place
+// that checks an argument of each role, resolves shapes, allocates missing
+// outputs, releases the GIL for large work and calls the kernel.
+#include "core/registry.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <deque>
+#include <sstream>
+
+namespace pyengine {
+namespace registry {
+namespace {
+
+constexpr int kGroup = -1;                   // "*" in a parsed pattern
+constexpr int64_t kWorthReleasingGil = 1 << 16;  // elements or multiply-adds
+
+template <typename... Parts>
+std::string cat(Parts&&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+bool is_written(Role r) {
+  return r == Role::output || r == Role::optional_output || r == Role::grad ||
+         r == Role::optional_grad || r == Role::inout || r == Role::optional_inout;
+}
+
+bool is_optional(Role r) {
+  return r == Role::optional_input || r == Role::optional_output || r == Role::optional_grad ||
+         r == Role::optional_inout;
+}
+
+// Binding order: forward values first, then incoming gradients, then what is written.
+int binding_rank(Role r) {
+  if (r == Role::input || r == Role::optional_input || r == Role::inout || r == Role::optional_inout)
+    return 0;
+  if (r == Role::grad_input) return 1;
+  return 2;
+}
+
+std::vector<std::string> split_dims(const std::string& shape) {
+  if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')')
+    throw std::logic_error("registry: shape '" + shape + "' must be written (a, b, ...)");
+  std::vector<std::string> names;
+  std::string current;
+  for (char ch : shape.substr(1, shape.size() - 2)) {
+    if (ch == ',') {
+      names.push_back(current);
+      current.clear();
+    } else if (ch != ' ') {
+      current += ch;
+    }
+  }
+  if (!current.empty()) names.push_back(current);
+  return names;
+}
+
+}  // namespace
+
+const char* role_name(Role role) {
+  switch (role) {
+    case Role::input: return "input";
+    case Role::optional_input: return "optional_input";
+    case Role::grad_input: return "grad_input";
+    case Role::output: return "output";
+    case Role::optional_output: return "optional_output";
+    case Role::grad: return "grad";
+    case Role::optional_grad: return "optional_grad";
+    case Role::inout: return "inout";
+    case Role::optional_inout: return "optional_inout";
+  }
+  return "unknown";
+}
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < s.size(); ++i) out << (i ? ", " : "") << s[i];
+  out << (s.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+std::vector<OpDecl>& all_ops() {
+  static std::vector<OpDecl> ops;
+  return ops;
+}
+
+std::vector<EnumDecl>& all_enums() {
+  static std::vector<EnumDecl> enums;
+  return enums;
+}
+
+const EnumDecl& declare_enum(std::string name, std::vector<std::string> members) {
+  // Stable addresses: ops keep pointers to their enums.
+  static std::deque<EnumDecl> stable;
+  stable.push_back(EnumDecl{std::move(name), std::move(members)});
+  all_enums().push_back(stable.back());
+  return stable.back();
+}
+
+// ---------------------------------------------------------------- declarations
+
+// Kernels look arguments up by the same string literals their declaration
+// used, which the compiler merges within a file: comparing addresses first
+// keeps a lookup to a few instructions, strcmp covers the rest.
+template <typename Decls>
+int index_by_name(const Decls& decls, const char* n) {
+  for (size_t i = 0; i < decls.size(); ++i)
+    if (decls[i].literal == n) return static_cast<int>(i);
+  for (size_t i = 0; i < decls.size(); ++i)
+    if (std::strcmp(decls[i].name.c_str(), n) == 0) return static_cast<int>(i);
+  return -1;
+}
+
+int OpDecl::arg_index(const char* n) const { return index_by_name(args, n); }
+int OpDecl::attr_index(const char* n) const { return index_by_name(attrs, n); }
+
+int OpDecl::dim_index(const std::string& n, const char* literal) {
+  for (size_t i = 0; i < dims.size(); ++i)
+    if (dims[i] == n) {
+      if (literal) dim_literals[i] = literal;
+      return static_cast<int>(i);
+    }
+  if (dims.size() == kMaxDims) throw std::logic_error("registry: too many dims in " + name);
+  dims.push_back(n);
+  dim_literals.push_back(literal);
+  return static_cast<int>(dims.size() - 1);
+}
+
+int OpDecl::find_dim(const char* n) const {
+  for (size_t i = 0; i < dims.size(); ++i)
+    if (dim_literals[i] == n) return static_cast<int>(i);
+  for (size_t i = 0; i < dims.size(); ++i)
+    if (std::strcmp(dims[i].c_str(), n) == 0) return static_cast<int>(i);
+  return -1;
+}
+
+OpBuilder::OpBuilder(const char* name, const char* family, const char* doc) {
+  decl_.name = name;
+  decl_.family = family;
+  decl_.doc = doc;
+}
+
+OpBuilder& OpBuilder::arg(const char* name, Role role, DType dtype, const char* shape) {
+  ArgDecl a{name, name, role, dtype, shape, {}, *shape != 0, false};
+  if (*shape) {
+    for (const std::string& dim : split_dims(shape)) {
+      if (dim == "*") {
+        a.has_group = true;
+        a.pattern.push_back(kGroup);
+      } else {
+        a.pattern.push_back(decl_.dim_index(dim));
+      }
+    }
+  }
+  if (decl_.args.size() == kMaxArgs) throw std::logic_error("registry: too many args");
+  decl_.args.push_back(std::move(a));
+  return *this;
+}
+
+OpBuilder& OpBuilder::input(const char* n, const char* s, DType d) { return arg(n, Role::input, d, s); }
+OpBuilder& OpBuilder::optional_input(const char* n, const char* s) { return arg(n, Role::optional_input, DType::f32, s); }
+OpBuilder& OpBuilder::grad_input(const char* n, const char* s) { return arg(n, Role::grad_input, DType::f32, s); }
+OpBuilder& OpBuilder::output(const char* n, const char* s) { return arg(n, Role::output, DType::f32, s); }
+OpBuilder& OpBuilder::optional_output(const char* n, const char* s) { return arg(n, Role::optional_output, DType::f32, s); }
+OpBuilder& OpBuilder::grad(const char* n, const char* s) { return arg(n, Role::grad, DType::f32, s); }
+OpBuilder& OpBuilder::optional_grad(const char* n, const char* s) { return arg(n, Role::optional_grad, DType::f32, s); }
+OpBuilder& OpBuilder::inout(const char* n, const char* s) { return arg(n, Role::inout, DType::f32, s); }
+OpBuilder& OpBuilder::optional_inout(const char* n, const char* s) { return arg(n, Role::optional_inout, DType::f32, s); }
+
+OpBuilder& OpBuilder::flag(const char* name, bool default_value, const char* doc) {
+  Attr d{AttrKind::flag};
+  d.flag = default_value;
+  decl_.attrs.push_back(AttrDecl{name, name, AttrKind::flag, d, nullptr, 0, doc});
+  return *this;
+}
+
+OpBuilder& OpBuilder::integer(const char* name, std::optional<int64_t> default_value, const char* doc) {
+  std::optional<Attr> d;
+  if (default_value) d = Attr{AttrKind::integer, false, *default_value};
+  decl_.attrs.push_back(AttrDecl{name, name, AttrKind::integer, d, nullptr, 0, doc});
+  return *this;
+}
+
+OpBuilder& OpBuilder::real(const char* name, std::optional<double> default_value, const char* doc) {
+  std::optional<Attr> d;
+  if (default_value) d = Attr{AttrKind::real, false, 0, *default_value};
+  decl_.attrs.push_back(AttrDecl{name, name, AttrKind::real, d, nullptr, 0, doc});
+  return *this;
+}
+
+OpBuilder& OpBuilder::code(const char* name, const EnumDecl& values, std::optional<int> default_value,
+                           const char* doc) {
+  std::optional<Attr> d;
+  if (default_value) d = Attr{AttrKind::code, false, *default_value};
+  decl_.attrs.push_back(AttrDecl{name, name, AttrKind::code, d, &values, 0, doc});
+  return *this;
+}
+
+OpBuilder& OpBuilder::int_pair(const char* name, int64_t default_value, int64_t minimum, const char* doc) {
+  Attr d{AttrKind::int_pair};
+  d.pair = {default_value, default_value};
+  decl_.attrs.push_back(AttrDecl{name, name, AttrKind::int_pair, d, nullptr, minimum, doc});
+  return *this;
+}
+
+OpBuilder& OpBuilder::dims(std::initializer_list<const char*> names) {
+  for (const char* n : names) decl_.dim_index(n, n);
+  return *this;
+}
+
+OpBuilder& OpBuilder::nonempty(const char* dim) {
+  decl_.nonempty.push_back(dim);
+  return *this;
+}
+
+OpBuilder& OpBuilder::work(std::initializer_list<const char*> dims) {
+  for (const char* d : dims) decl_.work.push_back(d);
+  return *this;
+}
+
+OpBuilder& OpBuilder::may_alias(const char* written, const char* read) {
+  decl_.may_alias.emplace_back(written, read);
+  return *this;
+}
+
+OpBuilder& OpBuilder::shape_rule(ShapeRule rule) {
+  decl_.shape_rule = std::move(rule);
+  return *this;
+}
+
+OpBuilder& OpBuilder::check(Check c) {
+  decl_.check = std::move(c);
+  return *this;
+}
+
+int OpBuilder::kernel(Kernel k) {
+  decl_.kernel = std::move(k);
+  if (decl_.attrs.size() > kMaxAttrs) throw std::logic_error("registry: too many attrs");
+  for (const std::string& d : decl_.work) {
+    const int i = decl_.find_dim(d.c_str());
+    if (i < 0) throw std::logic_error("registry: " + decl_.name + " works on undeclared dim " + d);
+    decl_.work_dims.push_back(i);
+  }
+  all_ops().push_back(std::move(decl_));
+  return static_cast<int>(all_ops().size());
+}
+
+// ---------------------------------------------------------------- resolution
+
+Resolution::Resolution(const OpDecl& op, const Shapes& shapes, const Attrs& attrs)
+    : op_(op), shapes_(shapes), attrs_(attrs) {
+  expected_.use_first(op.args.size());  // absent
+  dims_.use_first(op.dims.size());      // read only once bound
+  binder_.resize(op.dims.size(), -1);
+  bound_.resize(op.dims.size(), false);
+}
+
+void Resolution::fail(const std::string& message) const { throw py::value_error(op_.name + ": " + message); }
+
+bool Resolution::given(const char* arg) const {
+  const int i = op_.arg_index(arg);
+  return i >= 0 && shapes_[i].has_value();
+}
+
+const Shape& Resolution::shape(const char* arg) const {
+  const int i = op_.arg_index(arg);
+  if (i < 0) throw std::logic_error(op_.name + ": no argument '" + arg + "'");
+  if (!shapes_[i]) fail(std::string("the shape of '") + arg + "' is needed");
+  return *shapes_[i];
+}
+
+const Attr& Resolution::attr(const char* name) const {
+  const int i = op_.attr_index(name);
+  if (i < 0) throw std::logic_error(op_.name + ": no attribute '" + name + "'");
+  return attrs_[i];
+}
+
+void Resolution::bind(const char* dim, int64_t value) {
+  const int d = op_.find_dim(dim);
+  if (d < 0) throw std::logic_error(op_.name + ": bind of undeclared dim '" + dim + "'");
+  dims_[d] = value;
+  bound_[d] = true;
+}
+
+void Resolution::expect(const char* arg, Shape shape) {
+  const int i = op_.arg_index(arg);
+  if (i < 0) throw std::logic_error(op_.name + ": expect of unknown argument '" + arg + "'");
+  expected_[i] = shape;
+}
+
+int64_t Resolution::dim(const char* name) const {
+  if (name[0] == '*' && name[1] == 0) return group_size();
+  const int d = op_.find_dim(name);
+  if (d >= 0) return dims_[d];
+  throw std::logic_error(op_.name + ": unknown dim '" + name + "'");
+}
+
+int64_t Resolution::group_size() const {
+  int64_t n = 1;
+  for (int64_t d : group_) n *= d;
+  return n;
+}
+
+void Resolution::check_nonempty(int a) const {
+  const ArgDecl& arg = op_.args[a];
+  for (const std::string& dim : op_.nonempty)
+    for (int token : arg.pattern)
+      if (token >= 0 && op_.dims[token] == dim && bound_[token] && dims_[token] == 0)
+        fail(cat("the '", dim, "' dim of '", arg.name, "' must be non-empty, got shape ",
+                 shape_str(*shapes_[a])));
+}
+
+// Binds the dims of argument `a` from its shape, or checks them when bound.
+void Resolution::match(int a) {
+  const ArgDecl& arg = op_.args[a];
+  const Shape& got = *shapes_[a];
+  const size_t named = arg.pattern.size() - (arg.has_group ? 1 : 0);
+  if (arg.has_group ? got.size() < named : got.size() != named) {
+    if (arg.has_group)
+      fail(cat("'", arg.name, "' must have at least ", named, " dims ", arg.shape, ", got shape ",
+               shape_str(got)));
+    fail(cat("'", arg.name, "' must be ", named, "-D ", arg.shape, ", got shape ", shape_str(got)));
+  }
+  // What the shape would be with the dims bound so far; mismatches are
+  // reported against it.
+  Shape want;
+  size_t pos = 0;
+  for (int token : arg.pattern) {
+    if (token == kGroup) {
+      const size_t count = got.size() - named;
+      if (group_bound_) {
+        for (int64_t d : group_) want.push_back(d);
+      } else {
+        for (size_t i = 0; i < count; ++i) want.push_back(got[pos + i]);
+      }
+      pos += count;
+      continue;
+    }
+    want.push_back(bound_[token] ? dims_[token] : got[pos]);
+    ++pos;
+  }
+  if (want != got) fail(cat("'", arg.name, "' has shape ", shape_str(got), ", expected ", shape_str(want),
+                            binder_note(arg)));
+  pos = 0;
+  for (int token : arg.pattern) {
+    if (token == kGroup) {
+      const size_t count = got.size() - named;
+      if (!group_bound_) group_ = Shape(got.begin() + pos, got.begin() + pos + count);
+      group_bound_ = true;
+      pos += count;
+      continue;
+    }
+    if (!bound_[token]) binder_[token] = a;
+    dims_[token] = got[pos++];
+    bound_[token] = true;
+  }
+  if (group_binder_ < 0 && arg.has_group) group_binder_ = a;
+}
+
+// " (from 'x' with shape (3, 4, 2))": which argument fixed the dims that
+// `arg` does not fit, when that is another argument given to the call.
+std::string Resolution::binder_note(const ArgDecl& arg) const {
+  int binder = -1;
+  for (int token : arg.pattern) {
+    const int b = token == kGroup ? group_binder_ : (bound_[token] ? binder_[token] : -1);
+    if (b >= 0 && &op_.args[b] != &arg) binder = b;
+  }
+  if (binder < 0 || !shapes_[binder]) return "";
+  return cat(" from '", op_.args[binder].name, "' with shape ", shape_str(*shapes_[binder]));
+}
+
+void Resolution::resolve() {
+  // Inputs with a pattern bind their dims first, so a shape rule can rely on
+  // their ranks; then the rule; then everything else, in binding order.
+  InlineVec<bool, kMaxArgs> done;
+  done.resize(op_.args.size(), false);
+  for (size_t a = 0; a < op_.args.size(); ++a) {
+    const ArgDecl& arg = op_.args[a];
+    if (binding_rank(arg.role) == 0 && shapes_[a] && arg.has_pattern) {
+      match(static_cast<int>(a));
+      done[a] = true;
+    }
+  }
+  if (op_.shape_rule) op_.shape_rule(*this);
+  for (int rank = 0; rank < 3; ++rank) {
+    for (size_t a = 0; a < op_.args.size(); ++a) {
+      const ArgDecl& arg = op_.args[a];
+      if (binding_rank(arg.role) != rank || !shapes_[a]) continue;
+      if (expected_[a]) {
+        if (*shapes_[a] != *expected_[a])
+          fail(cat("'", arg.name, "' has shape ", shape_str(*shapes_[a]), ", expected ",
+                   shape_str(*expected_[a])));
+      } else if (arg.has_pattern && !done[a]) {
+        match(static_cast<int>(a));
+      }
+      check_nonempty(static_cast<int>(a));
+    }
+  }
+  // Outputs not given (to be allocated) get their shape from the bound dims.
+  for (size_t a = 0; a < op_.args.size(); ++a) {
+    const ArgDecl& arg = op_.args[a];
+    if (expected_[a] || !arg.has_pattern) continue;
+    if (shapes_[a]) {
+      expected_[a] = shapes_[a];
+      continue;
+    }
+    Shape s;
+    bool known = true;
+    for (int token : arg.pattern) {
+      if (token == kGroup) {
+        if (!group_bound_) known = false;
+        for (int64_t d : group_) s.push_back(d);
+      } else if (bound_[token]) {
+        s.push_back(dims_[token]);
+      } else {
+        known = false;
+      }
+    }
+    if (known) expected_[a] = s;
+  }
+}
+
+// ---------------------------------------------------------------- calls
+
+const void* Call::data(const char* arg) const {
+  const int i = r_.op().arg_index(arg);
+  if (i < 0) throw std::logic_error(r_.op().name + ": no argument '" + arg + "'");
+  return pointers_[i];
+}
+
+float* Call::f32(const char* arg) const { return static_cast<float*>(const_cast<void*>(data(arg))); }
+
+bool Call::is_int32(const char* arg) const {
+  const int i = r_.op().arg_index(arg);
+  return i >= 0 && int32_[i];
+}
+
+int64_t Call::dim(const char* name) const { return r_.dim(name); }
+
+namespace {
+
+[[noreturn]] void type_error(const OpDecl& op, const std::string& message) {
+  throw py::type_error(op.name + ": " + message);
+}
+
+[[noreturn]] void value_error(const OpDecl& op, const std::string& message) {
+  throw py::value_error(op.name + ": " + message);
+}
+
+void shape_of(const OpDecl& op, const std::string& name, const py::array& a, Shape& shape) {
+  if (static_cast<size_t>(a.ndim()) > kMaxRank)
+    value_error(op, cat("'", name, "' has ", a.ndim(), " dims; at most ", kMaxRank, " are supported"));
+  shape.use_first(0);
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) shape.push_back(a.shape()[i]);
+}
+
+// Checks one array argument of its role; returns whether it is int32 (index dtype).
+bool check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Shape& shape) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", Py_TYPE(obj.ptr())->tp_name));
+  const py::array a = py::reinterpret_borrow<py::array>(obj);
+  shape_of(op, arg.name, a, shape);
+  static const int f32_type = py::dtype::of<float>().num();
+  static const int i64_type = py::dtype::of<int64_t>().num();
+  static const int i32_type = py::dtype::of<int32_t>().num();
+  const int type = a.dtype().num();
+  bool int32 = false;
+  if (arg.dtype == DType::f32) {
+    if (type != f32_type)
+      type_error(op, cat("argument '", arg.name, "' must have dtype float32, got ",
+                         std::string(py::str(a.dtype())), " with shape ", shape_str(shape)));
+  } else {
+    int32 = type == i32_type;
+    if (type != i64_type && !int32)
+      type_error(op, cat("argument '", arg.name, "' must have dtype int64 or int32, got ",
+                         std::string(py::str(a.dtype())), " with shape ", shape_str(shape)));
+  }
+  if (!(a.flags() & py::array::c_style))
+    value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
+                        " must be C-contiguous (use numpy.ascontiguousarray)"));
+  if (is_written(arg.role) && !a.writeable())
+    value_error(op, cat("output '", arg.name, "' with shape ", shape_str(shape), " is read-only"));
+  return int32;
+}
+
+int64_t as_int(const OpDecl& op, const AttrDecl& decl, const py::handle& obj) {
+  if (PyBool_Check(obj.ptr()) || !(PyLong_Check(obj.ptr()) || PyIndex_Check(obj.ptr())) ||
+      PyFloat_Check(obj.ptr()))
+    type_error(op, cat("'", decl.name, "' must be an int, got ", Py_TYPE(obj.ptr())->tp_name));
+  py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(obj.ptr()));
+  if (!value) {
+    PyErr_Clear();
+    type_error(op, cat("'", decl.name, "' must be an int, got ", Py_TYPE(obj.ptr())->tp_name));
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  if (overflow) value_error(op, cat("'", decl.name, "' = ", std::string(py::repr(obj)), " is out of range"));
+  return v;
+}
+
+Attr convert_attr(const OpDecl& op, const AttrDecl& decl, const py::handle& obj) {
+  Attr a{decl.kind};
+  switch (decl.kind) {
+    case AttrKind::flag: {
+      const bool is_np_bool = std::string(Py_TYPE(obj.ptr())->tp_name) == "numpy.bool" ||
+                              std::string(Py_TYPE(obj.ptr())->tp_name) == "numpy.bool_";
+      if (!PyBool_Check(obj.ptr()) && !is_np_bool)
+        type_error(op, cat("'", decl.name, "' must be a bool, got ", Py_TYPE(obj.ptr())->tp_name));
+      a.flag = PyObject_IsTrue(obj.ptr()) == 1;
+      return a;
+    }
+    case AttrKind::integer: a.integer = as_int(op, decl, obj); return a;
+    case AttrKind::real: {
+      if (PyBool_Check(obj.ptr()) || !PyNumber_Check(obj.ptr()))
+        type_error(op, cat("'", decl.name, "' must be a number, got ", Py_TYPE(obj.ptr())->tp_name));
+      a.real = PyFloat_AsDouble(obj.ptr());
+      if (PyErr_Occurred()) {
+        PyErr_Clear();
+        type_error(op, cat("'", decl.name, "' must be a number, got ", Py_TYPE(obj.ptr())->tp_name));
+      }
+      return a;
+    }
+    case AttrKind::code: {
+      const EnumDecl& values = *decl.values;
+      if (py::isinstance<py::str>(obj)) {
+        const std::string name = py::str(obj);
+        for (size_t i = 0; i < values.members.size(); ++i)
+          if (values.members[i] == name) {
+            a.integer = static_cast<int64_t>(i);
+            return a;
+          }
+        std::string names;
+        for (const std::string& m : values.members) names += (names.empty() ? "" : ", ") + m;
+        value_error(op, cat("unknown ", decl.name, " '", name, "' (expected one of ", names, ")"));
+      }
+      a.integer = as_int(op, decl, obj);
+      if (a.integer < 0 || a.integer >= static_cast<int64_t>(values.members.size()))
+        value_error(op, cat("unknown ", decl.name, " code ", a.integer, " (", values.name, " has codes 0..",
+                            values.members.size() - 1, ")"));
+      return a;
+    }
+    case AttrKind::int_pair: {
+      constexpr int64_t kMax = 2147483647;  // far inside int64 arithmetic
+      const bool single = PyLong_Check(obj.ptr()) && !PyBool_Check(obj.ptr());
+      const bool sequence = py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj);
+      if (!single && (!sequence || py::len(obj) != 2))
+        type_error(op, cat("'", decl.name, "' must be an int or a pair (h, w) of ints, got ",
+                           std::string(py::repr(obj))));
+      for (size_t i = 0; i < 2; ++i) {
+        py::handle item = single ? obj : py::handle(PySequence_Fast_GET_ITEM(
+                                              py::reinterpret_steal<py::object>(PySequence_Fast(obj.ptr(), "")).ptr(), i));
+        if (!PyLong_Check(item.ptr()) || PyBool_Check(item.ptr()))
+          type_error(op, cat("'", decl.name, "' must be an int or a pair (h, w) of ints, got ",
+                             std::string(py::repr(obj))));
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(item.ptr(), &overflow);
+        if (overflow || v < decl.minimum || v > kMax)
+          value_error(op, cat("'", decl.name, "' must be >= ", decl.minimum, " and <= ", kMax, ", got ",
+                              std::string(py::repr(obj))));
+        a.pair[i] = v;
+      }
+      return a;
+    }
+  }
+  return a;
+}
+
+bool overlaps(const py::array& x, const py::array& y) {
+  const char* x0 = static_cast<const char*>(x.data());
+  const char* y0 = static_cast<const char*>(y.data());
+  return x.nbytes() && y.nbytes() && x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+}
+
+bool identical(const py::array& x, const py::array& y) {
+  return x.data() == y.data() && x.nbytes() == y.nbytes();
+}
+
+bool alias_allowed(const OpDecl& op, const std::string& a, const std::string& b) {
+  for (const auto& [w, r] : op.may_alias)
+    if ((w == a && r == b) || (w == b && r == a)) return true;  // only reached on an overlap
+  return false;
+}
+
+// Gathers the call's arguments: positional first, then keywords by name.
+struct Gathered {
+  InlineVec<py::handle, kMaxArgs> arrays;  // null handle: not given
+  InlineVec<py::handle, kMaxAttrs> attrs;
+};
+
+// args[0, nargs) are positional; kwnames (a tuple, or null) names the
+// values that follow them (CPython's vectorcall convention).
+Gathered gather(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  const size_t n_arrays = op.args.size(), n_attrs = op.attrs.size();
+  if (static_cast<size_t>(nargs) > n_arrays + n_attrs)
+    type_error(op, cat("takes at most ", n_arrays + n_attrs, " arguments, got ", nargs));
+  Gathered g;
+  g.arrays.use_first(n_arrays);  // null handles: not given
+  g.attrs.use_first(n_attrs);
+  for (Py_ssize_t i = 0; i < nargs; ++i) {
+    if (static_cast<size_t>(i) < n_arrays) g.arrays[i] = args[i];
+    else g.attrs[i - n_arrays] = args[i];
+  }
+  const Py_ssize_t n_kw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < n_kw; ++i) {
+    const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
+    if (!key) throw py::error_already_set();
+    const int a = op.arg_index(key), t = op.attr_index(key);
+    if (a < 0 && t < 0) type_error(op, cat("unexpected argument '", key, "'"));
+    py::handle& slot = a >= 0 ? g.arrays[a] : g.attrs[t];
+    if (slot) type_error(op, cat("argument '", key, "' given twice"));
+    slot = args[nargs + i];
+  }
+  return g;
+}
+
+Resolution::Attrs convert_attrs(const OpDecl& op, const InlineVec<py::handle, kMaxAttrs>& given) {
+  Resolution::Attrs attrs;
+  for (size_t i = 0; i < op.attrs.size(); ++i) {
+    const AttrDecl& decl = op.attrs[i];
+    if (!given[i]) {
+      if (!decl.default_value) type_error(op, cat("missing argument '", decl.name, "'"));
+      attrs.push_back(*decl.default_value);
+    } else {
+      attrs.push_back(convert_attr(op, decl, given[i]));
+    }
+  }
+  return attrs;
+}
+
+// Arrays of one call; a null object marks an argument that is not given.
+// (py::object, not py::array: a default py::array is a real numpy array.)
+using Arrays = InlineVec<py::object, kMaxArgs>;
+
+const py::array& as_array(const py::object& o) { return static_cast<const py::array&>(o); }
+
+int64_t work_of(const OpDecl& op, const Resolution& r, const Arrays& arrays) {
+  if (!op.work_dims.empty()) {
+    int64_t w = 1;
+    for (int d : op.work_dims) w *= r.dim_at(d);
+    return w;
+  }
+  int64_t largest = 0;
+  for (const py::object& a : arrays)
+    if (a) largest = std::max<int64_t>(largest, as_array(a).size());
+  return largest;
+}
+
+py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  const Gathered g = gather(op, args, nargs, kwnames);
+  const size_t n = op.args.size();
+  Arrays arrays;
+  arrays.use_first(n);  // null objects
+  Resolution::Shapes shapes;
+  shapes.use_first(n);  // absent
+  Call::Flags int32;
+  int32.resize(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    const ArgDecl& arg = op.args[i];
+    const py::handle obj = g.arrays[i];
+    const bool none = !obj || obj.is_none();
+    if (none) {
+      if (!is_optional(arg.role) && arg.role != Role::output)
+        type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", obj ? "NoneType" : "nothing"));
+      continue;
+    }
+    int32[i] = check_array(op, arg, obj, shapes[i].fill());
+    arrays[i] = py::reinterpret_borrow<py::object>(obj);
+  }
+  const Resolution::Attrs attrs = convert_attrs(op, g.attrs);
+  Resolution r(op, shapes, attrs);
+  r.resolve();
+  // Outputs not given are allocated (never a copy of anything).
+  for (size_t i = 0; i < n; ++i) {
+    if (arrays[i] || op.args[i].role != Role::output) continue;
+    if (!r.expected(i)) throw std::logic_error(op.name + ": no shape for output '" + op.args[i].name + "'");
+    const Shape s = *r.expected(i);
+    arrays[i] = py::array_t<float>(std::vector<py::ssize_t>(s.begin(), s.end()));
+    shapes[i].fill() = s;  // the kernel sees it like a given one
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!arrays[i] || !is_written(op.args[i].role)) continue;
+    for (size_t j = 0; j < n; ++j) {
+      if (j == i || !arrays[j] || !overlaps(as_array(arrays[i]), as_array(arrays[j]))) continue;
+      if (identical(as_array(arrays[i]), as_array(arrays[j])) && alias_allowed(op, op.args[i].name, op.args[j].name)) continue;
+      value_error(op, cat("'", op.args[i].name, "' with shape ", shape_str(*r.expected(i)), " overlaps '",
+                          op.args[j].name, "'"));
+    }
+  }
+  Call::Pointers pointers;
+  for (size_t i = 0; i < n; ++i)
+    pointers.push_back(arrays[i] ? const_cast<void*>(as_array(arrays[i]).data()) : nullptr);
+  const Call call(r, pointers, int32);
+  if (op.check) op.check(call);
+  {
+    std::optional<py::gil_scoped_release> release;
+    if (work_of(op, r, arrays) >= kWorthReleasingGil) release.emplace();
+    op.kernel(call);
+  }
+  // Returns the outputs; an op that only updates in place returns what it updated.
+  InlineVec<size_t, kMaxArgs> outputs;
+  for (size_t i = 0; i < n; ++i)
+    if (op.args[i].role == Role::output) outputs.push_back(i);
+  for (size_t i = 0; i < n && outputs.empty(); ++i)
+    if (op.args[i].role == Role::inout) outputs.push_back(i);
+  if (outputs.empty()) return py::none();
+  if (outputs.size() == 1) return arrays[outputs[0]];
+  py::tuple result(outputs.size());
+  for (size_t k = 0; k < outputs.size(); ++k) result[k] = arrays[outputs[k]];
+  return result;
+}
+
+// infer_shapes(op, shapes, attrs): shapes maps argument names to tuples;
+// returns every argument's expected shape that the given ones determine.
+py::dict infer_shapes(const std::string& name, const py::dict& given_shapes, const py::dict& given_attrs) {
+  const OpDecl* found = nullptr;
+  for (const OpDecl& op : all_ops())
+    if (op.name == name) found = &op;
+  if (!found) throw py::value_error("infer_shapes: unknown op '" + name + "'");
+  const OpDecl& op = *found;
+  Resolution::Shapes shapes;
+  shapes.resize(op.args.size());
+  for (auto item : given_shapes) {
+    const std::string key = py::str(item.first);
+    const int a = op.arg_index(key.c_str());
+    if (a < 0) type_error(op, cat("unexpected argument '", key, "'"));
+    if (item.second.is_none()) continue;
+    Shape s;
+    for (auto d : item.second) s.push_back(d.cast<int64_t>());
+    shapes[a] = s;
+  }
+  InlineVec<py::handle, kMaxAttrs> attr_handles;
+  attr_handles.resize(op.attrs.size());
+  for (auto item : given_attrs) {
+    const int t = op.attr_index(std::string(py::str(item.first)).c_str());
+    if (t < 0) type_error(op, cat("unexpected argument '", std::string(py::str(item.first)), "'"));
+    attr_handles[t] = item.second;
+  }
+  Resolution r(op, shapes, convert_attrs(op, attr_handles));
+  r.resolve();
+  py::dict out;
+  for (size_t i = 0; i < op.args.size(); ++i)
+    if (r.expected(i)) out[py::str(op.args[i].name)] = py::tuple(py::cast(std::vector<int64_t>(r.expected(i)->begin(), r.expected(i)->end())));
+  return out;
+}
+
+py::object attr_value(const Attr& a, const AttrDecl& decl) {
+  switch (a.kind) {
+    case AttrKind::flag: return py::bool_(a.flag);
+    case AttrKind::integer: return py::int_(a.integer);
+    case AttrKind::real: return py::float_(a.real);
+    case AttrKind::code: return py::str(decl.values->members[a.integer]);
+    case AttrKind::int_pair: return py::make_tuple(a.pair[0], a.pair[1]);
+  }
+  return py::none();
+}
+
+const char* attr_kind_name(AttrKind k) {
+  switch (k) {
+    case AttrKind::flag: return "bool";
+    case AttrKind::integer: return "int";
+    case AttrKind::real: return "float";
+    case AttrKind::code: return "code";
+    case AttrKind::int_pair: return "int_pair";
+  }
+  return "unknown";
+}
+
+py::dict op_table() {
+  py::dict table;
+  for (const OpDecl& op : all_ops()) {
+    py::list args, attrs;
+    for (const ArgDecl& a : op.args)
+      args.append(py::dict(py::arg("name") = a.name, py::arg("role") = role_name(a.role),
+                           py::arg("dtype") = a.dtype == DType::f32 ? "float32" : "index",
+                           py::arg("shape") = a.shape));
+    for (const AttrDecl& a : op.attrs) {
+      py::dict d(py::arg("name") = a.name, py::arg("kind") = attr_kind_name(a.kind), py::arg("doc") = a.doc,
+                 py::arg("required") = !a.default_value.has_value());
+      d["default"] = a.default_value ? attr_value(*a.default_value, a) : py::none();
+      if (a.values) d["enum"] = a.values->name;
+      attrs.append(d);
+    }
+    py::list may_alias;
+    for (const auto& [w, r] : op.may_alias) may_alias.append(py::make_tuple(w, r));
+    table[py::str(op.name)] = py::dict(py::arg("name") = op.name, py::arg("family") = op.family,
+                                       py::arg("doc") = op.doc, py::arg("args") = args,
+                                       py::arg("attrs") = attrs, py::arg("work") = op.work,
+                                       py::arg("may_alias") = may_alias);
+  }
+  return table;
+}
+
+}  // namespace
+
+// The entry point of every op: CPython's vectorcall convention straight
+// into call_op (no argument tuple or dict is built), the op's declaration
+// riding in the function's capsule. C++ exceptions become Python ones here.
+PyObject* op_entry(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  try {
+    const auto* op = static_cast<const OpDecl*>(PyCapsule_GetPointer(capsule, nullptr));
+    return call_op(*op, args, nargs, kwnames).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+void bind_registry(py::module_& m) {
+  static std::deque<PyMethodDef> methods;  // CPython keeps pointers to them
+  static std::deque<std::string> docs;
+  for (const OpDecl& op : all_ops()) {
+    std::string signature = op.name + "(";
+    for (size_t i = 0; i < op.args.size(); ++i) signature += (i ? ", " : "") + op.args[i].name;
+    for (const AttrDecl& a : op.attrs) signature += ", " + a.name;
+    docs.push_back(signature + ")\n--\n\n" + op.doc);
+    methods.push_back(PyMethodDef{op.name.c_str(), reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&op_entry)),
+                                  METH_FASTCALL | METH_KEYWORDS, docs.back().c_str()});
+    py::object self = py::reinterpret_steal<py::object>(
+        PyCapsule_New(const_cast<void*>(static_cast<const void*>(&op)), nullptr, nullptr));
+    if (!self) throw py::error_already_set();
+    py::object function = py::reinterpret_steal<py::object>(PyCFunction_NewEx(&methods.back(), self.ptr(), m.attr("__name__").ptr()));
+    if (!function) throw py::error_already_set();
+    m.attr(op.name.c_str()) = function;
+  }
+  py::dict enums;
+  for (const EnumDecl& e : all_enums()) {
+    py::dict members;
+    for (size_t i = 0; i < e.members.size(); ++i) members[py::str(e.members[i])] = i;
+    enums[py::str(e.name)] = members;
+  }
+  m.attr("enums") = enums;
+  m.def("op_table", &op_table, "Every declared op: arguments (name, role, dtype, shape), attributes, work.");
+  m.def("infer_shapes", &infer_shapes, py::arg("op"), py::arg("shapes"), py::arg("attrs") = py::dict(),
+        "Expected shapes of an op's arguments from the given ones (a shape rule written once).");
+}
+
+}  // namespace registry
+}  // namespace pyengine

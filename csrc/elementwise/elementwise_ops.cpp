@@ -1,0 +1,183 @@
+// Declarations of the elementwise family (see core/registry.h): broadcasting
+// binary ops, ops with a scalar, and the one-input activations.
+#include <algorithm>
+#include <vector>
+
+#include "core/dispatch.h"
+#include "core/kernels.h"
+#include "core/registry.h"
+
+namespace pyengine {
+namespace {
+
+using registry::Call;
+using registry::Resolution;
+using registry::Shape;
+
+const registry::EnumDecl& binary_enum() {
+  static const registry::EnumDecl& values = registry::declare_enum(
+      "BinaryOp", std::vector<std::string>(std::begin(kBinaryOpNames), std::end(kBinaryOpNames)));
+  return values;
+}
+
+const registry::EnumDecl& scalar_enum() {
+  static const registry::EnumDecl& values = registry::declare_enum(
+      "ScalarOp", std::vector<std::string>(std::begin(kScalarOpNames), std::end(kScalarOpNames)));
+  return values;
+}
+
+// ---------------------------------------------------------------- broadcasting
+
+Shape broadcast_shape(const Resolution& r, const Shape& sa, const Shape& sb) {
+  const size_t nd = std::max(sa.size(), sb.size());
+  Shape out;
+  for (size_t i = 0; i < nd; ++i) {
+    const int64_t da = i < nd - sa.size() ? 1 : sa[i - (nd - sa.size())];
+    const int64_t db = i < nd - sb.size() ? 1 : sb[i - (nd - sb.size())];
+    if (da != db && da != 1 && db != 1)
+      r.fail("shapes " + registry::shape_str(sa) + " and " + registry::shape_str(sb) + " do not broadcast");
+    out.push_back(da == 1 ? db : da);
+  }
+  return out;
+}
+
+// The broadcast iteration space of a and b, with adjacent dims merged where
+// both operands allow it (fewer, longer inner loops).
+struct Broadcast {
+  Shape shape, strides_a, strides_b;
+};
+
+Shape broadcast_strides(const Shape& s, const Shape& out) {
+  Shape strides;
+  strides.resize(out.size(), 0);
+  int64_t stride = 1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const size_t src = s.size() - 1 - i, dst = out.size() - 1 - i;
+    strides[dst] = s[src] == 1 ? 0 : stride;
+    stride *= s[src];
+  }
+  return strides;
+}
+
+Broadcast plan_broadcast(const Shape& sa, const Shape& sb, const Shape& out) {
+  const Shape fa = broadcast_strides(sa, out), fb = broadcast_strides(sb, out);
+  Broadcast p;
+  for (size_t d = 0; d < out.size(); ++d) {
+    if (out[d] == 1) continue;  // size-1 dims do not move either operand
+    const bool mergeable = !p.shape.empty() && p.strides_a.back() == fa[d] * out[d] &&
+                           p.strides_b.back() == fb[d] * out[d];
+    if (mergeable) {
+      p.shape.back() *= out[d];
+      p.strides_a.back() = fa[d];
+      p.strides_b.back() = fb[d];
+    } else {
+      p.shape.push_back(out[d]);
+      p.strides_a.push_back(fa[d]);
+      p.strides_b.push_back(fb[d]);
+    }
+  }
+  return p;
+}
+
+void broadcast_rule(Resolution& r, const char* result) {
+  const Shape out = broadcast_shape(r, r.shape("a"), r.shape("b"));
+  r.expect(result, out);
+  if (r.op().arg_index("da") >= 0) {
+    r.expect("da", r.shape("a"));
+    r.expect("db", r.shape("b"));
+  }
+}
+
+PYENGINE_OP("binary_forward", "elementwise", "out = a <op> b, elementwise with numpy broadcasting.")
+    .output("out")  // broadcast(a, b)
+    .input("a")
+    .input("b")
+    .code("op", binary_enum(), std::nullopt, "add, sub, mul or div")
+    .may_alias("out", "a")
+    .may_alias("out", "b")
+    .shape_rule([](Resolution& r) { broadcast_rule(r, "out"); })
+    .kernel([](const Call& c) {
+      const Broadcast p = plan_broadcast(c.shape("a"), c.shape("b"), c.shape("out"));
+      PYENGINE_DISPATCH(binary_forward)(c.f32("out"), c.f32("a"), c.f32("b"), static_cast<BinaryOp>(c.code("op")),
+                                        static_cast<int64_t>(p.shape.size()), p.shape.data(),
+                                        p.strides_a.data(), p.strides_b.data());
+    });
+
+PYENGINE_OP("binary_backward", "elementwise",
+            "Gradients of binary_forward, summed over the broadcast dims: da += dL/da, db += dL/db.")
+    .optional_grad("da")  // like a
+    .optional_grad("db")  // like b
+    .grad_input("dout")   // broadcast(a, b)
+    .input("a")
+    .input("b")
+    .code("op", binary_enum(), std::nullopt, "add, sub, mul or div")
+    .may_alias("da", "db")  // x * x: both gradients accumulate into x's, one after the other
+    .shape_rule([](Resolution& r) { broadcast_rule(r, "dout"); })
+    .kernel([](const Call& c) {
+      const Broadcast p = plan_broadcast(c.shape("a"), c.shape("b"), c.shape("dout"));
+      PYENGINE_DISPATCH(binary_backward)(c.f32("da"), c.f32("db"), c.f32("dout"), c.f32("a"), c.f32("b"),
+                                         static_cast<BinaryOp>(c.code("op")),
+                                         static_cast<int64_t>(p.shape.size()), p.shape.data(),
+                                         p.strides_a.data(), p.strides_b.data());
+    });
+
+// ---------------------------------------------------------------- scalar operand
+
+PYENGINE_OP("scalar_forward", "elementwise", "out = a <op> s with a Python scalar s, elementwise.")
+    .output("out", "(*)")
+    .input("a", "(*)")
+    .code("op", scalar_enum(), std::nullopt, "add, sub, rsub, mul, div, rdiv or pow")
+    .real("s", std::nullopt, "the scalar operand")
+    .may_alias("out", "a")
+    .kernel([](const Call& c) {
+      PYENGINE_DISPATCH(scalar_forward)(c.f32("out"), c.f32("a"), static_cast<ScalarOp>(c.code("op")),
+                                        c.real("s"), c.dim("*"));
+    });
+
+PYENGINE_OP("scalar_backward", "elementwise", "Gradient of scalar_forward: da += dL/da.")
+    .grad("da", "(*)")
+    .grad_input("dout", "(*)")
+    .input("a", "(*)")
+    .code("op", scalar_enum(), std::nullopt, "add, sub, rsub, mul, div, rdiv or pow")
+    .real("s", std::nullopt, "the scalar operand")
+    .kernel([](const Call& c) {
+      PYENGINE_DISPATCH(scalar_backward)(c.f32("da"), c.f32("dout"), c.f32("a"),
+                                         static_cast<ScalarOp>(c.code("op")), c.real("s"), c.dim("*"));
+    });
+
+}  // namespace
+}  // namespace pyengine
+
+// ---------------------------------------------------------------- activations
+
+// A one-input activation, declared once: the kernels' prototypes in every
+// variant, and <name>_forward(y, x) and <name>_backward(dx, dy, saved), where
+// the backward reads the forward's input x or its output y (`saved`).
+#define PYENGINE_UNARY_OP(name, doc, saved)                                                        \
+  PYENGINE_IN_EVERY_VARIANT(                                                                       \
+      void name##_forward(float* y /*(n,)*/, const float* x /*(n,)*/, int64_t n);                  \
+      void name##_backward(float* dx /*(n,) +=*/, const float* dy /*(n,)*/,                        \
+                           const float* saved_value /*(n,)*/, int64_t n);)                         \
+  namespace pyengine {                                                                             \
+  namespace {                                                                                      \
+  PYENGINE_OP(#name "_forward", "elementwise", doc)                                                \
+      .output("y", "(*)")                                                                          \
+      .input("x", "(*)")                                                                           \
+      .may_alias("y", "x")                                                                         \
+      .kernel([](const registry::Call& c) {                                                        \
+        PYENGINE_DISPATCH(name##_forward)(c.f32("y"), c.f32("x"), c.dim("*"));                     \
+      });                                                                                          \
+  PYENGINE_OP(#name "_backward", "elementwise", "Gradient of " #name "_forward: dx += dy * d" #name "/dx.") \
+      .grad("dx", "(*)")                                                                           \
+      .grad_input("dy", "(*)")                                                                     \
+      .input(saved, "(*)")                                                                         \
+      .kernel([](const registry::Call& c) {                                                        \
+        PYENGINE_DISPATCH(name##_backward)(c.f32("dx"), c.f32("dy"), c.f32(saved), c.dim("*"));    \
+      });                                                                                          \
+  }                                                                                                \
+  }
+
+PYENGINE_UNARY_OP(relu, "max(x, 0), elementwise.", "x")
+PYENGINE_UNARY_OP(gelu, "GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), elementwise.", "x")
+PYENGINE_UNARY_OP(tanh, "tanh(x), elementwise.", "y")
+PYENGINE_UNARY_OP(exp, "exp(x), elementwise.", "y")

@@ -1,0 +1,48 @@
+// Declarations of layer norm over the last axis (see core/registry.h).
+#include "core/dispatch.h"
+#include "core/kernels.h"
+#include "core/registry.h"
+
+namespace pyengine {
+namespace {
+
+using registry::Call;
+
+PYENGINE_OP("layer_norm_forward", "layernorm",
+            "Layer norm over the last axis: y = (x - mean) * rstd * weight + bias; mean and rstd are kept "
+            "for the backward.")
+    .output("y", "(*, cols)")
+    .output("mean", "(*)")
+    .output("rstd", "(*)")
+    .input("x", "(*, cols)")
+    .input("weight", "(cols)")
+    .input("bias", "(cols)")
+    .real("eps", 1e-5, "added to the variance")
+    .nonempty("cols")
+    .check([](const Call& c) {
+      if (!(c.real("eps") >= 0.0f)) c.fail("eps must be >= 0, got " + std::to_string(c.real("eps")));
+    })
+    .kernel([](const Call& c) {
+      PYENGINE_DISPATCH(layernorm_forward)(c.f32("y"), c.f32("mean"), c.f32("rstd"), c.f32("x"),
+                                           c.f32("weight"), c.f32("bias"), c.dim("*"), c.dim("cols"),
+                                           c.real("eps"));
+    });
+
+PYENGINE_OP("layer_norm_backward", "layernorm", "Gradients of layer_norm_forward.")
+    .optional_grad("dx", "(*, cols)")
+    .optional_grad("dweight", "(cols)")
+    .optional_grad("dbias", "(cols)")
+    .grad_input("dy", "(*, cols)")
+    .input("x", "(*, cols)")
+    .input("weight", "(cols)")
+    .input("mean", "(*)")
+    .input("rstd", "(*)")
+    .nonempty("cols")
+    .kernel([](const Call& c) {
+      PYENGINE_DISPATCH(layernorm_backward)(c.f32("dx"), c.f32("dweight"), c.f32("dbias"), c.f32("dy"),
+                                            c.f32("x"), c.f32("weight"), c.f32("mean"), c.f32("rstd"),
+                                            c.dim("*"), c.dim("cols"));
+    });
+
+}  // namespace
+}  // namespace pyengine

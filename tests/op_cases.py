@@ -1,0 +1,121 @@
+"""The registry of op cases the tests share: one small, valid example per
+declared kernel pair (inputs and options), from which valid calls of both
+kernels are built through their declarations (pyengine.registry).
+
+The binding-error tests break these calls one argument at a time, the fuzz
+test feeds them bad values, and the coverage test fails when a kernel is
+declared without an example here. The reference and finite-difference cases
+of each op live in tests/test_kernels.py (``*_case`` factories), keyed by
+the same base names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pyengine import _C, registry
+
+F32 = np.float32
+
+
+def _normal(*shape, seed=0):
+    return np.random.default_rng(seed + len(shape)).standard_normal(shape).astype(F32)
+
+
+def _positive(*shape):
+    return np.abs(_normal(*shape)) + F32(0.5)
+
+
+# base name -> (forward inputs by name, options by name). Shapes are small and
+# distinct per dimension, so a swapped dimension shows in a message.
+EXAMPLES = {
+    "matmul": (dict(a=_normal(3, 4), b=_normal(4, 5), bias=_normal(5)), dict()),
+    "binary": (dict(a=_normal(3, 4), b=_positive(4)), dict(op="div")),
+    "scalar": (dict(a=_positive(3, 4)), dict(op="pow", s=2.0)),
+    "relu": (dict(x=_normal(3, 4)), dict()),
+    "gelu": (dict(x=_normal(3, 4)), dict()),
+    "tanh": (dict(x=_normal(3, 4)), dict()),
+    "exp": (dict(x=_normal(3, 4)), dict()),
+    "softmax": (dict(x=_normal(3, 4)), dict()),
+    "log_softmax": (dict(x=_normal(3, 4)), dict()),
+    "sum": (dict(x=_normal(3, 4)), dict(axis_begin=1, axis_end=2, scale=0.5)),
+    "layer_norm": (dict(x=_normal(3, 4), weight=_normal(4), bias=_normal(4)), dict(eps=1e-5)),
+    "cross_entropy": (dict(logits=_normal(3, 4), target=np.array([0, 3, 1], np.int64)),
+                      dict(ignore_index=-100)),
+    "conv2d": (dict(x=_normal(2, 3, 6, 5), weight=_normal(4, 3, 3, 2), bias=_normal(4)),
+               dict(stride=(1, 2), padding=(1, 0), dilation=(1, 1))),
+}
+
+# Kernels that are not a forward/backward pair: their arguments by name.
+UPDATES = {
+    "sgd_update": (dict(param=_normal(3, 4), momentum_buffer=_normal(3, 4), grad=_normal(3, 4)),
+                   dict(lr=0.1, momentum=0.9)),
+}
+
+
+def _attrs(info, options: dict) -> list:
+    return [options[a["name"]] if a["name"] in options else a["default"] for a in info.attrs]
+
+
+def forward_call(base: str, with_outputs: bool = True) -> tuple:
+    """(kernel name, positional arguments) of a valid forward call; with
+    `with_outputs`, every output (optional ones too) is given as a buffer."""
+    info = registry.op(base + "_forward")
+    inputs, options = EXAMPLES[base]
+    shapes = _C.infer_shapes(info.name, {k: v.shape for k, v in inputs.items()}, options)
+    arrays = []
+    for a in info.args:
+        if a["name"] in inputs:
+            arrays.append(inputs[a["name"]].copy())
+        elif with_outputs and a["role"] in ("output", "optional_output"):
+            arrays.append(np.zeros(shapes[a["name"]], F32))
+        else:
+            arrays.append(None)
+    return info.name, arrays + _attrs(info, options)
+
+
+def forward_values(base: str) -> dict:
+    """Every forward value by name: the inputs, and the outputs computed."""
+    info = registry.op(base + "_forward")
+    inputs, options = EXAMPLES[base]
+    _, args = forward_call(base, with_outputs=False)
+    result = getattr(_C, info.name)(*args)
+    outputs = result if isinstance(result, tuple) else (result,)
+    return {**inputs, **dict(zip(info.outputs, outputs))}
+
+
+def backward_call(base: str) -> tuple:
+    """(kernel name, positional arguments) of a valid backward call: every
+    gradient asked for, the incoming gradient all ones."""
+    info = registry.op(base + "_backward")
+    values = forward_values(base)
+    shapes = {k: v.shape for k, v in values.items()}
+    _, options = EXAMPLES[base]
+    arrays = []
+    for a in info.args:
+        name, role = a["name"], a["role"]
+        if role in ("grad", "optional_grad"):
+            arrays.append(np.zeros(shapes[name[1:]], F32))
+        elif role == "grad_input":
+            arrays.append(np.ones(shapes[name[1:]], F32))
+        else:
+            arrays.append(values[name].copy())
+    return info.name, arrays + _attrs(info, options)
+
+
+def update_call(name: str) -> tuple:
+    info = registry.op(name)
+    arrays, options = UPDATES[name]
+    return name, [arrays[a["name"]].copy() for a in info.args] + _attrs(info, options)
+
+
+def valid_calls() -> dict:
+    """kernel name -> positional arguments of one valid call, for every declared kernel."""
+    calls = {}
+    for base in EXAMPLES:
+        calls.__setitem__(*forward_call(base))
+        if base + "_backward" in registry.ops:
+            calls.__setitem__(*backward_call(base))
+    for name in UPDATES:
+        calls.__setitem__(*update_call(name))
+    return calls
