@@ -58,9 +58,21 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"bias={self.bias is not None}")
+        """As torch prints it: sizes as pairs, padding and dilation only where not the default."""
+        stride, padding, dilation = _pair(self.stride), _pair(self.padding), _pair(self.dilation)
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={stride}"
+        if padding != (0, 0):
+            text += f", padding={padding}"
+        if dilation != (1, 1):
+            text += f", dilation={dilation}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+def _pair(value) -> tuple:
+    """An int or an (h, w) pair as a tuple of two ints."""
+    return (int(value), int(value)) if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
 
 
 class LayerNorm(Module):
@@ -76,7 +88,7 @@ class LayerNorm(Module):
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}"
+        return f"({self.normalized_shape},), eps={self.eps}, elementwise_affine=True, bias=True"
 
 
 class ReLU(Module):
@@ -89,6 +101,9 @@ class GELU(Module):
 
     def forward(self, x):
         return F.gelu(x)
+
+    def extra_repr(self) -> str:
+        return "approximate='tanh'"  # what torch's GELU(approximate='tanh') prints
 
 
 class Tanh(Module):

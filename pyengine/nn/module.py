@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -91,27 +92,67 @@ class Module:
         """Parameter arrays by dotted name (the arrays themselves, not copies)."""
         return OrderedDict((name, p.data) for name, p in self.named_parameters())
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the parameters, in place (captured graphs stay valid)."""
+    def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays (numpy or Tensors) into the parameters, in place (captured graphs stay valid).
+
+        Every key is checked before anything is copied: with strict, missing or
+        unexpected keys raise KeyError naming them; a value of the wrong shape
+        raises ValueError and one that is not a numeric array TypeError, naming
+        the key. Returns (missing_keys, unexpected_keys) as PyTorch does.
+        """
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state]
         unexpected = [k for k in state if k not in params]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for name, param in params.items():
-            if name not in state:
-                continue
-            value = np.asarray(state[name])
-            if value.shape != param.shape:
-                raise ValueError(f"load_state_dict: '{name}' has shape {value.shape}, expected {param.shape}")
-            np.copyto(param.data, value, casting="same_kind")
+            raise KeyError(f"{type(self).__name__}.load_state_dict: {_key_report(missing, unexpected)}")
+        arrays = {name: _state_array(state[name], name, type(self).__name__) for name in params if name in state}
+        wrong = [f"'{name}' has shape {array.shape}, expected {params[name].shape}"
+                 for name, array in arrays.items() if array.shape != params[name].shape]
+        if wrong:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: {'; '.join(wrong)}")
+        for name, array in arrays.items():
+            np.copyto(params[name].data, array, casting="same_kind")
+        return IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self) -> str:
+        """The layer's own settings, shown inside its repr (layers override it, as in PyTorch)."""
         return ""
 
     def __repr__(self) -> str:
-        lines = [f"{type(self).__name__}({self.extra_repr()}"]
-        for name, module in self._modules.items():
-            child = repr(module).replace("\n", "\n  ")
-            lines.append(f"  ({name}): {child}")
-        return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+        """PyTorch's layout: one line for a leaf layer, one indented "(name): ..." line per child."""
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [f"({name}): {_indent(repr(module), 2)}" for name, module in self._modules.items()]
+        text = type(self).__name__ + "("
+        if len(extra_lines) == 1 and not child_lines:
+            text += extra_lines[0]
+        elif extra_lines or child_lines:
+            text += "\n  " + "\n  ".join(extra_lines + child_lines) + "\n"
+        return text + ")"
+
+
+class IncompatibleKeys(NamedTuple):
+    """What load_state_dict(strict=False) left out, as torch's _IncompatibleKeys."""
+
+    missing_keys: list
+    unexpected_keys: list
+
+
+def _key_report(missing: list, unexpected: list) -> str:
+    parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {unexpected}"] if unexpected else [])
+    return ", ".join(parts)
+
+
+def _state_array(value, name: str, owner: str) -> np.ndarray:
+    """A state-dict value as a numeric numpy array (Tensors unwrapped)."""
+    array = np.asarray(value.data if isinstance(value, Tensor) else value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{owner}.load_state_dict: '{name}' is a {type(value).__name__} of dtype {array.dtype}, "
+                        f"not a numeric array")
+    return array
+
+
+def _indent(text: str, spaces: int) -> str:
+    """Indent every line but the first (blank lines stay empty), as torch's _addindent."""
+    first, *rest = text.split("\n")
+    return "\n".join([first] + [" " * spaces + line if line.strip() else "" for line in rest])

@@ -370,4 +370,4 @@ def test_repr_lists_children():
     text = repr(_pe_mlp())
     assert text.startswith("Sequential(")
     assert "(0): Linear(in_features=6, out_features=16, bias=True)" in text
-    assert "(4): LayerNorm(16, eps=1e-05)" in text
+    assert "(4): LayerNorm((16,), eps=1e-05, elementwise_affine=True, bias=True)" in text
