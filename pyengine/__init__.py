@@ -76,11 +76,19 @@ _apply_isa_from_environment()
 from pyengine import kernels  # noqa: E402
 from pyengine.tensor import Tensor, no_grad, is_grad_enabled, tensor  # noqa: E402
 from pyengine.random import manual_seed  # noqa: E402
+from pyengine.factories import (  # noqa: E402
+    zeros, ones, full, empty, rand, randn, randint, arange, linspace, eye,
+    zeros_like, ones_like, full_like, empty_like, rand_like, randn_like, float32, int64, int32,
+)
 from pyengine import functional, nn, optim, graph  # noqa: E402
 from pyengine.graph import capture  # noqa: E402
+from pyengine.io.serialization import load, save  # noqa: E402
 
 __all__ = [
-    "Tensor", "tensor", "no_grad", "is_grad_enabled", "manual_seed", "capture",
+    "Tensor", "tensor", "no_grad", "is_grad_enabled", "manual_seed", "capture", "save", "load",
+    "zeros", "ones", "full", "empty", "rand", "randn", "randint", "arange", "linspace", "eye",
+    "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
+    "float32", "int64", "int32",
     "kernels", "functional", "nn", "optim", "graph",
     "get_isa", "set_isa", "use_isa", "available_isas", "set_num_threads", "get_num_threads",
     "has_openmp", "has_cuda", "__version__",

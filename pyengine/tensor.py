@@ -159,8 +159,9 @@ class Tensor:
         self._grad = None
 
     def __repr__(self) -> str:
-        grad = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad})"
+        """As PyTorch prints a tensor of the same values (see pyengine.printing)."""
+        from pyengine.printing import tensor_repr
+        return tensor_repr(self.data, requires_grad=self.requires_grad)
 
     def __len__(self) -> int:
         return len(self.data)
