@@ -167,3 +167,9 @@ def test_repr_of_a_view_matches_its_values():
     view = base[::2, 1::3]
     assert not view.flags["C_CONTIGUOUS"]
     assert repr(pe.Tensor(view)) == _torch_text(np.ascontiguousarray(view))
+
+
+def test_parameter_repr_matches_torch():
+    values = np.arange(6, dtype=F32).reshape(2, 3) / 7
+    ours = repr(pe.nn.Parameter(values))
+    assert ours == repr(torch.nn.Parameter(torch.tensor(values)))

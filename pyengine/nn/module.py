@@ -17,7 +17,7 @@ class Parameter(Tensor):
         super().__init__(np.ascontiguousarray(data, dtype=np.float32), requires_grad=True, name=name)
 
     def __repr__(self) -> str:
-        return "Parameter" + super().__repr__()[len("Tensor"):]
+        return "Parameter containing:\n" + super().__repr__()  # as PyTorch prints one
 
 
 class Module:
