@@ -26,16 +26,43 @@ def _positive(*shape):
     return np.abs(_normal(*shape)) + F32(0.5)
 
 
+# ---------------------------------------------------------------- one-input activations
+
+_C0, _C1 = np.sqrt(2 / np.pi), 0.044715
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(_C0 * (x + _C1 * x**3)))
+
+
+def _gelu_grad(x):
+    t = np.tanh(_C0 * (x + _C1 * x**3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * _C0 * (1 + 3 * _C1 * x**2)
+
+
+def _torch():
+    import torch
+    return torch
+
+
+# name: (float64 numpy forward, numpy d/dx, torch forward). One line adds an
+# activation's reference, finite-difference and binding-error tests.
+UNARY = {
+    "relu": (lambda x: np.maximum(x, 0), lambda x: (x > 0) * 1.0, lambda x: _torch().relu(x)),
+    "gelu": (_gelu, _gelu_grad,
+             lambda x: _torch().nn.functional.gelu(x, approximate="tanh")),
+    "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2, lambda x: _torch().tanh(x)),
+    "exp": (np.exp, np.exp, lambda x: _torch().exp(x)),
+}
+
+
 # base name -> (forward inputs by name, options by name). Shapes are small and
 # distinct per dimension, so a swapped dimension shows in a message.
 EXAMPLES = {
     "matmul": (dict(a=_normal(3, 4), b=_normal(4, 5), bias=_normal(5)), dict()),
     "binary": (dict(a=_normal(3, 4), b=_positive(4)), dict(op="div")),
     "scalar": (dict(a=_positive(3, 4)), dict(op="pow", s=2.0)),
-    "relu": (dict(x=_normal(3, 4)), dict()),
-    "gelu": (dict(x=_normal(3, 4)), dict()),
-    "tanh": (dict(x=_normal(3, 4)), dict()),
-    "exp": (dict(x=_normal(3, 4)), dict()),
+    **{name: (dict(x=_normal(3, 4)), dict()) for name in UNARY},
     "softmax": (dict(x=_normal(3, 4)), dict()),
     "log_softmax": (dict(x=_normal(3, 4)), dict()),
     "sum": (dict(x=_normal(3, 4)), dict(axis_begin=1, axis_end=2, scale=0.5)),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import pyengine as pe
+from op_cases import UNARY
 from pyengine import functional as F
 from pyengine.tensor import Tensor, no_grad, is_grad_enabled, topological_order
 
@@ -128,14 +129,16 @@ def test_numpy_scalar_and_array_operands():
                    lambda x: x * 2.0 - 1 + __import__("torch").from_numpy(c), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["relu", "gelu", "tanh", "exp"])
+@pytest.mark.parametrize("name", list(UNARY))
 def test_unary(name):
-    torch, tf = _tf()
-    pe_fn = {"relu": lambda x: x.relu(), "gelu": lambda x: F.gelu(x),
-             "tanh": lambda x: F.tanh(x), "exp": lambda x: x.exp()}[name]
-    t_fn = {"relu": torch.relu, "gelu": lambda x: tf.gelu(x, approximate="tanh"),
-            "tanh": torch.tanh, "exp": torch.exp}[name]
-    helper_test_op([(4, 33)], pe_fn, t_fn, kinds="away" if name == "relu" else "normal",
+    """Every activation of the op-case registry, as a Tensor method and a
+    functional, against torch autograd."""
+    _tf()
+    t_fn = UNARY[name][2]
+    helper_test_op([(4, 33)], lambda x: getattr(x, name)(), t_fn,
+                   kinds="away" if name == "relu" else "normal", atol=1e-5, rtol=1e-5)
+    helper_test_op([(4, 33)], lambda x: getattr(F, name)(x) if hasattr(F, name) else
+                   getattr(x, name)(), t_fn, kinds="away" if name == "relu" else "normal",
                    atol=1e-5, rtol=1e-5)
 
 
