@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyengine import ops as O
 from pyengine.tensor import Tensor, apply
 
-__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "softmax", "log_softmax", "layer_norm", "cross_entropy"]
+__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "softmax", "log_softmax", "layer_norm", "cross_entropy"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -43,6 +43,10 @@ def gelu(x: Tensor) -> Tensor:
 
 def tanh(x: Tensor) -> Tensor:
     return x.tanh()
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return x.sigmoid()
 
 
 def softmax(x: Tensor) -> Tensor:

@@ -233,6 +233,7 @@ class Tensor:
     def relu(self) -> Tensor: return apply(O.Unary("relu"), self)
     def gelu(self) -> Tensor: return apply(O.Unary("gelu"), self)
     def tanh(self) -> Tensor: return apply(O.Unary("tanh"), self)
+    def sigmoid(self) -> Tensor: return apply(O.Unary("sigmoid"), self)
     def exp(self) -> Tensor: return apply(O.Unary("exp"), self)
     def softmax(self) -> Tensor: return apply(O.Unary("softmax"), self)
     def log_softmax(self) -> Tensor: return apply(O.Unary("log_softmax"), self)

@@ -53,6 +53,8 @@ UNARY = {
              lambda x: _torch().nn.functional.gelu(x, approximate="tanh")),
     "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2, lambda x: _torch().tanh(x)),
     "exp": (np.exp, np.exp, lambda x: _torch().exp(x)),
+    "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2,
+                lambda x: _torch().sigmoid(x)),
 }
 
 

@@ -707,3 +707,15 @@ def test_finite_differences(name):
     if name != "pow-scalar-0.0":  # d(a**0)/da = 0
         assert any(g is not None and np.abs(g).max() > 1e-3 for g in analytic)
 
+
+def test_sigmoid_extremes():
+    """Saturates to exactly 0 and 1 (exp overflowing to inf gives the right
+    limit), keeps NaN, and its gradient vanishes at both ends."""
+    x = np.array([-1e4, -104.0, -88.0, 0.0, 20.0, 104.0, 1e4, np.nan], dtype=F32)
+    y = K.sigmoid(x)
+    with np.errstate(over="ignore"):
+        ref = 1 / (1 + np.exp(-x.astype(F64)))
+    assert_close(y[:-1], ref[:-1], atol=1e-7, rtol=2e-6, what="sigmoid")
+    assert y[0] == 0.0 and y[-2] == 1.0 and np.isnan(y[-1])
+    g = K.sigmoid_backward(np.ones_like(x), y)
+    assert g[0] == 0.0 and g[-2] == 0.0 and g[3] == np.float32(0.25)

@@ -123,6 +123,10 @@ inline vfloat exp(vfloat x) {
   return y;
 }
 
+// The logistic function 1 / (1 + exp(-x)): exp overflowing to inf for very
+// negative x gives 0, the right limit.
+inline vfloat sigmoid(vfloat x) { return splat(1.0f) / (splat(1.0f) + exp(-x)); }
+
 // GELU, tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
 // With s = 1 / (1 + exp(-2u)), 1 + tanh(u) = 2s and 1 - tanh(u)^2 =
 // 4 s (1 - s): no cancellation near tanh = -1, and exp overflowing to inf

@@ -273,6 +273,12 @@ void tanh_forward(float* y, const float* x, int64_t n) {
 void tanh_backward(float* dx, const float* dy, const float* y, int64_t n) {
   accumulate_grad(dx, dy, y, n, [](float v) { return 1.0f - v * v; });
 }
+void sigmoid_forward(float* y, const float* x, int64_t n) {
+  map_vector(y, x, n, [](simd::vfloat v) { return simd::sigmoid(v); });
+}
+void sigmoid_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  accumulate_grad(dx, dy, y, n, [](float s) { return s * (1.0f - s); });
+}
 void exp_forward(float* y, const float* x, int64_t n) {
   map_vector(y, x, n, [](simd::vfloat v) { return simd::exp(v); });
 }

@@ -65,6 +65,12 @@ void tanh_forward(float* y, const float* x, int64_t n) {
 void tanh_backward(float* dx, const float* dy, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * (1.0f - y[i] * y[i]);
 }
+void sigmoid_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = 1.0f / (1.0f + std::exp(-x[i]));
+}
+void sigmoid_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * y[i] * (1.0f - y[i]);
+}
 void exp_forward(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
 }

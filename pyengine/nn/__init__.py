@@ -1,8 +1,10 @@
 """Neural-network building blocks."""
 
 from pyengine.nn.containers import ModuleDict, ModuleList
-from pyengine.nn.layers import GELU, Conv2d, CrossEntropyLoss, LayerNorm, Linear, ReLU, Sequential, Tanh
+from pyengine.nn.layers import (GELU, Conv2d, CrossEntropyLoss, LayerNorm, Linear, ReLU, Sequential, Sigmoid,
+                                 Tanh)
 from pyengine.nn.module import Module, Parameter
 
-__all__ = ["Module", "Parameter", "Linear", "Conv2d", "LayerNorm", "ReLU", "GELU", "Tanh", "Sequential",
+__all__ = ["Module", "Parameter", "Linear", "Conv2d", "LayerNorm", "ReLU", "GELU", "Tanh", "Sigmoid",
+           "Sequential",
            "ModuleList", "ModuleDict", "CrossEntropyLoss"]

@@ -111,6 +111,11 @@ class Tanh(Module):
         return F.tanh(x)
 
 
+class Sigmoid(Module):
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
 class Sequential(Module):
     """Applies its modules in order; they are named '0', '1', ... as in PyTorch."""
 
