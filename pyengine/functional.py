@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyengine import ops as O
 from pyengine.tensor import Tensor, apply
 
-__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "softmax", "log_softmax", "layer_norm", "cross_entropy"]
+__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -47,6 +47,11 @@ def tanh(x: Tensor) -> Tensor:
 
 def sigmoid(x: Tensor) -> Tensor:
     return x.sigmoid()
+
+
+def silu(x: Tensor) -> Tensor:
+    """x * sigmoid(x), as torch.nn.functional.silu."""
+    return x.silu()
 
 
 def softmax(x: Tensor) -> Tensor:

@@ -234,6 +234,7 @@ class Tensor:
     def gelu(self) -> Tensor: return apply(O.Unary("gelu"), self)
     def tanh(self) -> Tensor: return apply(O.Unary("tanh"), self)
     def sigmoid(self) -> Tensor: return apply(O.Unary("sigmoid"), self)
+    def silu(self) -> Tensor: return apply(O.Unary("silu"), self)
     def exp(self) -> Tensor: return apply(O.Unary("exp"), self)
     def softmax(self) -> Tensor: return apply(O.Unary("softmax"), self)
     def log_softmax(self) -> Tensor: return apply(O.Unary("log_softmax"), self)

@@ -55,6 +55,9 @@ UNARY = {
     "exp": (np.exp, np.exp, lambda x: _torch().exp(x)),
     "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2,
                 lambda x: _torch().sigmoid(x)),
+    "silu": (lambda x: x / (1 + np.exp(-x)),
+             lambda x: (1 + np.exp(-x) + x * np.exp(-x)) / (1 + np.exp(-x)) ** 2,
+             lambda x: _torch().nn.functional.silu(x)),
 }
 
 

@@ -279,6 +279,16 @@ void sigmoid_forward(float* y, const float* x, int64_t n) {
 void sigmoid_backward(float* dx, const float* dy, const float* y, int64_t n) {
   accumulate_grad(dx, dy, y, n, [](float s) { return s * (1.0f - s); });
 }
+void silu_forward(float* y, const float* x, int64_t n) {
+  map_vector(y, x, n, [](simd::vfloat v) { return v * simd::sigmoid(v); });
+}
+// d (x s(x)) / dx = s (1 + x (1 - s)).
+void silu_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  accumulate_vector_grad(dx, dy, x, n, [](simd::vfloat v) {
+    const simd::vfloat s = simd::sigmoid(v), one = simd::splat(1.0f);
+    return s * (one + v * (one - s));
+  });
+}
 void exp_forward(float* y, const float* x, int64_t n) {
   map_vector(y, x, n, [](simd::vfloat v) { return simd::exp(v); });
 }

@@ -182,3 +182,4 @@ PYENGINE_UNARY_OP(gelu, "GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.0447
 PYENGINE_UNARY_OP(tanh, "tanh(x), elementwise.", "y")
 PYENGINE_UNARY_OP(exp, "exp(x), elementwise.", "y")
 PYENGINE_UNARY_OP(sigmoid, "1 / (1 + exp(-x)), elementwise.", "y")
+PYENGINE_UNARY_OP(silu, "x * sigmoid(x) (SiLU, or swish), elementwise.", "x")

@@ -71,6 +71,15 @@ void sigmoid_forward(float* y, const float* x, int64_t n) {
 void sigmoid_backward(float* dx, const float* dy, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * y[i] * (1.0f - y[i]);
 }
+void silu_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+void silu_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = 1.0f / (1.0f + std::exp(-x[i]));
+    dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
+  }
+}
 void exp_forward(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
 }

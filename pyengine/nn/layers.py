@@ -116,6 +116,11 @@ class Sigmoid(Module):
         return F.sigmoid(x)
 
 
+class SiLU(Module):
+    def forward(self, x):
+        return F.silu(x)
+
+
 class Sequential(Module):
     """Applies its modules in order; they are named '0', '1', ... as in PyTorch."""
 

@@ -98,11 +98,11 @@ def test_conv2d(name):
                   atol=3e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["ReLU", "GELU", "Tanh", "Sigmoid"])
+@pytest.mark.parametrize("name", ["ReLU", "GELU", "Tanh", "Sigmoid", "SiLU"])
 def test_activations(name):
     torch = _torch()
     ref = {"ReLU": torch.nn.ReLU(), "GELU": torch.nn.GELU(approximate="tanh"), "Tanh": torch.nn.Tanh(),
-           "Sigmoid": torch.nn.Sigmoid()}[name]
+           "Sigmoid": torch.nn.Sigmoid(), "SiLU": torch.nn.SiLU()}[name]
     m = getattr(nn, name)()
     assert list(m.named_parameters()) == []
     _check_module(m, ref, (4, 9))
