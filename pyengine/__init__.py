@@ -83,12 +83,16 @@ from pyengine.factories import (  # noqa: E402
 from pyengine import functional, nn, optim, graph  # noqa: E402
 from pyengine.graph import capture  # noqa: E402
 from pyengine.io.serialization import load, save  # noqa: E402
+from pyengine.pointwise import (  # noqa: E402
+    abs, clamp, clip, exp, log, relu, rsqrt, sigmoid, sqrt, square, tanh,
+)
 
 __all__ = [
     "Tensor", "tensor", "no_grad", "is_grad_enabled", "manual_seed", "capture", "save", "load",
     "zeros", "ones", "full", "empty", "rand", "randn", "randint", "arange", "linspace", "eye",
     "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
     "float32", "int64", "int32",
+    "abs", "clamp", "clip", "exp", "log", "relu", "rsqrt", "sigmoid", "sqrt", "square", "tanh",
     "kernels", "functional", "nn", "optim", "graph",
     "get_isa", "set_isa", "use_isa", "available_isas", "set_num_threads", "get_num_threads",
     "has_openmp", "has_cuda", "__version__",

@@ -145,6 +145,8 @@ def _grad_target(name: str) -> str:
 
 
 def _literal(value) -> str:
+    if isinstance(value, float) and not np.isfinite(value):
+        return f"float({str(value)!r})"  # inf and nan have no literal
     return repr(value)
 
 

@@ -235,6 +235,22 @@ class Tensor:
     def tanh(self) -> Tensor: return apply(O.Unary("tanh"), self)
     def sigmoid(self) -> Tensor: return apply(O.Unary("sigmoid"), self)
     def silu(self) -> Tensor: return apply(O.Unary("silu"), self)
+    def sqrt(self) -> Tensor: return apply(O.Unary("sqrt"), self)
+    def rsqrt(self) -> Tensor: return apply(O.Unary("rsqrt"), self)
+    def log(self) -> Tensor: return apply(O.Unary("log"), self)
+    def abs(self) -> Tensor: return apply(O.Unary("abs"), self)
+    def square(self) -> Tensor: return apply(O.Unary("square"), self)
+    def __abs__(self) -> Tensor: return self.abs()
+
+    def clamp(self, min=None, max=None) -> Tensor:  # noqa: A002 - PyTorch's names
+        """Limit to [min, max] (either may be None), as torch.clamp."""
+        if min is None and max is None:
+            raise ValueError("clamp: at least one of min and max must be given")
+        lo = float("-inf") if min is None else float(min)
+        hi = float("inf") if max is None else float(max)
+        return apply(O.KernelOp("clamp", min=lo, max=hi), self)
+
+    clip = clamp
     def exp(self) -> Tensor: return apply(O.Unary("exp"), self)
     def softmax(self) -> Tensor: return apply(O.Unary("softmax"), self)
     def log_softmax(self) -> Tensor: return apply(O.Unary("log_softmax"), self)

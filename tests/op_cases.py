@@ -58,7 +58,16 @@ UNARY = {
     "silu": (lambda x: x / (1 + np.exp(-x)),
              lambda x: (1 + np.exp(-x) + x * np.exp(-x)) / (1 + np.exp(-x)) ** 2,
              lambda x: _torch().nn.functional.silu(x)),
+    "sqrt": (np.sqrt, lambda x: 0.5 / np.sqrt(x), lambda x: _torch().sqrt(x)),
+    "rsqrt": (lambda x: 1 / np.sqrt(x), lambda x: -0.5 * x**-1.5, lambda x: _torch().rsqrt(x)),
+    "log": (np.log, lambda x: 1 / x, lambda x: _torch().log(x)),
+    "abs": (np.abs, np.sign, lambda x: _torch().abs(x)),
+    "square": (np.square, lambda x: 2 * x, lambda x: _torch().square(x)),
 }
+
+
+# Activations defined only for x > 0: their tests draw inputs from [0.5, inf).
+POSITIVE_DOMAIN = {"sqrt", "rsqrt", "log"}
 
 
 # base name -> (forward inputs by name, options by name). Shapes are small and
@@ -67,13 +76,17 @@ EXAMPLES = {
     "matmul": (dict(a=_normal(3, 4), b=_normal(4, 5), bias=_normal(5)), dict()),
     "binary": (dict(a=_normal(3, 4), b=_positive(4)), dict(op="div")),
     "scalar": (dict(a=_positive(3, 4)), dict(op="pow", s=2.0)),
-    **{name: (dict(x=_normal(3, 4)), dict()) for name in UNARY},
+    **{name: (dict(x=_positive(3, 4) if name in POSITIVE_DOMAIN else _normal(3, 4)), dict())
+       for name in UNARY},
+    "clamp": (dict(x=_normal(3, 4)), dict(min=-0.5, max=0.75)),
     "softmax": (dict(x=_normal(3, 4)), dict()),
     "log_softmax": (dict(x=_normal(3, 4)), dict()),
     "sum": (dict(x=_normal(3, 4)), dict(axis_begin=1, axis_end=2, scale=0.5)),
     "layer_norm": (dict(x=_normal(3, 4), weight=_normal(4), bias=_normal(4)), dict(eps=1e-5)),
     "cross_entropy": (dict(logits=_normal(3, 4), target=np.array([0, 3, 1], np.int64)),
                       dict(ignore_index=-100)),
+    "nll_loss": (dict(logp=_normal(3, 4), target=np.array([2, -100, 1], np.int64)),
+                 dict(ignore_index=-100)),
     "conv2d": (dict(x=_normal(2, 3, 6, 5), weight=_normal(4, 3, 3, 2), bias=_normal(4)),
                dict(stride=(1, 2), padding=(1, 0), dilation=(1, 1))),
 }

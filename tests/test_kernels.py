@@ -16,7 +16,7 @@ import pytest
 
 from helpers import (F32, F64, assert_close, away_from_zero, check_finite_differences,
                      helper_test_op, randn, torch, unbroadcast)
-from op_cases import UNARY
+from op_cases import POSITIVE_DOMAIN, UNARY
 from pyengine import kernels as K
 from pyengine import registry
 
@@ -206,6 +206,8 @@ def unary_case(rng, op, shape, scale=3.0):
     np_fwd, np_grad, torch_fwd = UNARY[op]
     takes_y = "y" in registry.op(op + "_backward").inputs  # what its declaration reads
     x = away_from_zero(rng, *shape, margin=0.1) * F32(scale)
+    if op in POSITIVE_DOMAIN:
+        x = np.abs(x) + F32(0.5)
     fwd, back = getattr(K, op), getattr(K, op + "_backward")
 
     def pe_bwd(g, xs, outs, grads):
@@ -220,6 +222,37 @@ def unary_case(rng, op, shape, scale=3.0):
 def test_unary(op, shape):
     case = unary_case(rng_for(op, shape), op, shape)
     helper_test_op(**case, atol=1e-6, rtol=2e-6, grad_atol=2e-6, grad_rtol=1e-5)
+
+
+CLAMPS = [(-0.5, 0.75), (0.0, float("inf")), (-float("inf"), -0.25), (0.3, 0.3)]
+
+
+def clamp_case(rng, shape, lo, hi):
+    # Inputs kept 0.05 away from the bounds: the derivative jumps there.
+    x = randn(rng, *shape)
+    for bound in (lo, hi):
+        near = np.abs(x - bound) < 0.05
+        x[near] += F32(0.1)
+
+    def pe_bwd(g, xs, outs, grads):
+        return (K.clamp_backward(g, xs[0], min=lo, max=hi, grad_x=_grads(grads, 1)[0]),)
+
+    return dict(inputs=[x], pe_fwd=lambda x: K.clamp(x, min=lo, max=hi),
+                np_fwd=lambda x: np.clip(x, lo, hi), torch_fwd=lambda x: torch.clamp(x, lo, hi),
+                pe_bwd=pe_bwd, np_bwd=lambda g, x: (g * ((x >= lo) & (x <= hi)),))
+
+
+@pytest.mark.parametrize("lo,hi", CLAMPS)
+def test_clamp(lo, hi):
+    helper_test_op(**clamp_case(rng_for("clamp", lo, hi), (37, 29), lo, hi), atol=3e-8, rtol=0,
+                   grad_atol=1e-7, grad_rtol=0)
+
+
+def test_clamp_keeps_nan_and_checks_bounds():
+    y = K.clamp(np.array([np.nan, -3.0, 3.0], F32), min=-1.0, max=1.0)
+    assert np.isnan(y[0]) and y[1] == -1.0 and y[2] == 1.0
+    with pytest.raises(ValueError, match="clamp_forward: min = 2.*above max"):
+        K.clamp(np.ones(3, F32), min=2.0, max=1.0)
 
 
 def test_relu_at_zero():
@@ -677,6 +710,45 @@ def test_zero_size_inputs():
     K.sgd_update(e(0), e(0), e(0), lr=0.1, momentum=0.9, first_step=True)
 
 
+# ---------------------------------------------------------------- nll loss
+
+
+def nll_case(logp, target, ignore_index):
+    def pe_bwd(g, xs, outs, grads):
+        return (K.nll_loss_backward(g, xs[0], target, ignore_index=ignore_index,
+                                    grad_logp=_grads(grads, 1)[0]),)
+
+    def np_fwd(logp):
+        keep = target != ignore_index
+        return -logp[np.flatnonzero(keep), target[keep]].mean() if keep.any() else np.nan
+
+    def np_bwd(g, logp):
+        keep = target != ignore_index
+        grad = np.zeros_like(logp)
+        grad[np.flatnonzero(keep), target[keep]] = -g / max(keep.sum(), 1)
+        return (grad,)
+
+    def torch_fwd(logp):
+        return TF.nll_loss(logp, torch.from_numpy(target.astype(np.int64)),
+                           ignore_index=ignore_index)
+
+    return dict(inputs=[logp], pe_fwd=lambda x: K.nll_loss(x, target, ignore_index=ignore_index),
+                np_fwd=np_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+@pytest.mark.parametrize("rows,classes", [(1, 1), (7, 5), (64, 300)])
+def test_nll_loss(rows, classes, dtype):
+    rng = rng_for("nll", rows, classes, dtype)
+    target = rng.integers(0, classes, rows).astype(dtype)
+    target[::3] = -100
+    logp = randn(rng, rows, classes)
+    if (target == -100).all():
+        assert np.isnan(K.nll_loss(logp, target))
+        return
+    helper_test_op(**nll_case(logp, target, -100), atol=1e-6, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- finite differences
 
 FD_CASES = {
@@ -697,6 +769,8 @@ FD_CASES = {
     "layer_norm": lambda r: layer_norm_case(r, (3, 6)),
     "cross_entropy": lambda r: cross_entropy_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]),
                                                   -100),
+    "clamp": lambda r: clamp_case(r, (3, 5), -0.5, 0.75),
+    "nll_loss": lambda r: nll_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]), -100),
 }
 
 

@@ -289,6 +289,46 @@ void silu_backward(float* dx, const float* dy, const float* x, int64_t n) {
     return s * (one + v * (one - s));
   });
 }
+// Unary math. sqrt and log keep IEEE results (negative inputs give NaN,
+// zero gives 0 / -inf, and their gradients inf), as PyTorch's do.
+void sqrt_forward(float* y, const float* x, int64_t n) {
+  map_unary(y, x, n, [](float v) { return std::sqrt(v); });
+}
+void sqrt_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  accumulate_grad(dx, dy, y, n, [](float s) { return 0.5f / s; });
+}
+void rsqrt_forward(float* y, const float* x, int64_t n) {
+  map_unary(y, x, n, [](float v) { return 1.0f / std::sqrt(v); });
+}
+void rsqrt_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  accumulate_grad(dx, dy, y, n, [](float r) { return -0.5f * r * r * r; });
+}
+void log_forward(float* y, const float* x, int64_t n) {
+  map_unary(y, x, n, [](float v) { return std::log(v); });
+}
+void log_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  accumulate_grad(dx, dy, x, n, [](float v) { return 1.0f / v; });
+}
+void abs_forward(float* y, const float* x, int64_t n) {
+  map_vector(y, x, n, [](simd::vfloat v) { return v < simd::splat(0.0f) ? -v : v; });
+}
+// The gradient of |x| is sign(x), 0 at 0 (as PyTorch).
+void abs_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  accumulate_grad(dx, dy, x, n, [](float v) { return v > 0.0f ? 1.0f : v < 0.0f ? -1.0f : 0.0f; });
+}
+void square_forward(float* y, const float* x, int64_t n) {
+  map_vector(y, x, n, [](simd::vfloat v) { return v * v; });
+}
+void square_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  accumulate_vector_grad(dx, dy, x, n, [](simd::vfloat v) { return simd::splat(2.0f) * v; });
+}
+// NaN stays NaN; the gradient passes where lo <= x <= hi, as in PyTorch.
+void clamp_forward(float* y, const float* x, float lo, float hi, int64_t n) {
+  map_unary(y, x, n, [lo, hi](float v) { return v < lo ? lo : v > hi ? hi : v; });
+}
+void clamp_backward(float* dx, const float* dy, const float* x, float lo, float hi, int64_t n) {
+  accumulate_grad(dx, dy, x, n, [lo, hi](float v) { return v >= lo && v <= hi ? 1.0f : 0.0f; });
+}
 void exp_forward(float* y, const float* x, int64_t n) {
   map_vector(y, x, n, [](simd::vfloat v) { return simd::exp(v); });
 }

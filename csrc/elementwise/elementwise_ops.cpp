@@ -1,6 +1,8 @@
 // Declarations of the elementwise family (see core/registry.h): broadcasting
 // binary ops, ops with a scalar, and the one-input activations.
 #include <algorithm>
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "core/dispatch.h"
@@ -183,3 +185,49 @@ PYENGINE_UNARY_OP(tanh, "tanh(x), elementwise.", "y")
 PYENGINE_UNARY_OP(exp, "exp(x), elementwise.", "y")
 PYENGINE_UNARY_OP(sigmoid, "1 / (1 + exp(-x)), elementwise.", "y")
 PYENGINE_UNARY_OP(silu, "x * sigmoid(x) (SiLU, or swish), elementwise.", "x")
+PYENGINE_UNARY_OP(sqrt, "sqrt(x), elementwise.", "y")
+PYENGINE_UNARY_OP(rsqrt, "1 / sqrt(x), elementwise.", "y")
+PYENGINE_UNARY_OP(log, "log(x), natural logarithm, elementwise.", "x")
+PYENGINE_UNARY_OP(abs, "|x|, elementwise.", "x")
+PYENGINE_UNARY_OP(square, "x * x, elementwise.", "x")
+
+// ---------------------------------------------------------------- clamp
+
+PYENGINE_IN_EVERY_VARIANT(
+    void clamp_forward(float* y /*(n,)*/, const float* x /*(n,)*/, float lo, float hi, int64_t n);
+    void clamp_backward(float* dx /*(n,) +=*/, const float* dy /*(n,)*/, const float* x /*(n,)*/, float lo,
+                        float hi, int64_t n);)
+
+namespace pyengine {
+namespace {
+
+registry::OpBuilder& clamp_bounds(registry::OpBuilder& op) {
+  return op.real("min", -INFINITY, "lower bound (-inf: none)")
+      .real("max", INFINITY, "upper bound (inf: none)")
+      .check([](const registry::Call& c) {
+        if (c.real("min") > c.real("max"))
+          c.fail("min = " + std::to_string(c.real("min")) + " is above max = " + std::to_string(c.real("max")));
+      });
+}
+
+PYENGINE_OP("clamp_forward", "elementwise", "min(max(x, min), max), elementwise; NaN stays NaN.")
+    .output("y", "(*)")
+    .input("x", "(*)")
+    .apply(clamp_bounds)
+    .may_alias("y", "x")
+    .kernel([](const registry::Call& c) {
+      PYENGINE_DISPATCH(clamp_forward)(c.f32("y"), c.f32("x"), c.real("min"), c.real("max"), c.dim("*"));
+    });
+
+PYENGINE_OP("clamp_backward", "elementwise", "Gradient of clamp_forward: dx += dy where min <= x <= max.")
+    .grad("dx", "(*)")
+    .grad_input("dy", "(*)")
+    .input("x", "(*)")
+    .apply(clamp_bounds)
+    .kernel([](const registry::Call& c) {
+      PYENGINE_DISPATCH(clamp_backward)(c.f32("dx"), c.f32("dy"), c.f32("x"), c.real("min"), c.real("max"),
+                                        c.dim("*"));
+    });
+
+}  // namespace
+}  // namespace pyengine

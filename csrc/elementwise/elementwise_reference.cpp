@@ -80,6 +80,42 @@ void silu_backward(float* dx, const float* dy, const float* x, int64_t n) {
     dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
   }
 }
+void sqrt_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::sqrt(x[i]);
+}
+void sqrt_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * (0.5f / y[i]);
+}
+void rsqrt_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = 1.0f / std::sqrt(x[i]);
+}
+void rsqrt_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * (-0.5f * y[i] * y[i] * y[i]);
+}
+void log_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::log(x[i]);
+}
+void log_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * (1.0f / x[i]);
+}
+void abs_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fabs(x[i]);
+}
+void abs_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += x[i] > 0.0f ? dy[i] : x[i] < 0.0f ? -dy[i] : 0.0f;
+}
+void square_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * x[i];
+}
+void square_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * (2.0f * x[i]);
+}
+void clamp_forward(float* y, const float* x, float lo, float hi, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < lo ? lo : x[i] > hi ? hi : x[i];
+}
+void clamp_backward(float* dx, const float* dy, const float* x, float lo, float hi, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += x[i] >= lo && x[i] <= hi ? dy[i] : 0.0f;
+}
 void exp_forward(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
 }

@@ -35,13 +35,16 @@ void with_targets(const Call& c, Fn fn) {
   else fn(static_cast<const int64_t*>(c.data("target")));
 }
 
-// The arguments both kernels share: logits (rows, classes), target (rows,).
-registry::OpBuilder& loss_inputs(registry::OpBuilder& op) {
-  return op.input("logits", "(rows, classes)")
-      .input("target", "(rows)", DType::index)
+// The arguments both kernels share: scores (rows, classes), target (rows,).
+registry::OpBuilder& class_targets(registry::OpBuilder& op) {
+  return op.input("target", "(rows)", DType::index)
       .integer("ignore_index", -100, "rows with this target do not count")
       .nonempty("classes")
       .check(check_targets);
+}
+
+registry::OpBuilder& loss_inputs(registry::OpBuilder& op) {
+  return op.input("logits", "(rows, classes)").apply(class_targets);
 }
 
 using Fwd32 = void (*)(float*, const float*, const int32_t*, int64_t, int64_t, int64_t);
@@ -73,6 +76,36 @@ PYENGINE_OP("cross_entropy_backward", "loss",
         PYENGINE_DISPATCH_AS(Kernel, cross_entropy_backward)(c.f32("dlogits"), c.f32("dloss"), c.f32("logits"),
                                                              target, c.dim("rows"), c.dim("classes"),
                                                              c.integer("ignore_index"));
+      });
+    });
+
+using Nll32 = void (*)(float*, const float*, const int32_t*, int64_t, int64_t, int64_t);
+using Nll64 = void (*)(float*, const float*, const int64_t*, int64_t, int64_t, int64_t);
+
+PYENGINE_OP("nll_loss_forward", "loss",
+            "Mean negative log-likelihood of log-probabilities at the integer targets, over the rows whose "
+            "target is not ignore_index (NaN when every row is ignored, as in PyTorch).")
+    .output("loss", "()")
+    .input("logp", "(rows, classes)")
+    .apply(class_targets)
+    .kernel([](const Call& c) {
+      with_targets(c, [&](auto target) {
+        using Kernel = std::conditional_t<std::is_same_v<decltype(target), const int32_t*>, Nll32, Nll64>;
+        PYENGINE_DISPATCH_AS(Kernel, nll_loss_forward)(c.f32("loss"), c.f32("logp"), target, c.dim("rows"),
+                                                       c.dim("classes"), c.integer("ignore_index"));
+      });
+    });
+
+PYENGINE_OP("nll_loss_backward", "loss", "Gradient of nll_loss_forward: dlogp[r, target[r]] += -dloss / count.")
+    .grad("dlogp", "(rows, classes)")
+    .grad_input("dloss", "()")
+    .input("logp", "(rows, classes)")  // only its shape is read (PyTorch's backward takes it too)
+    .apply(class_targets)
+    .kernel([](const Call& c) {
+      with_targets(c, [&](auto target) {
+        using Kernel = std::conditional_t<std::is_same_v<decltype(target), const int32_t*>, Nll32, Nll64>;
+        PYENGINE_DISPATCH_AS(Kernel, nll_loss_backward)(c.f32("dlogp"), c.f32("dloss"), target, c.dim("rows"),
+                                                        c.dim("classes"), c.integer("ignore_index"));
       });
     });
 

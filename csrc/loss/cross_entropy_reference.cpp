@@ -69,5 +69,53 @@ void cross_entropy_backward(float* dlogits, const float* dloss, const float* log
   backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
 }
 
+// ---------------------------------------------------------------- nll loss
+// Memory-trivial (one value a row), so the optimized kernel is the plain loop.
+
+namespace {
+
+template <typename Index>
+void nll_forward_impl(float* loss, const float* logp, const Index* target, int64_t rows,
+                      int64_t classes, int64_t ignore_index) {
+  double total = 0.0;
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (target[r] == ignore_index) continue;
+    total -= logp[r * classes + target[r]];
+    ++count;
+  }
+  loss[0] = count ? static_cast<float>(total / count) : std::numeric_limits<float>::quiet_NaN();
+}
+
+template <typename Index>
+void nll_backward_impl(float* dlogp, const float* dloss, const Index* target, int64_t rows,
+                       int64_t classes, int64_t ignore_index) {
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) count += target[r] != ignore_index;
+  if (count == 0) return;
+  const float g = static_cast<float>(-double(dloss[0]) / count);
+  for (int64_t r = 0; r < rows; ++r)
+    if (target[r] != ignore_index) dlogp[r * classes + target[r]] += g;
+}
+
+}  // namespace
+
+void nll_loss_forward(float* loss, const float* logp, const int64_t* target, int64_t rows,
+                      int64_t classes, int64_t ignore_index) {
+  nll_forward_impl(loss, logp, target, rows, classes, ignore_index);
+}
+void nll_loss_forward(float* loss, const float* logp, const int32_t* target, int64_t rows,
+                      int64_t classes, int64_t ignore_index) {
+  nll_forward_impl(loss, logp, target, rows, classes, ignore_index);
+}
+void nll_loss_backward(float* dlogp, const float* dloss, const int64_t* target, int64_t rows,
+                       int64_t classes, int64_t ignore_index) {
+  nll_backward_impl(dlogp, dloss, target, rows, classes, ignore_index);
+}
+void nll_loss_backward(float* dlogp, const float* dloss, const int32_t* target, int64_t rows,
+                       int64_t classes, int64_t ignore_index) {
+  nll_backward_impl(dlogp, dloss, target, rows, classes, ignore_index);
+}
+
 }  // namespace reference
 }  // namespace pyengine

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pyengine as pe
-from op_cases import UNARY
+from op_cases import POSITIVE_DOMAIN, UNARY
 from pyengine import functional as F
 from pyengine.tensor import Tensor, no_grad, is_grad_enabled, topological_order
 
@@ -135,11 +135,18 @@ def test_unary(name):
     functional, against torch autograd."""
     _tf()
     t_fn = UNARY[name][2]
-    helper_test_op([(4, 33)], lambda x: getattr(x, name)(), t_fn,
-                   kinds="away" if name == "relu" else "normal", atol=1e-5, rtol=1e-5)
-    helper_test_op([(4, 33)], lambda x: getattr(F, name)(x) if hasattr(F, name) else
-                   getattr(x, name)(), t_fn, kinds="away" if name == "relu" else "normal",
-                   atol=1e-5, rtol=1e-5)
+    kind = "positive" if name in POSITIVE_DOMAIN else "away" if name in ("relu", "abs") else "normal"
+    helper_test_op([(4, 33)], lambda x: getattr(x, name)(), t_fn, kinds=kind, atol=1e-5, rtol=1e-5)
+    if hasattr(F, name):
+        helper_test_op([(4, 33)], getattr(F, name), t_fn, kinds=kind, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lo,hi", [(-0.5, 0.5), (0.0, None), (None, 0.25)])
+def test_clamp(lo, hi):
+    helper_test_op([(4, 33)], lambda x: x.clamp(lo, hi), lambda x: x.clamp(lo, hi),
+                   atol=1e-6, rtol=1e-6)
+    helper_test_op([(4, 33)], lambda x: pe.clamp(x, min=lo, max=hi),
+                   lambda x: __import__("torch").clamp(x, min=lo, max=hi), atol=1e-6, rtol=1e-6)
 
 
 def test_relu_functional_matches_method():
