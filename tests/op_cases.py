@@ -95,6 +95,9 @@ EXAMPLES = {
 UPDATES = {
     "sgd_update": (dict(param=_normal(3, 4), momentum_buffer=_normal(3, 4), grad=_normal(3, 4)),
                    dict(lr=0.1, momentum=0.9)),
+    "adam_update": (dict(param=_normal(3, 4), exp_avg=_normal(3, 4), exp_avg_sq=_positive(3, 4),
+                         max_exp_avg_sq=_positive(3, 4), grad=_normal(3, 4)),
+                    dict(lr=1e-3, step=3, amsgrad=True)),
 }
 
 

@@ -20,4 +20,12 @@ enum class Activation : int { none = 0, relu = 1, gelu = 2, count };
 inline constexpr const char* kActivationNames[] = {"none", "relu", "gelu"};
 static_assert(std::size(kActivationNames) == static_cast<size_t>(Activation::count));
 
+// The scalars of one Adam step, shared by every variant of adam_update.
+struct AdamStep {
+  float lr, beta1, beta2, eps, weight_decay;
+  float step_size;   // lr / (1 - beta1^step)
+  float bias2_sqrt;  // sqrt(1 - beta2^step)
+  bool decoupled;    // AdamW
+};
+
 }  // namespace pyengine
