@@ -12,7 +12,16 @@ import contextlib
 import os
 import warnings
 
-from pyengine import _C
+try:
+    from pyengine import _C
+except ImportError as error:  # a source tree without its compiled module
+    import os as _os
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    raise ImportError(
+        f"pyengine: the compiled module pyengine._C is missing from {_here}. This is the source "
+        "tree, not an installed pyengine: build it in place with "
+        "`pip install --no-build-isolation -e .`, or run from another folder so that Python "
+        f"imports the installed package ({error})") from None
 
 __version__ = "0.1.0"
 
