@@ -82,19 +82,33 @@ def _apply_isa_from_environment() -> None:
 
 _apply_isa_from_environment()
 
-from pyengine import kernels  # noqa: E402
-from pyengine.tensor import Tensor, no_grad, is_grad_enabled, tensor  # noqa: E402
-from pyengine.random import manual_seed  # noqa: E402
+from pyengine import functional, graph, kernels, nn, optim  # noqa: E402
 from pyengine.factories import (  # noqa: E402
-    zeros, ones, full, empty, rand, randn, randint, arange, linspace, eye,
-    zeros_like, ones_like, full_like, empty_like, rand_like, randn_like, float32, int64, int32,
+    arange,
+    empty,
+    empty_like,
+    eye,
+    float32,
+    full,
+    full_like,
+    int32,
+    int64,
+    linspace,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    zeros,
+    zeros_like,
 )
-from pyengine import functional, nn, optim, graph  # noqa: E402
 from pyengine.graph import capture  # noqa: E402
 from pyengine.io.serialization import load, save  # noqa: E402
-from pyengine.pointwise import (  # noqa: E402
-    abs, clamp, clip, exp, log, relu, rsqrt, sigmoid, sqrt, square, tanh,
-)
+from pyengine.pointwise import abs, clamp, clip, exp, log, relu, rsqrt, sigmoid, sqrt, square, tanh  # noqa: E402
+from pyengine.random import manual_seed  # noqa: E402
+from pyengine.tensor import Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
 
 __all__ = [
     "Tensor", "tensor", "no_grad", "is_grad_enabled", "manual_seed", "capture", "save", "load",

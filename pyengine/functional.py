@@ -5,7 +5,8 @@ from __future__ import annotations
 from pyengine import ops as O
 from pyengine.tensor import Tensor, apply
 
-__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy"]
+__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm",
+           "cross_entropy"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

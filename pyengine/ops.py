@@ -82,7 +82,7 @@ class _KernelPair:
         self.backward_attrs = [a["name"] for a in backward.attrs] if backward else []
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pair(base: str) -> _KernelPair:
     return _KernelPair(base)
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import numpy as np
+import op_cases
 import pytest
 
-import op_cases
 import pyengine
 from pyengine import _C, registry
 from pyengine import kernels as K
@@ -523,7 +523,8 @@ def test_output_overlapping_an_input_is_refused():
         shared = np.zeros(args[w].size + args[r].size - 1, np.float32)
         call[w] = shared[: args[w].size].reshape(args[w].shape)
         call[r] = shared[args[w].size - 1:].reshape(args[r].shape)
-        assert_raises_naming(lambda: getattr(_C, name)(*call), ValueError, [name, "overlaps"])
+        assert_raises_naming(lambda name=name, call=call: getattr(_C, name)(*call), ValueError,
+                             [name, "overlaps"])
 
 
 

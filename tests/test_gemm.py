@@ -34,9 +34,9 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import F32, F64, randn, unbroadcast
 
 import pyengine
-from helpers import F32, F64, randn, unbroadcast
 from pyengine import kernels as K
 
 U = 2.0 ** -24

@@ -13,10 +13,19 @@ import zlib
 
 import numpy as np
 import pytest
-
-from helpers import (F32, F64, assert_close, away_from_zero, check_finite_differences,
-                     helper_test_op, randn, torch, unbroadcast)
+from helpers import (
+    F32,
+    F64,
+    assert_close,
+    away_from_zero,
+    check_finite_differences,
+    helper_test_op,
+    randn,
+    torch,
+    unbroadcast,
+)
 from op_cases import POSITIVE_DOMAIN, UNARY
+
 from pyengine import kernels as K
 from pyengine import registry
 

@@ -1,8 +1,7 @@
 """Neural-network building blocks."""
 
 from pyengine.nn.containers import ModuleDict, ModuleList
-from pyengine.nn.layers import (GELU, Conv2d, CrossEntropyLoss, LayerNorm, Linear, ReLU, Sequential, Sigmoid,
-                                 SiLU, Tanh)
+from pyengine.nn.layers import GELU, Conv2d, CrossEntropyLoss, LayerNorm, Linear, ReLU, Sequential, Sigmoid, SiLU, Tanh
 from pyengine.nn.module import Module, Parameter
 
 __all__ = ["Module", "Parameter", "Linear", "Conv2d", "LayerNorm", "ReLU", "GELU", "Tanh", "Sigmoid", "SiLU",

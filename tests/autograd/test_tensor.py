@@ -11,11 +11,11 @@ import sys
 
 import numpy as np
 import pytest
+from op_cases import POSITIVE_DOMAIN, UNARY
 
 import pyengine as pe
-from op_cases import POSITIVE_DOMAIN, UNARY
 from pyengine import functional as F
-from pyengine.tensor import Tensor, no_grad, is_grad_enabled, topological_order
+from pyengine.tensor import Tensor, is_grad_enabled, no_grad, topological_order
 
 F32 = np.float32
 

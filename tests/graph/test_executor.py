@@ -478,7 +478,8 @@ def test_matmul_and_its_only_activation_run_as_one_fused_step():
     model = _fusion_model(40)
     x = np.random.default_rng(41).standard_normal((8, 16)).astype(F32)
     y = np.random.default_rng(42).integers(0, 4, 8)
-    graph = pe.capture(lambda a, b: F.cross_entropy(model(a), b), x, y, optimizer=pe.optim.SGD(model.parameters(), lr=0.1))
+    graph = pe.capture(lambda a, b: F.cross_entropy(model(a), b), x, y,
+                       optimizer=pe.optim.SGD(model.parameters(), lr=0.1))
     forward = [s.op.label() for s in graph.steps if s.kind == "forward"]
     assert forward == ["matmul[ᵀb]+relu", "matmul[ᵀb]+gelu", "matmul[ᵀb]", "cross_entropy"]
     # The backward still runs the activations' own backward steps on the kept pre-activations.

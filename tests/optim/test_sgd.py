@@ -47,7 +47,7 @@ def test_sgd_matches_torch(momentum, dampening, weight_decay, nesterov):
             # like torch, the step does not modify the gradient
             np.testing.assert_array_equal(p.grad.numpy(), g)
         if momentum:
-            for i, (p, tp) in enumerate(zip(params, tparams)):
+            for i, tp in enumerate(tparams):
                 np.testing.assert_allclose(opt.momentum_buffers[i], topt.state[tp]["momentum_buffer"].numpy(),
                                            atol=1e-6, rtol=1e-5)
     assert opt.steps == 5
