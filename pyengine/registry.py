@@ -213,7 +213,7 @@ def _backward_source(info: OpInfo, py_name: str, forward: OpInfo | None) -> tupl
             params += [f"{buffer}=None", f"needs_{target}={default}"]
             need = f"needs_{target}"
         lines.append(f"    {buffer} = {buffer} if {buffer} is not None or not {need} else "
-                     f"_zeros(_shapes()[{a['name']!r}])")
+                     f"_zeros({_grad_shape_source(info, a, param)})")
         returned.append(buffer)
     attr_kw = ", ".join(f"{a['name']!r}: {a['name']}" for a in info.attrs)
     given = ", ".join(f"{n!r}: _shape_of({param[n]})" for n in read)
@@ -224,6 +224,8 @@ def _backward_source(info: OpInfo, py_name: str, forward: OpInfo | None) -> tupl
     lines.append(f"    _C.{info.name}({', '.join(call)})")
     result = returned[0] if len(returned) == 1 else f"({', '.join(returned)},)"
     lines.append(f"    return {result}")
+    if not any("_shapes()" in line for line in lines):
+        shapes = ""  # every gradient's shape is an argument's: no shape rule to ask
     source = (f"def {py_name}({', '.join(params)}):\n    \"\"\"{{doc}}\"\"\"\n" + shapes
               + "\n".join(lines) + "\n")
     returns = (f"the gradient {returned[0]}" if len(returned) == 1
@@ -231,12 +233,29 @@ def _backward_source(info: OpInfo, py_name: str, forward: OpInfo | None) -> tupl
     return source, returns
 
 
+def _grad_shape_source(info: OpInfo, grad: dict, param: dict) -> str:
+    """Python source for the shape of a gradient to allocate: its forward
+    value's when the backward reads it (dx -> x), else that of an argument
+    the declaration gives the same shape ("(*)" of y for tanh's dx), else
+    the declaration's shape rule (matmul's dbias)."""
+    read = [a for a in info.args if a["role"] not in ("grad", "optional_grad")]
+    for a in read:
+        if a["name"] == _grad_target(grad["name"]):
+            return f"_shape_of({param[a['name']]})"
+    for a in read:
+        if grad["shape"] and a["shape"] == grad["shape"]:
+            return f"_shape_of({param[a['name']]})"
+    return f"_shapes()[{grad['name']!r}]"
+
+
 def _shape_of(x):
     return np.shape(x) if isinstance(x, np.ndarray) else None
 
 
 def _zeros(shape) -> np.ndarray:
-    return np.zeros(shape, dtype=np.float32)
+    # No shape: the argument it comes from is not an array, which the kernel
+    # reports (naming the op and the argument) before it looks at this buffer.
+    return np.zeros(0 if shape is None else shape, dtype=np.float32)
 
 
 def generate_wrappers(names=None) -> dict:

@@ -527,13 +527,13 @@ Attr convert_attr(const OpDecl& op, const AttrDecl& decl, const py::handle& obj)
     }
     case AttrKind::code: {
       const EnumDecl& values = *decl.values;
-      if (py::isinstance<py::str>(obj)) {
-        const std::string name = py::str(obj);
-        for (size_t i = 0; i < values.members.size(); ++i)
-          if (values.members[i] == name) {
+      if (PyUnicode_Check(obj.ptr())) {
+        for (size_t i = 0; i < values.members.size(); ++i)  // no string is built on the way
+          if (PyUnicode_CompareWithASCIIString(obj.ptr(), values.members[i].c_str()) == 0) {
             a.integer = static_cast<int64_t>(i);
             return a;
           }
+        const std::string name = py::str(obj);
         std::string names;
         for (const std::string& m : values.members) names += (names.empty() ? "" : ", ") + m;
         value_error(op, cat("unknown ", decl.name, " '", name, "' (expected one of ", names, ")"));
