@@ -53,6 +53,13 @@ class Op:
         these alive until it runs). By default: all of them."""
         return [*ins, *outs]
 
+    # The executor binds each step to its buffers once; a replay calls these.
+    def bind_forward(self, outs: list, ins: list):
+        return functools.partial(self.forward, outs, ins)
+
+    def bind_backward(self, grad_ins: list, grad_out, ins: list, outs: list):
+        return functools.partial(self.backward, grad_ins, grad_out, ins, outs)
+
     def label(self) -> str:
         return self.name
 
@@ -143,6 +150,21 @@ class KernelOp(Op):
             args.append(grad_ins[index] if kind == "grad" else grad_out if kind == "grad_out"
                         else ins[index] if kind == "input" else outs[index])
         self.pair.backward.kernel(*args, **self._backward_options)
+
+    def bind_forward(self, outs, ins):
+        """The kernel with every argument already in place: a replayed step
+        calls it directly, with no Python in between."""
+        ins = list(ins) + [None] * (len(self.pair.inputs) - len(ins))
+        args = [_pick(s, outs, ins) for s in self.pair.forward_sources]
+        return functools.partial(self._forward_kernel, *args, *self._forward_options)
+
+    def bind_backward(self, grad_ins, grad_out, ins, outs):
+        if type(self).backward is not KernelOp.backward:  # a subclass adds checks: keep them
+            return super().bind_backward(grad_ins, grad_out, ins, outs)
+        grad_ins = list(grad_ins) + [None] * (len(self.pair.inputs) - len(grad_ins))
+        args = [grad_ins[i] if kind == "grad" else grad_out if kind == "grad_out"
+                else ins[i] if kind == "input" else outs[i] for kind, i in self.pair.plan.sources]
+        return functools.partial(self.pair.backward.kernel, *args, **self._backward_options)
 
     def saved(self, ins, outs):
         values = []

@@ -26,8 +26,10 @@ struct ScratchStack {
   }
 
   float* take(size_t bytes) {
-    bytes = (bytes + kAlign - 1) / kAlign * kAlign;
-    if (bytes == 0) bytes = kAlign;
+    // Rounded up to whole cache lines, plus one spare line: consecutive
+    // buffers never start a multiple of 4 KiB apart, where they would
+    // compete for the same L1/L2 sets.
+    bytes = (bytes + kAlign - 1) / kAlign * kAlign + kAlign;
     while (true) {
       if (block == blocks.size()) blocks.push_back(Block{});
       Block& b = blocks[block];

@@ -279,10 +279,10 @@ class CompiledGraph:
             arrays = lambda values: [None if v is None else v.array for v in values]  # noqa: E731
             program += [functools.partial(root.array.fill, 0) for root in step.zero_first]
             if step.kind == "forward":
-                program.append(functools.partial(step.op.forward, arrays(step.outs), arrays(step.ins)))
+                program.append(step.op.bind_forward(arrays(step.outs), arrays(step.ins)))
             else:
-                program.append(functools.partial(step.op.backward, arrays(step.grad_ins),
-                                                 step.grad_out.array, arrays(step.ins), arrays(step.outs)))
+                program.append(step.op.bind_backward(arrays(step.grad_ins), step.grad_out.array,
+                                                     arrays(step.ins), arrays(step.outs)))
         if self.optimizer is not None:
             program.append(self.optimizer.step)
         return program
