@@ -1,31 +1,59 @@
-"""Benchmark options and fixtures: ``--threads N`` and the ``impl`` parameter.
+"""Benchmark options and fixtures: ``--threads N``, ``--max-rounds N`` and ``threads``.
 
 Every implementation runs with the same thread count: pyengine (OpenMP),
 torch (intra-op pool), numba (parallel loops) and numpy's BLAS (through
 threadpoolctl, kept active for the whole session).
+
+benchmarks/ is not a package: its modules import each other by plain name (``import base``)
+from this folder, which is put first on sys.path here, and ``import pyengine`` finds the
+installed package, never the source folder of the repository (which has no compiled ``_C``
+after a non-editable install). See README.md, "Imports".
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 
-import pytest
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
 
-import pyengine
 
-from .impls import IMPLS
+def _import_from_here():
+    """This folder first on sys.path; the repository root (which ``python -m pytest`` puts
+    first as the current directory) moved behind the installed packages."""
+    def where(entry):
+        return os.path.abspath(entry or os.curdir)
 
-OPTIONAL_IMPLS = ("torch", "numba")
+    rest = [p for p in sys.path if where(p) not in (_HERE, _ROOT)]
+    root = [_ROOT] if any(where(p) == _ROOT for p in sys.path) else []
+    sys.path[:] = [_HERE, *rest, *root]
+
+
+_import_from_here()
+
+import pytest  # noqa: E402
+
+import pyengine  # noqa: E402
+
+import base  # noqa: E402
 
 
 def pytest_addoption(parser):
     parser.addoption("--threads", type=int, default=os.cpu_count(),
                      help="threads for every implementation (default: os.cpu_count())")
+    parser.addoption("--max-rounds", type=int, default=None,
+                     help="cap every benchmark's timed rounds (quick smoke runs)")
+
+
+def pytest_configure(config):
+    base.MAX_ROUNDS = config.getoption("--max-rounds")
 
 
 def pytest_report_header(config):
-    return f"benchmark threads: {config.getoption('--threads')}"
+    return (f"benchmark threads: {config.getoption('--threads')}, pyengine from "
+            f"{os.path.dirname(pyengine.__file__)} (ISA {pyengine.get_isa()})")
 
 
 def _optional_module(name):
@@ -70,10 +98,3 @@ def threads(session_threads):
     assert pyengine.get_num_threads() == session_threads, (
         f"pyengine runs {pyengine.get_num_threads()} threads, not --threads {session_threads}")
     return session_threads
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request):
-    if request.param in OPTIONAL_IMPLS:
-        pytest.importorskip(request.param)
-    return request.param

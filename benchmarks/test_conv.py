@@ -15,29 +15,26 @@ backward, ``aten.convolution_backward``, the kernel torch's autograd calls for a
 without the autograd bookkeeping. numpy (forward only: it has no autodiff) pads x into a
 preallocated buffer, copies its ``sliding_window_view`` windows into a preallocated (N, C*R*S,
 OH*OW) im2col array and multiplies by the (K, C*R*S) weight with ``np.matmul``, then adds the
-bias. numba has no convolution here and is not a row.
+bias. numba has no convolution here (its rows are skipped).
 
-Each case runs once untimed (first touch, JIT, the allocator's first pages), and each peer's
-outputs are checked against pyengine's on the same inputs before timing; each row then waits
-half a second, so that the thread pools of the row before stop spinning on the cores. ``extra_info["flops"]``
-(2 N K OH OW C R S per pass, three passes for forward+backward) makes ``compare.py`` print a
-GFLOP/s table. The file takes about 30 s at ``--threads 2`` on 2 cores.
+Through the benchmark base (base.py), each case runs once untimed (first touch, JIT, the
+allocator's first pages), and each peer's outputs are checked against pyengine's on the same
+inputs before timing; each row then waits half a second (``Case.settle_s``), so that the
+thread pools of the row before stop spinning on the cores. ``extra_info["flops"]`` (2 N K OH OW
+C R S per pass, three passes for forward+backward) makes ``compare.py`` print a GFLOP/s table.
+The file takes about 30 s at ``--threads 2`` on 2 cores.
 """
 
 from __future__ import annotations
 
-import functools
-import time
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 
 import pyengine.kernels as K
 
-CONV_IMPLS = ("pyengine", "torch", "numpy")
-REFERENCE = "pyengine"
-RTOL = 1e-3  # loose: the check only guards against timing a wrong kernel
+from base import Case, kernel, parametrize, run
+
 BATCH = 8
 
 _f32 = np.float32
@@ -78,23 +75,25 @@ LAYERS = [
     Conv("7x7/2 3->64 @224 pad 3 (stem)", 3, 64, 224, 7, 2, 3),
 ]
 PASSES = {"forward": 30, "forward+backward": 15}  # pass: rounds
+# The previous row's thread pools (OpenBLAS, torch's OpenMP) keep spinning for a while after
+# their last call, on the cores the next row needs: measured, pyengine's first two backward
+# calls after a numpy matmul took 1.8x as long. Each row lets them go to sleep first.
+SETTLE_S = 0.5
 
 
-@dataclass(frozen=True)
-class Case:
-    conv: Conv
-    pass_name: str
-
-    @property
-    def group(self):
-        return f"conv2d {self.pass_name} resnet50 {self.conv.layer} batch {BATCH}"
+def _case(conv, pass_name):
+    passes = 1 if pass_name == "forward" else 3
+    info = {"layer": conv.layer, "x_shape": conv.x_shape, "w_shape": conv.w_shape}
+    return Case("conv2d", pass_name, f"conv2d {pass_name} resnet50 {conv.layer} batch {BATCH}",
+                conv.x_shape, spec=conv, rounds=PASSES[pass_name], flops=passes * conv.flops,
+                info=tuple(info.items()), settle_s=SETTLE_S)
 
 
-CASES = [Case(conv, p) for conv in LAYERS for p in PASSES]
+CASES = [_case(conv, p) for conv in LAYERS for p in PASSES]
 
 
-@functools.lru_cache(maxsize=1)  # the rows of a layer run back to back
-def inputs(conv):
+def _inputs(case):
+    conv = case.spec
     rng = np.random.default_rng(0)
     return {"x": rng.standard_normal(conv.x_shape, dtype=_f32),
             "weight": rng.standard_normal(conv.w_shape, dtype=_f32) * _f32(0.05),
@@ -102,111 +101,73 @@ def inputs(conv):
             "grad_y": rng.standard_normal(conv.y_shape, dtype=_f32)}
 
 
+conv2d = kernel("conv2d", inputs=_inputs, ops=("conv2d_forward", "conv2d_backward"),
+                options=lambda case: {"stride": case.spec.stride, "padding": case.spec.padding})
+
+
 # ---------------------------------------------------------------- implementations
-# Each builder returns (forward, backward, outputs): argument-less callables and a function
-# giving {name: numpy array} after a run; backward is None where the impl has none.
 
 
-def _pyengine(conv, a):
-    geometry = {"stride": conv.stride, "padding": conv.padding}
-    y = np.empty(conv.y_shape, _f32)
-    grads = {"grad_x": np.zeros_like(a["x"]), "grad_weight": np.zeros_like(a["weight"]),
-             "grad_bias": np.zeros_like(a["bias"])}
+@conv2d.impl("pyengine")
+def pyengine_conv2d(case, b):
+    geometry = {"stride": case.spec.stride, "padding": case.spec.padding}
 
     def forward():
-        K.conv2d(a["x"], a["weight"], a["bias"], **geometry, out=y)
+        K.conv2d(b.x, b.weight, b.bias, **geometry, out=b.y)
 
     def backward():
-        K.conv2d_backward(a["grad_y"], a["x"], a["weight"], **geometry, with_bias=True, **grads)
+        K.conv2d_backward(b.grad_y, b.x, b.weight, **geometry, needs_bias=True,
+                          grad_x=b.grad_x, grad_weight=b.grad_weight, grad_bias=b.grad_bias)
 
-    return forward, backward, lambda: {"y": y, **grads}
+    return forward, backward
 
 
-def _torch(conv, a):
+@conv2d.impl("torch")
+def torch_conv2d(case, b):
+    """F.conv2d allocates its output per call, as in a model: y is rebound to it."""
     import torch
 
-    t = {name: torch.from_numpy(arr) for name, arr in a.items()}
+    conv = case.spec
+    x, weight, bias, grad_y = (torch.from_numpy(a) for a in (b.x, b.weight, b.bias, b.grad_y))
     stride, padding = [conv.stride] * 2, [conv.padding] * 2
-    result = {}
 
     def forward():
-        result["y"] = torch.nn.functional.conv2d(t["x"], t["weight"], t["bias"], stride, padding)
+        b.y = torch.nn.functional.conv2d(x, weight, bias, stride, padding)
 
     def backward():
-        result["grad_x"], result["grad_weight"], result["grad_bias"] = \
-            torch.ops.aten.convolution_backward(t["grad_y"], t["x"], t["weight"], [conv.k], stride,
-                                                padding, [1, 1], False, [0, 0], 1,
-                                                [True, True, True])
+        b.grad_x, b.grad_weight, b.grad_bias = torch.ops.aten.convolution_backward(
+            grad_y, x, weight, [conv.k], stride, padding, [1, 1], False, [0, 0], 1,
+            [True, True, True])
 
-    return forward, backward, lambda: {name: v.numpy() for name, v in result.items()}
+    return forward, backward
 
 
-def _numpy(conv, a):
+@conv2d.impl("numpy", skip=lambda case: None if case.pass_name == "forward"
+              else "numpy has no autodiff: forward only")
+def numpy_conv2d(case, b):
+    conv = case.spec
     n, c, h, w = conv.x_shape
     r, p, s = conv.kernel, conv.padding, conv.stride
     _, k, oh, ow = conv.y_shape
     padded = np.zeros((n, c, h + 2 * p, w + 2 * p), _f32)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (r, r), axis=(2, 3))[:, :, ::s, ::s]
     cols = np.empty((n, c, r, r, oh, ow), _f32)
-    weight = a["weight"].reshape(k, c * r * r)
-    y = np.empty(conv.y_shape, _f32)
-    bias = a["bias"].reshape(k, 1, 1)
+    weight = b.weight.reshape(k, c * r * r)
+    y = b.y.reshape(n, k, oh * ow)
+    bias = b.bias.reshape(k, 1, 1)
 
     def forward():
-        padded[:, :, p:p + h, p:p + w] = a["x"]
+        padded[:, :, p:p + h, p:p + w] = b.x
         np.copyto(cols, windows.transpose(0, 1, 4, 5, 2, 3))  # (N, C, R, S, OH, OW)
-        np.matmul(weight, cols.reshape(n, c * r * r, oh * ow), out=y.reshape(n, k, oh * ow))
-        np.add(y, bias, out=y)
+        np.matmul(weight, cols.reshape(n, c * r * r, oh * ow), out=y)
+        np.add(b.y, bias, out=b.y)
 
-    return forward, None, lambda: {"y": y}
-
-
-BUILDERS = {"pyengine": _pyengine, "torch": _torch, "numpy": _numpy}
+    return forward, None
 
 
-def make_case(impl, case):
-    """Build a case and run it once, untimed. Returns (the callable to time, its outputs)."""
-    forward, backward, outputs = BUILDERS[impl](case.conv, inputs(case.conv))
-    if case.pass_name == "forward":
-        forward()
-        return forward, {"y": outputs()["y"]}
-
-    def forward_backward():
-        forward()
-        backward()
-
-    forward_backward()
-    return forward_backward, outputs()
+# ---------------------------------------------------------------- benchmarks
 
 
-@functools.lru_cache(maxsize=1)
-def reference_outputs(case):
-    """pyengine's outputs after one run, kept while the group's peers are checked."""
-    _, outputs = make_case(REFERENCE, case)
-    return {name: arr.copy() for name, arr in outputs.items()}
-
-
-@pytest.mark.parametrize("impl", CONV_IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.group)
+@parametrize(CASES)
 def test_conv2d(benchmark, threads, case, impl):
-    if impl == "torch":
-        pytest.importorskip("torch")
-    if impl == "numpy" and case.pass_name != "forward":
-        pytest.skip("numpy has no autodiff: forward only")
-    timed, outputs = make_case(impl, case)
-    if impl != REFERENCE:
-        for name, want in reference_outputs(case).items():
-            atol = RTOL * float(np.abs(want).max())
-            np.testing.assert_allclose(outputs[name], want, rtol=RTOL, atol=atol,
-                                       err_msg=f"{impl} {case.group}: {name} differs from {REFERENCE}")
-    del outputs
-    benchmark.group = case.group
-    passes = 1 if case.pass_name == "forward" else 3
-    benchmark.extra_info.update(threads=threads, pass_name=case.pass_name, layer=case.conv.layer,
-                                x_shape=list(case.conv.x_shape), w_shape=list(case.conv.w_shape),
-                                flops=passes * case.conv.flops)
-    # The previous row's thread pools (OpenBLAS, torch's OpenMP) keep spinning for a while after
-    # their last call, on the cores this row needs: measured, pyengine's first two backward
-    # calls after a numpy matmul took 1.8x as long. Let them go to sleep first.
-    time.sleep(0.5)
-    benchmark.pedantic(timed, rounds=PASSES[case.pass_name], iterations=1, warmup_rounds=1)
+    run(benchmark, threads, case, impl)

@@ -15,7 +15,8 @@ Groups (one row per implementation, the ``impl`` parameter):
 
 Every implementation writes into a preallocated output (``np.matmul(.., out=c)``,
 ``torch.matmul(.., out=c)``, ``kernels.matmul(.., out=c)``, numba's ``matmul(a, b, c)``), and
-its first result is checked against pyengine's before timing. ``extra_info`` holds the thread
+its first result is checked against pyengine's before timing (all through the benchmark
+base, base.py; the rounds come from ``base.rounds_by_flops``). ``extra_info`` holds the thread
 count, the shape, the flops (2 M N K) and the GFLOP/s at the median time, which
 ``compare.py`` prints as a second table. The whole file takes about 2.5 minutes at
 ``--threads 1`` and 1.5 minutes at ``--threads 2`` on a 2-core AVX-512 machine.
@@ -23,20 +24,15 @@ count, the shape, the flops (2 M N K) and the GFLOP/s at the median time, which
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-import pyengine
 from pyengine import kernels as K
 
-from .conftest import OPTIONAL_IMPLS
-from .impls import IMPLS
+from base import IMPLS, Case, kernel, parametrize, rounds_by_flops, run, run_fma_probe
 
-REFERENCE = "pyengine"
-RTOL = 1e-3  # loose: the check only guards against timing a wrong kernel
 NUMBA_MAX_FLOPS = 10e9  # numba's i-k-j kernel runs at 10-30 GFLOP/s here: ~1 s and more above
 
 
@@ -112,93 +108,77 @@ IM2COL = [  # (H_out W_out) x (C_in kh kw) . (C_in kh kw) x C_out
     _plain("resnet50 3x3 128->128 @28", 784, 1152, 128),
     _plain("resnet50 3x3 256->256 @14", 196, 2304, 256),
 ]
-CASES = SQUARES + GPT2 + GENERATION + SMALL + BATCHED_SMALL + IM2COL
+def _case(gemm):
+    rounds, iterations = rounds_by_flops(gemm.flops)
+    info = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "batch": gemm.batch,
+            "trans_a": gemm.trans_a, "trans_b": gemm.trans_b}
+    return Case("gemm", "forward", gemm.group, gemm.c_shape, spec=gemm, rounds=rounds,
+                iterations=iterations, flops=gemm.flops, info=tuple(info.items()))
 
 
-def rounds(gemm):
-    """(rounds, iterations per round): about 1-3 s of timed calls per case and impl at one
-    thread (far less for the largest, which are ~1 s a call: 3 rounds)."""
-    flops = gemm.flops
-    if flops >= 50e9:
-        return 3, 1
-    if flops >= 10e9:
-        return 5, 1
-    if flops >= 1e9:
-        return 10, 1
-    if flops >= 1e8:
-        return 30, 1
-    if flops >= 1e7:
-        return 100, 1
-    if flops >= 1e6:
-        return 200, 1
-    return 100, 20  # microseconds a call: several calls per round
+CASES = [_case(gemm) for gemm in SQUARES + GPT2 + GENERATION + SMALL + BATCHED_SMALL + IM2COL]
 
 
 # ---------------------------------------------------------------- inputs and implementations
+# Each builder writes op(a) @ op(b) into the case's c.
 
 
-@functools.lru_cache(maxsize=4)
-def operands(gemm):
+def _operands(case):
     rng = np.random.default_rng(0)
-    return (rng.standard_normal(gemm.a_shape, dtype=np.float32),
-            rng.standard_normal(gemm.b_shape, dtype=np.float32))
+    gemm = case.spec
+    return {"a": rng.standard_normal(gemm.a_shape, dtype=np.float32),
+            "b": rng.standard_normal(gemm.b_shape, dtype=np.float32)}
+
+
+gemm_kernel = kernel("gemm", inputs=_operands, ops=("matmul_forward",),
+                     options=lambda case: {"trans_a": case.spec.trans_a,
+                                           "trans_b": case.spec.trans_b})
 
 
 def _op(x, flag):
     return x.swapaxes(-1, -2) if flag else x
 
 
-def build(impl, gemm, a, b, c):
-    """An argument-less callable writing op(a) @ op(b) into c."""
-    ta, tb = gemm.trans_a, gemm.trans_b
-    if impl == "pyengine":
-        return lambda: K.matmul(a, b, trans_a=ta, trans_b=tb, out=c)
-    if impl == "numpy":
-        a_op, b_op = _op(a, ta), _op(b, tb)
-        return lambda: np.matmul(a_op, b_op, out=c)
-    if impl == "torch":
-        import torch
-
-        ta_, tb_, tc_ = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
-        a_op, b_op = _op(ta_, ta), _op(tb_, tb)
-        return lambda: torch.matmul(a_op, b_op, out=tc_)
-    if impl == "numba":
-        from . import numba_kernels as nk
-
-        return lambda: nk.matmul(a, b, c)
-    raise ValueError(impl)
+@gemm_kernel.impl("pyengine")
+def pyengine_gemm(case, b):
+    ta, tb = case.spec.trans_a, case.spec.trans_b
+    return lambda: K.matmul(b.a, b.b, trans_a=ta, trans_b=tb, out=b.c), None
 
 
-_REFERENCE_OUTPUTS = {}  # gemm -> pyengine's output, kept while its group runs
+@gemm_kernel.impl("numpy")
+def numpy_gemm(case, b):
+    a_op, b_op = _op(b.a, case.spec.trans_a), _op(b.b, case.spec.trans_b)
+    return lambda: np.matmul(a_op, b_op, out=b.c), None
 
 
-def reference_output(gemm):
-    if gemm not in _REFERENCE_OUTPUTS:
-        _REFERENCE_OUTPUTS.clear()  # one case at a time: the largest outputs are 200 MB
-        a, b = operands(gemm)
-        c = np.empty(gemm.c_shape, np.float32)
-        build(REFERENCE, gemm, a, b, c)()
-        _REFERENCE_OUTPUTS[gemm] = c
-    return _REFERENCE_OUTPUTS[gemm]
+@gemm_kernel.impl("torch")
+def torch_gemm(case, b):
+    import torch
+
+    a_op = _op(torch.from_numpy(b.a), case.spec.trans_a)
+    b_op = _op(torch.from_numpy(b.b), case.spec.trans_b)
+    c = torch.from_numpy(b.c)
+    return lambda: torch.matmul(a_op, b_op, out=c), None
 
 
-def check(impl, gemm, c):
-    want = reference_output(gemm)
-    atol = RTOL * float(np.abs(want).max())
-    np.testing.assert_allclose(c, want, rtol=RTOL, atol=atol,
-                               err_msg=f"{impl} {gemm.group}: differs from {REFERENCE}")
+def _numba_skip(case):
+    gemm = case.spec
+    if gemm.flops > NUMBA_MAX_FLOPS:
+        return (f"numba's i-k-j kernel (10-30 GFLOP/s here) would take ~1 s or more a "
+                f"call on {gemm.flops / 1e9:.0f} GFLOP: too slow")
+    if gemm.trans_a or gemm.trans_b or gemm.batch:
+        return "the numba kernel takes one pair of untransposed operands only"
+    return None
 
 
-def record_gflops(benchmark, flops):
-    stats = getattr(benchmark, "stats", None)  # None with --benchmark-disable
-    if stats is not None and stats.stats.median > 0:
-        benchmark.extra_info["gflops"] = round(flops / stats.stats.median / 1e9, 2)
+@gemm_kernel.impl("numba", skip=_numba_skip)
+def numba_gemm(case, b):
+    import numba_kernels as nk
+
+    return lambda: nk.matmul(b.a, b.b, b.c), None
 
 
 # ---------------------------------------------------------------- benchmarks
-
-
-PROBE_ITERATIONS = 4_000_000  # ~30 ms a call at one thread on AVX-512 (~100 GFLOP/s)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -206,48 +186,11 @@ PROBE_ITERATIONS = 4_000_000  # ~30 ms a call at one thread on AVX-512 (~100 GFL
 def test_peak_fma_probe(benchmark, threads, cores, impl):
     if impl != "pyengine":
         pytest.skip("the FMA probe is pyengine's own (kernels.fma_probe)")
-    probe_threads = 1 if cores == "1 thread" else threads
     if cores == "all threads" and threads == 1:
         pytest.skip("--threads 1: the same as the 1-thread probe")
-    flops = K.fma_probe(PROBE_ITERATIONS, probe_threads)
-    benchmark.group = f"peak fma probe, {probe_threads} thread{'s' * (probe_threads > 1)}"
-    benchmark.extra_info.update(threads=probe_threads, isa=pyengine.get_isa(), flops=flops,
-                                iterations=PROBE_ITERATIONS)
-    benchmark.pedantic(K.fma_probe, args=(PROBE_ITERATIONS, probe_threads), rounds=20,
-                       iterations=1, warmup_rounds=2)
-    record_gflops(benchmark, flops)
+    run_fma_probe(benchmark, threads, 1 if cores == "1 thread" else threads)
 
 
-def _importorskip(impl):
-    if impl in OPTIONAL_IMPLS:
-        pytest.importorskip(impl)
-
-
-# `impl` is parametrized here rather than by conftest's fixture (same values, same skips) so
-# that every implementation of one shape runs back to back: one reference output alive at a
-# time, and the rows of a group measured under the same machine conditions.
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("gemm", CASES, ids=lambda g: g.group)
-def test_gemm(benchmark, threads, gemm, impl):
-    _importorskip(impl)
-    if impl == "numba":
-        if gemm.flops > NUMBA_MAX_FLOPS:
-            pytest.skip(f"numba's i-k-j kernel (10-30 GFLOP/s here) would take ~1 s or more a "
-                        f"call on {gemm.flops / 1e9:.0f} GFLOP: too slow")
-        if gemm.trans_a or gemm.trans_b or gemm.batch:
-            pytest.skip("the numba kernel takes one pair of untransposed operands only")
-    a, b = operands(gemm)
-    c = np.zeros(gemm.c_shape, np.float32)
-    call = build(impl, gemm, a, b, c)
-    call()  # untimed: JIT compilation, first-touch of c, and the result to check
-    if impl == REFERENCE:
-        _REFERENCE_OUTPUTS.clear()
-        _REFERENCE_OUTPUTS[gemm] = c.copy()
-    else:
-        check(impl, gemm, c)
-    benchmark.group = gemm.group
-    benchmark.extra_info.update(threads=threads, m=gemm.m, n=gemm.n, k=gemm.k, batch=gemm.batch,
-                                trans_a=gemm.trans_a, trans_b=gemm.trans_b, flops=gemm.flops)
-    n_rounds, iterations = rounds(gemm)
-    benchmark.pedantic(call, rounds=n_rounds, iterations=iterations, warmup_rounds=1)
-    record_gflops(benchmark, gemm.flops)
+@parametrize(CASES)
+def test_gemm(benchmark, threads, case, impl):
+    run(benchmark, threads, case, impl)

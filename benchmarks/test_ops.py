@@ -22,400 +22,432 @@ theirs, as in ``test_kernels.py``. torch's SGD step is ``torch.optim.SGD``'s CPU
 (``_single_tensor_sgd``: ``buf.mul_(m).add_(grad)``, ``param.add_(buf, alpha=-lr)``); its relu is
 ``aten.clamp_min.out`` (aten's relu kernel: ``aten.relu.out`` allocates a result and copies it).
 
-Each case runs once untimed (JIT compilation, first touch, a backward's forward), and each
-peer's result is checked against pyengine's on the same inputs before timing. ``impl`` is
-parametrized here, innermost (like ``test_gemm.py``), so the four rows of a group run back to
-back with one set of inputs and one reference alive. The file takes about 70 s at
+Each op is a kernel of the benchmark base (base.py) with one builder per implementation
+(``@add.impl("numpy")``...): the base makes the inputs and the buffers (named and shaped by the
+pyengine declarations each op names), runs each case once untimed (JIT compilation, first
+touch, a backward's forward), checks each peer's result against pyengine's on the same inputs
+and times it; the four rows of a group run back to back. The file takes about 70 s at
 ``--threads 2`` on 2 cores.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 import pyengine.kernels as K
 
-from .conftest import OPTIONAL_IMPLS
-from .impls import IMPLS
+from base import Case, kernel, parametrize, run
 
-REFERENCE = "pyengine"
-RTOL = 1e-3  # loose: the check only guards against timing a wrong kernel
 LR, MOMENTUM = 0.01, 0.9
 
 _f32 = np.float32
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark group: an op, its pass and its inputs' shape."""
-    op: str          # add, mul, gelu, relu, sum, cross_entropy, sgd_update
-    pass_name: str   # forward, backward, forward+backward, step
-    shape: tuple     # the main operand's shape
-    detail: str      # the shapes as the group names them
-    rounds: int
-    axis: int | None = None  # sum only
-
-    @property
-    def group(self):
-        return f"{self.op} {self.pass_name} {self.detail}"
-
 
 ROWS = (4096, 3072)  # GPT-2's MLP activations at B*T = 4096 tokens
 SUM_SHAPE = (8192, 1024)
 LOGITS = (1024, 50304)
 PARAMS = (10_000_000,)
 
+
+def _case(op, pass_name, shape, detail, rounds, axis=None):
+    """A group named op, pass and shapes; the sum's axis is its spec."""
+    return Case(op, pass_name, f"{op} {pass_name} {detail}", shape, spec=axis, rounds=rounds,
+                info=(("axis", axis),) if axis is not None else ())
+
+
 CASES = [
-    Case("add", "forward", ROWS, "(4096, 3072) + (3072,)", 50),
-    Case("add", "backward", ROWS, "(4096, 3072) + (3072,)", 50),
-    Case("mul", "forward", ROWS, "(4096, 3072) * (3072,)", 50),
-    Case("gelu", "forward", ROWS, "(4096, 3072)", 30),
-    Case("gelu", "backward", ROWS, "(4096, 3072)", 30),
-    Case("relu", "forward", ROWS, "(4096, 3072)", 50),
-    Case("sum", "forward", SUM_SHAPE, "axis -1 of (8192, 1024)", 200, axis=-1),
-    Case("sum", "forward", SUM_SHAPE, "axis 0 of (8192, 1024)", 200, axis=0),
-    Case("cross_entropy", "forward", LOGITS, "(1024, 50304) int64 targets", 15),
-    Case("cross_entropy", "forward+backward", LOGITS, "(1024, 50304) int64 targets", 15),
-    Case("sgd_update", "step", PARAMS, "momentum 0.9 (10000000,)", 50),
+    _case("add", "forward", ROWS, "(4096, 3072) + (3072,)", 50),
+    _case("add", "backward", ROWS, "(4096, 3072) + (3072,)", 50),
+    _case("mul", "forward", ROWS, "(4096, 3072) * (3072,)", 50),
+    _case("gelu", "forward", ROWS, "(4096, 3072)", 30),
+    _case("gelu", "backward", ROWS, "(4096, 3072)", 30),
+    _case("relu", "forward", ROWS, "(4096, 3072)", 50),
+    _case("sum", "forward", SUM_SHAPE, "axis -1 of (8192, 1024)", 200, axis=-1),
+    _case("sum", "forward", SUM_SHAPE, "axis 0 of (8192, 1024)", 200, axis=0),
+    _case("cross_entropy", "forward", LOGITS, "(1024, 50304) int64 targets", 15),
+    _case("cross_entropy", "forward+backward", LOGITS, "(1024, 50304) int64 targets", 15),
+    _case("sgd_update", "step", PARAMS, "momentum 0.9 (10000000,)", 50),
 ]
 
 
-# ---------------------------------------------------------------- inputs and outputs
+# ---------------------------------------------------------------- the kernels and their inputs
+# Random inputs, the same for every implementation (read-only for all of them; sgd_update's
+# param and momentum_buffer are declared inout, so the base copies them per case).
 
 
-@functools.lru_cache(maxsize=1)  # the cases of one op run back to back
-def inputs(op, shape):
-    """Random inputs, the same for every implementation (read-only for all of them)."""
+def _normal(rng, *dims):
+    return rng.standard_normal(dims, dtype=_f32)
+
+
+def _broadcast_inputs(case):
     rng = np.random.default_rng(0)
-
-    def normal(*dims):
-        return rng.standard_normal(dims, dtype=_f32)
-
-    rows, cols = shape if len(shape) == 2 else (shape[0], 1)
-    if op in ("add", "mul"):
-        return {"a": normal(rows, cols), "b": normal(cols), "grad_c": normal(rows, cols)}
-    if op in ("gelu", "relu"):
-        return {"x": normal(rows, cols), "grad_y": normal(rows, cols)}
-    if op == "sum":
-        return {"x": normal(rows, cols)}
-    if op == "cross_entropy":
-        return {"logits": normal(rows, cols), "target": rng.integers(0, cols, rows),
-                "grad_loss": np.ones((), _f32)}
-    if op == "sgd_update":  # param and momentum_buffer are updated in place: copied per case
-        return {"grad": normal(rows), "param0": normal(rows), "momentum_buffer0": normal(rows)}
-    raise ValueError(op)
+    rows, cols = case.shape
+    return {"a": _normal(rng, rows, cols), "b": _normal(rng, cols),
+            "grad_out": _normal(rng, rows, cols)}
 
 
-def output_shapes(case):
-    shape = case.shape
-    if case.op in ("add", "mul"):
-        return {"c": shape, "grad_a": shape, "grad_b": shape[1:]}
-    if case.op in ("gelu", "relu"):
-        return {"y": shape, "grad_x": shape}
-    if case.op == "sum":
-        return {"out": tuple(d for i, d in enumerate(shape) if i != case.axis % len(shape))}
-    if case.op == "cross_entropy":
-        return {"loss": (), "grad_logits": shape}
-    return {}
+def _activation_inputs(case):
+    rng = np.random.default_rng(0)
+    return {"x": _normal(rng, *case.shape), "grad_y": _normal(rng, *case.shape)}
 
 
-def checked_outputs(case):
-    if case.op in ("add", "mul"):
-        return ("c",) if case.pass_name == "forward" else ("grad_a", "grad_b")
-    if case.op in ("gelu", "relu"):
-        return ("y",) if case.pass_name == "forward" else ("grad_x",)
-    if case.op == "sum":
-        return ("out",)
-    if case.op == "cross_entropy":
-        return ("loss",) if case.pass_name == "forward" else ("loss", "grad_logits")
-    return ("param", "momentum_buffer")
+def _sum_inputs(case):
+    return {"x": _normal(np.random.default_rng(0), *case.shape)}
 
 
-def new_buffers(case):
-    given = inputs(case.op, case.shape)
-    buffers = {name: arr for name, arr in given.items() if not name.endswith("0")}
-    buffers.update({name[:-1]: arr.copy() for name, arr in given.items() if name.endswith("0")})
-    buffers.update({name: np.zeros(dims, _f32) for name, dims in output_shapes(case).items()})
-    return SimpleNamespace(**buffers)
+def _cross_entropy_inputs(case):
+    rng = np.random.default_rng(0)
+    rows, cols = case.shape
+    return {"logits": _normal(rng, rows, cols), "target": rng.integers(0, cols, rows),
+            "grad_loss": np.ones((), _f32)}
 
 
-# ---------------------------------------------------------------- implementations
-# Each builder takes (case, buffers) and returns (forward, backward): argument-less callables
-# writing into the buffers; backward is None where the case has no backward pass.
+def _sgd_inputs(case):
+    rng = np.random.default_rng(0)
+    n = case.shape[0]
+    return {"grad": _normal(rng, n), "param": _normal(rng, n), "momentum_buffer": _normal(rng, n)}
 
 
-def _pyengine(case, b):
-    op = case.op
-    if op in ("add", "mul"):
-        forward_op = getattr(K, op)
+def _sum_axes(case):
+    first = case.spec % len(case.shape)
+    return {"axis_begin": first, "axis_end": first + 1}
 
-        def add_backward():
-            K.add_backward(b.grad_c, b.a, b.b, grad_a=b.grad_a, grad_b=b.grad_b)
 
-        return lambda: forward_op(b.a, b.b, out=b.c), add_backward if op == "add" else None
-    if op == "gelu":
-        return (lambda: K.gelu(b.x, out=b.y),
-                lambda: K.gelu_backward(b.grad_y, b.x, grad_x=b.grad_x))
-    if op == "relu":
-        return lambda: K.relu(b.x, out=b.y), None
-    if op == "sum":
-        return lambda: K.sum(b.x, axis=case.axis, out=b.out), None
-    if op == "cross_entropy":
-        return (lambda: K.cross_entropy(b.logits, b.target, out=b.loss),
-                lambda: K.cross_entropy_backward(b.grad_loss, b.logits, b.target,
-                                                 grad_logits=b.grad_logits))
-    if op == "sgd_update":
-        return (lambda: K.sgd_update(b.param, b.grad, b.momentum_buffer, lr=LR,
-                                     momentum=MOMENTUM), None)
-    raise ValueError(op)
+add = kernel("add", inputs=_broadcast_inputs, ops=("binary_forward", "binary_backward"),
+             options=lambda case: {"op": "add"})
+mul = kernel("mul", inputs=_broadcast_inputs, ops=("binary_forward",),
+             options=lambda case: {"op": "mul"})
+gelu = kernel("gelu", inputs=_activation_inputs, ops=("gelu_forward", "gelu_backward"))
+relu = kernel("relu", inputs=_activation_inputs, ops=("relu_forward",))
+sum_ = kernel("sum", inputs=_sum_inputs, ops=("sum_forward",), options=_sum_axes)
+cross_entropy = kernel("cross_entropy", inputs=_cross_entropy_inputs,
+                       ops=("cross_entropy_forward", "cross_entropy_backward"))
+sgd_update = kernel("sgd_update", inputs=_sgd_inputs, ops=("sgd_update",),
+                    options=lambda case: {"lr": LR, "momentum": MOMENTUM})
+
+
+# ---------------------------------------------------------------- pyengine
+
+
+@add.impl("pyengine")
+def pyengine_add(case, b):
+    return (lambda: K.add(b.a, b.b, out=b.out),
+            lambda: K.add_backward(b.grad_out, b.a, b.b, grad_a=b.grad_a, grad_b=b.grad_b))
+
+
+@mul.impl("pyengine")
+def pyengine_mul(case, b):
+    return lambda: K.mul(b.a, b.b, out=b.out), None
+
+
+@gelu.impl("pyengine")
+def pyengine_gelu(case, b):
+    return (lambda: K.gelu(b.x, out=b.y),
+            lambda: K.gelu_backward(b.grad_y, b.x, grad_x=b.grad_x))
+
+
+@relu.impl("pyengine")
+def pyengine_relu(case, b):
+    return lambda: K.relu(b.x, out=b.y), None
+
+
+@sum_.impl("pyengine")
+def pyengine_sum(case, b):
+    return lambda: K.sum(b.x, axis=case.spec, out=b.out), None
+
+
+@cross_entropy.impl("pyengine")
+def pyengine_cross_entropy(case, b):
+    return (lambda: K.cross_entropy(b.logits, b.target, out=b.loss),
+            lambda: K.cross_entropy_backward(b.grad_loss, b.logits, b.target,
+                                             grad_logits=b.grad_logits))
+
+
+@sgd_update.impl("pyengine")
+def pyengine_sgd_update(case, b):
+    return (lambda: K.sgd_update(b.param, b.grad, b.momentum_buffer, lr=LR, momentum=MOMENTUM),
+            None)
+
+
+# ---------------------------------------------------------------- numpy (ufuncs with out=)
 
 
 _GELU_K = _f32(np.sqrt(2.0 / np.pi))
 _GELU_C = _f32(0.044715)
 
 
-def _numpy(case, b):
-    op = case.op
-    if op in ("add", "mul"):
-        forward_op = np.add if op == "add" else np.multiply
+@add.impl("numpy")
+def numpy_add(case, b):
+    def backward():
+        np.copyto(b.grad_a, b.grad_out)
+        np.sum(b.grad_out, axis=0, out=b.grad_b)
 
-        def add_backward():
-            np.copyto(b.grad_a, b.grad_c)
-            np.sum(b.grad_c, axis=0, out=b.grad_b)
-
-        return lambda: forward_op(b.a, b.b, out=b.c), add_backward if op == "add" else None
-    if op == "gelu":
-        t, u = np.empty_like(b.x), np.empty_like(b.x)
-
-        def inner_tanh():  # t = tanh(k (x + c x^3)), u = x^2
-            np.multiply(b.x, b.x, out=u)
-            np.multiply(u, _GELU_C, out=t)
-            np.multiply(t, b.x, out=t)
-            np.add(t, b.x, out=t)
-            np.multiply(t, _GELU_K, out=t)
-            np.tanh(t, out=t)
-
-        def forward():  # y = 0.5 x (1 + t)
-            inner_tanh()
-            np.add(t, _f32(1), out=t)
-            np.multiply(b.x, t, out=b.y)
-            np.multiply(b.y, _f32(0.5), out=b.y)
-
-        def backward():  # grad_x = grad_y 0.5 (1 + t + x k (1 + 3 c x^2) (1 - t^2))
-            inner_tanh()
-            np.multiply(u, _f32(3) * _GELU_C, out=u)
-            np.add(u, _f32(1), out=u)
-            np.multiply(u, _GELU_K, out=u)
-            np.multiply(t, t, out=b.grad_x)
-            np.subtract(_f32(1), b.grad_x, out=b.grad_x)
-            np.multiply(u, b.grad_x, out=u)
-            np.multiply(u, b.x, out=u)
-            np.add(u, t, out=u)
-            np.add(u, _f32(1), out=u)
-            np.multiply(u, _f32(0.5), out=u)
-            np.multiply(b.grad_y, u, out=b.grad_x)
-
-        return forward, backward
-    if op == "relu":
-        return lambda: np.maximum(b.x, _f32(0), out=b.y), None
-    if op == "sum":
-        return lambda: np.sum(b.x, axis=case.axis, out=b.out), None
-    if op == "cross_entropy":
-        rows, cols = b.logits.shape
-        exps = np.empty_like(b.logits)
-        peak, total, lse = (np.empty((rows, 1), _f32) for _ in range(3))
-        picked = np.empty(rows, _f32)
-        flat_target = np.arange(rows) * cols + b.target  # index of each row's target
-        flat_logits, flat_grad = b.logits.reshape(-1), b.grad_logits.reshape(-1)
-
-        def forward():  # loss = mean(log(sum(exp(x - max))) + max - x[target])
-            np.max(b.logits, axis=1, keepdims=True, out=peak)
-            np.subtract(b.logits, peak, out=exps)
-            np.exp(exps, out=exps)
-            np.sum(exps, axis=1, keepdims=True, out=total)
-            np.log(total, out=lse)
-            np.add(lse, peak, out=lse)
-            np.take(flat_logits, flat_target, out=picked)
-            np.subtract(lse[:, 0], picked, out=picked)
-            np.mean(picked, out=b.loss)
-
-        def backward():  # grad = (exps / total - onehot) * grad_loss / rows
-            scale = _f32(b.grad_loss / rows)
-            np.divide(scale, total, out=lse)  # lse is free once the loss is out
-            np.multiply(exps, lse, out=b.grad_logits)
-            np.take(flat_grad, flat_target, out=picked)
-            np.subtract(picked, scale, out=picked)
-            np.put(flat_grad, flat_target, picked)
-
-        return forward, backward
-    if op == "sgd_update":
-        scaled = np.empty_like(b.param)
-
-        def step():  # buf = momentum buf + grad; param -= lr buf
-            np.multiply(b.momentum_buffer, _f32(MOMENTUM), out=b.momentum_buffer)
-            np.add(b.momentum_buffer, b.grad, out=b.momentum_buffer)
-            np.multiply(b.momentum_buffer, _f32(LR), out=scaled)
-            np.subtract(b.param, scaled, out=b.param)
-
-        return step, None
-    raise ValueError(op)
+    return lambda: np.add(b.a, b.b, out=b.out), backward
 
 
-def _torch(case, b):
+@mul.impl("numpy")
+def numpy_mul(case, b):
+    return lambda: np.multiply(b.a, b.b, out=b.out), None
+
+
+@gelu.impl("numpy")
+def numpy_gelu(case, b):
+    t, u = np.empty_like(b.x), np.empty_like(b.x)
+
+    def inner_tanh():  # t = tanh(k (x + c x^3)), u = x^2
+        np.multiply(b.x, b.x, out=u)
+        np.multiply(u, _GELU_C, out=t)
+        np.multiply(t, b.x, out=t)
+        np.add(t, b.x, out=t)
+        np.multiply(t, _GELU_K, out=t)
+        np.tanh(t, out=t)
+
+    def forward():  # y = 0.5 x (1 + t)
+        inner_tanh()
+        np.add(t, _f32(1), out=t)
+        np.multiply(b.x, t, out=b.y)
+        np.multiply(b.y, _f32(0.5), out=b.y)
+
+    def backward():  # grad_x = grad_y 0.5 (1 + t + x k (1 + 3 c x^2) (1 - t^2))
+        inner_tanh()
+        np.multiply(u, _f32(3) * _GELU_C, out=u)
+        np.add(u, _f32(1), out=u)
+        np.multiply(u, _GELU_K, out=u)
+        np.multiply(t, t, out=b.grad_x)
+        np.subtract(_f32(1), b.grad_x, out=b.grad_x)
+        np.multiply(u, b.grad_x, out=u)
+        np.multiply(u, b.x, out=u)
+        np.add(u, t, out=u)
+        np.add(u, _f32(1), out=u)
+        np.multiply(u, _f32(0.5), out=u)
+        np.multiply(b.grad_y, u, out=b.grad_x)
+
+    return forward, backward
+
+
+@relu.impl("numpy")
+def numpy_relu(case, b):
+    return lambda: np.maximum(b.x, _f32(0), out=b.y), None
+
+
+@sum_.impl("numpy")
+def numpy_sum(case, b):
+    return lambda: np.sum(b.x, axis=case.spec, out=b.out), None
+
+
+@cross_entropy.impl("numpy")
+def numpy_cross_entropy(case, b):
+    rows, cols = b.logits.shape
+    exps = np.empty_like(b.logits)
+    peak, total, lse = (np.empty((rows, 1), _f32) for _ in range(3))
+    picked = np.empty(rows, _f32)
+    flat_target = np.arange(rows) * cols + b.target  # index of each row's target
+    flat_logits, flat_grad = b.logits.reshape(-1), b.grad_logits.reshape(-1)
+
+    def forward():  # loss = mean(log(sum(exp(x - max))) + max - x[target])
+        np.max(b.logits, axis=1, keepdims=True, out=peak)
+        np.subtract(b.logits, peak, out=exps)
+        np.exp(exps, out=exps)
+        np.sum(exps, axis=1, keepdims=True, out=total)
+        np.log(total, out=lse)
+        np.add(lse, peak, out=lse)
+        np.take(flat_logits, flat_target, out=picked)
+        np.subtract(lse[:, 0], picked, out=picked)
+        np.mean(picked, out=b.loss)
+
+    def backward():  # grad = (exps / total - onehot) * grad_loss / rows
+        scale = _f32(b.grad_loss / rows)
+        np.divide(scale, total, out=lse)  # lse is free once the loss is out
+        np.multiply(exps, lse, out=b.grad_logits)
+        np.take(flat_grad, flat_target, out=picked)
+        np.subtract(picked, scale, out=picked)
+        np.put(flat_grad, flat_target, picked)
+
+    return forward, backward
+
+
+@sgd_update.impl("numpy")
+def numpy_sgd_update(case, b):
+    scaled = np.empty_like(b.param)
+
+    def step():  # buf = momentum buf + grad; param -= lr buf
+        np.multiply(b.momentum_buffer, _f32(MOMENTUM), out=b.momentum_buffer)
+        np.add(b.momentum_buffer, b.grad, out=b.momentum_buffer)
+        np.multiply(b.momentum_buffer, _f32(LR), out=scaled)
+        np.subtract(b.param, scaled, out=b.param)
+
+    return step, None
+
+
+# ---------------------------------------------------------------- torch (aten .out ops, no autograd)
+
+
+def _tensors(b):
     import torch
 
-    aten = torch.ops.aten
-    t = SimpleNamespace(**{name: torch.from_numpy(arr) for name, arr in vars(b).items()})
-    op = case.op
-    if op in ("add", "mul"):
-        forward_op = torch.add if op == "add" else torch.mul
-
-        def add_backward():
-            t.grad_a.copy_(t.grad_c)
-            torch.sum(t.grad_c, dim=0, out=t.grad_b)
-
-        return lambda: forward_op(t.a, t.b, out=t.c), add_backward if op == "add" else None
-    if op == "gelu":
-        return (lambda: aten.gelu.out(t.x, approximate="tanh", out=t.y),
-                lambda: aten.gelu_backward.grad_input(t.grad_y, t.x, approximate="tanh",
-                                                      grad_input=t.grad_x))
-    if op == "relu":  # aten.relu.out is generated: relu (clamp_min into a new tensor) + copy_
-        return lambda: aten.clamp_min.out(t.x, 0, out=t.y), None
-    if op == "sum":
-        return lambda: torch.sum(t.x, dim=case.axis, out=t.out), None
-    if op == "cross_entropy":  # F.cross_entropy's eager path: log_softmax + nll_loss
-        logp, grad_logp = torch.empty_like(t.logits), torch.empty_like(t.logits)
-        total_weight = torch.empty((), dtype=torch.float32)
-        mean, ignore_index = 1, -100  # reduction="mean"
-
-        def forward():
-            aten._log_softmax.out(t.logits, 1, False, out=logp)
-            aten.nll_loss_forward.output(logp, t.target, None, mean, ignore_index,
-                                         output=t.loss, total_weight=total_weight)
-
-        def backward():
-            aten.nll_loss_backward.grad_input(t.grad_loss, logp, t.target, None, mean,
-                                              ignore_index, total_weight, grad_input=grad_logp)
-            aten._log_softmax_backward_data.out(grad_logp, logp, 1, torch.float32,
-                                                out=t.grad_logits)
-
-        return forward, backward
-    if op == "sgd_update":
-        def step():  # torch.optim.SGD on CPU (_single_tensor_sgd), after the first step
-            with torch.no_grad():
-                t.momentum_buffer.mul_(MOMENTUM).add_(t.grad)
-                t.param.add_(t.momentum_buffer, alpha=-LR)
-
-        return step, None
-    raise ValueError(op)
+    return SimpleNamespace(**{name: torch.from_numpy(arr) for name, arr in vars(b).items()})
 
 
-def _numba(case, b):
+@add.impl("torch")
+def torch_add(case, b):
+    import torch
+
+    t = _tensors(b)
+
+    def backward():
+        t.grad_a.copy_(t.grad_out)
+        torch.sum(t.grad_out, dim=0, out=t.grad_b)
+
+    return lambda: torch.add(t.a, t.b, out=t.out), backward
+
+
+@mul.impl("torch")
+def torch_mul(case, b):
+    import torch
+
+    t = _tensors(b)
+    return lambda: torch.mul(t.a, t.b, out=t.out), None
+
+
+@gelu.impl("torch")
+def torch_gelu(case, b):
+    import torch
+
+    aten, t = torch.ops.aten, _tensors(b)
+    return (lambda: aten.gelu.out(t.x, approximate="tanh", out=t.y),
+            lambda: aten.gelu_backward.grad_input(t.grad_y, t.x, approximate="tanh",
+                                                  grad_input=t.grad_x))
+
+
+@relu.impl("torch")
+def torch_relu(case, b):  # aten.relu.out is generated: relu (clamp_min into a new tensor) + copy_
+    import torch
+
+    t = _tensors(b)
+    return lambda: torch.ops.aten.clamp_min.out(t.x, 0, out=t.y), None
+
+
+@sum_.impl("torch")
+def torch_sum(case, b):
+    import torch
+
+    t = _tensors(b)
+    return lambda: torch.sum(t.x, dim=case.spec, out=t.out), None
+
+
+@cross_entropy.impl("torch")
+def torch_cross_entropy(case, b):  # F.cross_entropy's eager path: log_softmax + nll_loss
+    import torch
+
+    aten, t = torch.ops.aten, _tensors(b)
+    logp, grad_logp = torch.empty_like(t.logits), torch.empty_like(t.logits)
+    total_weight = torch.empty((), dtype=torch.float32)
+    mean, ignore_index = 1, -100  # reduction="mean"
+
+    def forward():
+        aten._log_softmax.out(t.logits, 1, False, out=logp)
+        aten.nll_loss_forward.output(logp, t.target, None, mean, ignore_index,
+                                     output=t.loss, total_weight=total_weight)
+
+    def backward():
+        aten.nll_loss_backward.grad_input(t.grad_loss, logp, t.target, None, mean,
+                                          ignore_index, total_weight, grad_input=grad_logp)
+        aten._log_softmax_backward_data.out(grad_logp, logp, 1, torch.float32,
+                                            out=t.grad_logits)
+
+    return forward, backward
+
+
+@sgd_update.impl("torch")
+def torch_sgd_update(case, b):
+    import torch
+
+    t = _tensors(b)
+
+    def step():  # torch.optim.SGD on CPU (_single_tensor_sgd), after the first step
+        with torch.no_grad():
+            t.momentum_buffer.mul_(MOMENTUM).add_(t.grad)
+            t.param.add_(t.momentum_buffer, alpha=-LR)
+
+    return step, None
+
+
+# ---------------------------------------------------------------- numba (numba_kernels.py)
+
+
+def _partial_rows(cols):
+    """One row of partial sums per numba thread, for the column reductions."""
     import numba
 
-    from . import numba_kernels as nk
-
-    op = case.op
-    chunks = numba.get_num_threads()
-    if op in ("add", "mul"):
-        forward_kernel = nk.add_rows if op == "add" else nk.mul_rows
-        partial = np.empty((chunks, b.b.size), _f32)
-
-        def add_backward():
-            nk.add_rows_backward(b.grad_c, b.grad_a, b.grad_b, partial)
-
-        return lambda: forward_kernel(b.a, b.b, b.c), add_backward if op == "add" else None
-    if op in ("gelu", "relu"):
-        x, y = b.x.reshape(-1), b.y.reshape(-1)
-        grad_y, grad_x = b.grad_y.reshape(-1), b.grad_x.reshape(-1)
-        if op == "relu":
-            return lambda: nk.relu_forward(x, y), None
-        return lambda: nk.gelu_forward(x, y), lambda: nk.gelu_backward(grad_y, x, grad_x)
-    if op == "sum":
-        if case.axis in (-1, 1):
-            return lambda: nk.row_sum(b.x, b.out), None
-        partial = np.empty((chunks, b.x.shape[1]), _f32)
-        return lambda: nk.column_sum(b.x, b.out, partial), None
-    if op == "cross_entropy":
-        lse = np.empty(b.logits.shape[0], _f32)
-        loss, grad_loss = b.loss.reshape(1), b.grad_loss.reshape(1)
-        return (lambda: nk.cross_entropy_forward(b.logits, b.target, loss, lse),
-                lambda: nk.cross_entropy_backward(grad_loss, b.logits, b.target, lse,
-                                                  b.grad_logits))
-    if op == "sgd_update":
-        lr, momentum = _f32(LR), _f32(MOMENTUM)
-        return (lambda: nk.sgd_momentum(b.param, b.grad, b.momentum_buffer, lr, momentum),
-                None)
-    raise ValueError(op)
+    return np.empty((numba.get_num_threads(), cols), _f32)
 
 
-BUILDERS = {"pyengine": _pyengine, "numpy": _numpy, "torch": _torch, "numba": _numba}
+@add.impl("numba")
+def numba_add(case, b):
+    import numba_kernels as nk
+
+    partial = _partial_rows(b.b.size)
+    return (lambda: nk.add_rows(b.a, b.b, b.out),
+            lambda: nk.add_rows_backward(b.grad_out, b.grad_a, b.grad_b, partial))
 
 
-def make_case(impl, case):
-    """Build a case and run it once, untimed (JIT warm-up, first touch, a backward's forward).
+@mul.impl("numba")
+def numba_mul(case, b):
+    import numba_kernels as nk
 
-    Returns (the callable to time, {output name: array after the first run}).
-    """
-    buffers = new_buffers(case)
-    forward, backward = BUILDERS[impl](case, buffers)
-    forward()
-    if case.pass_name in ("backward", "forward+backward"):
-        backward()
-    outputs = {name: getattr(buffers, name) for name in checked_outputs(case)}
-    if case.pass_name == "backward":
-        return backward, outputs
-    if case.pass_name == "forward+backward":
-        def forward_backward():
-            forward()
-            backward()
-
-        return forward_backward, outputs
-    return forward, outputs
+    return lambda: nk.mul_rows(b.a, b.b, b.out), None
 
 
-# ---------------------------------------------------------------- the reference check
+@gelu.impl("numba")
+def numba_gelu(case, b):
+    import numba_kernels as nk
+
+    x, y = b.x.reshape(-1), b.y.reshape(-1)
+    grad_y, grad_x = b.grad_y.reshape(-1), b.grad_x.reshape(-1)
+    return lambda: nk.gelu_forward(x, y), lambda: nk.gelu_backward(grad_y, x, grad_x)
 
 
-_REFERENCE_OUTPUTS = {}  # case -> pyengine's outputs, kept while its group runs
+@relu.impl("numba")
+def numba_relu(case, b):
+    import numba_kernels as nk
+
+    x, y = b.x.reshape(-1), b.y.reshape(-1)
+    return lambda: nk.relu_forward(x, y), None
 
 
-def reference_outputs(case):
-    if case not in _REFERENCE_OUTPUTS:
-        _REFERENCE_OUTPUTS.clear()  # one case at a time: cross-entropy's are 200 MB
-        _, outputs = make_case(REFERENCE, case)
-        _REFERENCE_OUTPUTS[case] = outputs
-    return _REFERENCE_OUTPUTS[case]
+@sum_.impl("numba")
+def numba_sum(case, b):
+    import numba_kernels as nk
+
+    if case.spec in (-1, 1):
+        return lambda: nk.row_sum(b.x, b.out), None
+    partial = _partial_rows(b.x.shape[1])
+    return lambda: nk.column_sum(b.x, b.out, partial), None
 
 
-def check(impl, case, outputs):
-    for name, want in reference_outputs(case).items():
-        atol = RTOL * float(np.abs(want).max())
-        np.testing.assert_allclose(outputs[name], want, rtol=RTOL, atol=atol,
-                                   err_msg=f"{impl} {case.group}: {name} differs from {REFERENCE}")
+@cross_entropy.impl("numba")
+def numba_cross_entropy(case, b):
+    import numba_kernels as nk
+
+    lse = np.empty(b.logits.shape[0], _f32)
+    loss, grad_loss = b.loss.reshape(1), b.grad_loss.reshape(1)
+    return (lambda: nk.cross_entropy_forward(b.logits, b.target, loss, lse),
+            lambda: nk.cross_entropy_backward(grad_loss, b.logits, b.target, lse,
+                                              b.grad_logits))
+
+
+@sgd_update.impl("numba")
+def numba_sgd_update(case, b):
+    import numba_kernels as nk
+
+    lr, momentum = _f32(LR), _f32(MOMENTUM)
+    return lambda: nk.sgd_momentum(b.param, b.grad, b.momentum_buffer, lr, momentum), None
 
 
 # ---------------------------------------------------------------- benchmarks
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.group)
+@parametrize(CASES)
 def test_op(benchmark, threads, case, impl):
-    if impl in OPTIONAL_IMPLS:
-        pytest.importorskip(impl)
-    timed, outputs = make_case(impl, case)
-    if impl == REFERENCE:
-        _REFERENCE_OUTPUTS.clear()
-        _REFERENCE_OUTPUTS[case] = {name: arr.copy() for name, arr in outputs.items()}
-    else:
-        check(impl, case, outputs)
-    del outputs
-    benchmark.group = case.group
-    benchmark.extra_info.update(threads=threads, op=case.op, pass_name=case.pass_name,
-                                shape=list(case.shape), axis=case.axis)
-    benchmark.pedantic(timed, rounds=case.rounds, iterations=1, warmup_rounds=1)
+    run(benchmark, threads, case, impl)

@@ -1,8 +1,11 @@
 """A whole MLP training step (forward, cross-entropy, backward, SGD update).
 
 pyengine runs it two ways: captured once and replayed (the executor) and
-eagerly (autodiff on the tape); PyTorch runs its usual eager loop. numpy and
-numba have no autodiff, so they do not apply here and are skipped.
+eagerly (autodiff on the tape); PyTorch runs its usual eager loop, a row of
+both groups. numpy and numba have no autodiff, so they do not apply here and
+are skipped. The step is a kernel of the benchmark base (base.py) with no
+declared ops: no buffers, and nothing to check (the two models start from
+different random weights).
 """
 
 from __future__ import annotations
@@ -10,67 +13,74 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import pytest
 
 import pyengine
 from pyengine import functional as F
 from pyengine import nn, optim
 
+from base import Case, kernel, parametrize, run
+
 BATCH, WIDTHS, CLASSES = 256, (64, 256, 256), 10
 GROUP = f"mlp training step batch {BATCH}, {'-'.join(map(str, WIDTHS))}-{CLASSES}"
+LR, MOMENTUM = 0.01, 0.9
+
+CASES = [Case("mlp_training_step", "step", f"{GROUP} (pyengine {mode})", (BATCH, WIDTHS[0]),
+              spec=mode, rounds=200, warmup_rounds=3, info=(("mode", mode),))
+         for mode in ("replay", "eager")]
 
 
-def _data():
+def _data(case):
     rng = np.random.default_rng(0)
-    return rng.standard_normal((BATCH, WIDTHS[0]), dtype=np.float32), rng.integers(0, CLASSES, BATCH)
+    return {"x": rng.standard_normal((BATCH, WIDTHS[0]), dtype=np.float32),
+            "y": rng.integers(0, CLASSES, BATCH)}
 
 
-def _pyengine_model():
+training_step = kernel("mlp_training_step", inputs=_data,
+                       missing="{impl} has no autodiff: a training step does not apply")
+
+
+@training_step.impl("pyengine")
+def pyengine_step(case, b):
     pyengine.manual_seed(0)
     layers = []
-    for a, b in itertools.pairwise(WIDTHS):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+    for a, c in itertools.pairwise(WIDTHS):
+        layers += [nn.Linear(a, c), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(WIDTHS[-1], CLASSES))
-    return model, optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-
-def _pyengine_step(mode):
-    model, opt = _pyengine_model()
-    x, y = _data()
-    if mode == "replay":
-        graph = pyengine.capture(lambda xb, yb: F.cross_entropy(model(xb), yb), x, y, optimizer=opt)
-        return lambda: graph.run(x, y)
+    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    if case.spec == "replay":
+        graph = pyengine.capture(lambda xb, yb: F.cross_entropy(model(xb), yb), b.x, b.y,
+                                 optimizer=opt)
+        return lambda: graph.run(b.x, b.y), None
 
     def eager():
         opt.zero_grad()
-        loss = F.cross_entropy(model(pyengine.Tensor(x)), y)
+        loss = F.cross_entropy(model(pyengine.Tensor(b.x)), b.y)
         loss.backward()
         opt.step()
-    return eager
+
+    return eager, None
 
 
-def _torch_step():
-    torch = pytest.importorskip("torch")
+@training_step.impl("torch")
+def torch_step(case, b):
+    import torch
+
     torch.manual_seed(0)
     layers = []
-    for a, b in itertools.pairwise(WIDTHS):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    for a, c in itertools.pairwise(WIDTHS):
+        layers += [torch.nn.Linear(a, c), torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers, torch.nn.Linear(WIDTHS[-1], CLASSES))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = (torch.from_numpy(a) for a in _data())
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    x, y = torch.from_numpy(b.x), torch.from_numpy(b.y)
 
     def step():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    return step
+
+    return step, None
 
 
-@pytest.mark.parametrize("mode", ("replay", "eager"))
-def test_mlp_training_step(benchmark, impl, threads, mode):
-    if impl in ("numpy", "numba"):
-        pytest.skip(f"{impl} has no autodiff: a training step does not apply")
-    step = _pyengine_step(mode) if impl == "pyengine" else _torch_step()
-    benchmark.group = f"{GROUP} (pyengine {mode})"
-    benchmark.extra_info.update(threads=threads, mode=mode)
-    benchmark.pedantic(step, rounds=200, iterations=1, warmup_rounds=3)
+@parametrize(CASES)
+def test_mlp_training_step(benchmark, threads, case, impl):
+    run(benchmark, threads, case, impl)
