@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 from pyengine import ops as O
 from pyengine.tensor import Tensor, apply
 
 __all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm",
-           "cross_entropy"]
+           "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -70,8 +72,108 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
     return apply(O.LayerNorm(eps), x, weight, bias)
 
 
-def cross_entropy(logits: Tensor, target, ignore_index: int = -100) -> Tensor:
-    """Mean cross-entropy of (rows, classes) logits against integer class targets."""
-    if not isinstance(target, Tensor):
-        target = Tensor(target)
+def cross_entropy(logits: Tensor, target, ignore_index: int = -100, *, reduction: str = "mean") -> Tensor:
+    """Mean cross-entropy of logits against integer class targets, over the
+    targets that are not ignore_index, as torch: logits (classes,) with a 0-d
+    target, (N, classes) with (N,), or (N, classes, d1, ...) with (N, d1, ...).
+    Supported: reduction="mean" only (ValueError otherwise), no class weights."""
+    _reduction("cross_entropy", reduction, ("mean",))
+    logits, target = _class_rows("cross_entropy", logits, target)
     return apply(O.CrossEntropy(ignore_index), logits, target)
+
+
+# ------------------------------------------------------------------ losses
+# mse, l1 and BCE-with-logits are composed from differentiable Tensor ops;
+# nll (like cross_entropy) is a declared kernel pair, which averages.
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduction(fn: str, reduction, allowed=_REDUCTIONS) -> str:
+    if reduction not in allowed:
+        raise ValueError(f"{fn}: reduction must be one of {', '.join(map(repr, allowed))}, got {reduction!r}")
+    return reduction
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+
+
+def _operands(fn: str, input, target, broadcast: bool) -> Tensor:
+    """target as a Tensor; a shape other than input's broadcasts with torch's
+    warning (mse, l1) or raises ValueError (BCE)."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{fn}: input must be a Tensor, got {type(input).__name__}")
+    target = target if isinstance(target, Tensor) else Tensor(target)
+    if target.shape != input.shape:
+        if not broadcast:
+            raise ValueError(f"{fn}: target size {target.shape} must be the same as input size {input.shape}")
+        warnings.warn(f"{fn}: using a target size ({target.shape}) that is different to the input size "
+                      f"({input.shape}); they will broadcast", UserWarning, stacklevel=3)
+    return target
+
+
+def _class_rows(fn: str, input: Tensor, target) -> tuple:
+    """(rows, classes) scores and (rows,) targets from torch's layouts of a
+    classification loss (a class dim 1 beyond 2 dims is moved last)."""
+    target = target if isinstance(target, Tensor) else Tensor(target)
+    if input.ndim == 0:
+        raise ValueError(f"{fn}: input needs a class dim, got a 0-d tensor")
+    expected = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
+    if target.shape != expected:
+        raise ValueError(f"{fn}: target has shape {target.shape}, expected {expected} for input of shape "
+                         f"{input.shape}")
+    if input.ndim == 1:
+        return input.reshape(1, -1), target.reshape(1)
+    if input.ndim == 2:
+        return input, target
+    rows = input.permute(0, *range(2, input.ndim), 1).reshape(-1, input.shape[1])
+    return rows, target.reshape(-1)
+
+
+def nll_loss(input: Tensor, target, weight=None, *, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities `input` at the integer
+    targets, averaged over the targets that are not ignore_index (NaN when all
+    are), in cross_entropy's layouts. Supported: reduction="mean" only and no
+    class weights (ValueError otherwise)."""
+    _reduction("nll_loss", reduction, ("mean",))
+    if weight is not None:
+        raise ValueError("nll_loss: class weights are not supported")
+    logp, target = _class_rows("nll_loss", input, target)
+    return apply(O.KernelOp("nll_loss", ignore_index=int(ignore_index)), logp, target)
+
+
+def mse_loss(input: Tensor, target, *, reduction: str = "mean") -> Tensor:
+    """(input - target)^2 averaged ("mean"), summed ("sum") or elementwise ("none")."""
+    _reduction("mse_loss", reduction)
+    target = _operands("mse_loss", input, target, broadcast=True)
+    return _reduce((input - target).square(), reduction)
+
+
+def l1_loss(input: Tensor, target, *, reduction: str = "mean") -> Tensor:
+    """|input - target| averaged ("mean"), summed ("sum") or elementwise ("none")."""
+    _reduction("l1_loss", reduction)
+    target = _operands("l1_loss", input, target, broadcast=True)
+    return _reduce((input - target).abs(), reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, *, reduction: str = "mean",
+                                     pos_weight=None) -> Tensor:
+    """Binary cross-entropy of sigmoid(input) against targets in [0, 1], in the
+    stable form max(x, 0) - x y + log(1 + exp(-|x|)), as torch; `weight`
+    scales each element, `pos_weight` the positive term (both broadcast).
+    max(x, 0) is written (x + |x|) / 2, so the gradient at x = 0 is exactly
+    sigmoid(0) - y. reduction: "mean", "sum" or "none"."""
+    _reduction("binary_cross_entropy_with_logits", reduction)
+    target = _operands("binary_cross_entropy_with_logits", input, target, broadcast=False)
+    magnitude = input.abs()
+    log_term = ((-magnitude).exp() + 1.0).log()  # log(1 + exp(-|x|)), at most log 2
+    if pos_weight is None:
+        loss = (input + magnitude) * 0.5 - input * target + log_term
+    else:
+        pos_weight = pos_weight if isinstance(pos_weight, Tensor) else Tensor(pos_weight)
+        log_weight = (pos_weight - 1.0) * target + 1.0
+        loss = (1.0 - target) * input + log_weight * (log_term + (magnitude - input) * 0.5)
+    if weight is not None:
+        loss = loss * (weight if isinstance(weight, Tensor) else Tensor(weight))
+    return _reduce(loss, reduction)

@@ -19,6 +19,8 @@ import threading
 import numpy as np
 
 from pyengine import ops as O
+from pyengine import ops_layout as OL
+from pyengine import ops_reduce as OR
 
 __all__ = ["Tensor", "Node", "no_grad", "is_grad_enabled", "tensor", "topological_order"]
 
@@ -266,6 +268,95 @@ class Tensor:
             shape = tuple(shape[0])
         return apply(O.Reshape(shape), self)
 
+    # ---- layout, as in PyTorch (pyengine.ops_layout): views share memory, the rest copy
+    def view(self, *shape) -> Tensor:
+        """The same data with a new shape (one -1 allowed), a view as reshape."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return apply(OL.View(shape), self)
+
+    def unsqueeze(self, dim) -> Tensor: return apply(OL.Unsqueeze(dim), self)
+    def squeeze(self, dim=None) -> Tensor: return apply(OL.Squeeze(dim), self)
+
+    def flatten(self, start_dim=0, end_dim=-1) -> Tensor:
+        return apply(OL.Flatten(start_dim, end_dim), self)
+
+    def permute(self, *dims) -> Tensor:
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        return apply(OL.Permute(dims), self)
+
+    def transpose(self, dim0, dim1) -> Tensor: return apply(OL.Transpose(dim0, dim1), self)
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 - PyTorch's name
+        """Every dim reversed: the transpose of a matrix (a contiguous copy)."""
+        return apply(OL.ReverseDims(), self)
+
+    @property
+    def mT(self) -> Tensor:  # noqa: N802 - PyTorch's name
+        """The last two dims swapped (a contiguous copy)."""
+        return apply(OL.MatrixTranspose(), self)
+
+    def contiguous(self) -> Tensor:
+        return self  # every tensor's data is contiguous here
+
+    def __getitem__(self, index) -> Tensor:
+        """Basic indexing (ints, slices with positive steps, None, ...), a
+        contiguous copy; tensor, array, list and bool indices raise TypeError."""
+        return apply(OL.Getitem(index), self)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
+
+    # ---- reductions, as in PyTorch (pyengine.ops_reduce)
+    def max(self, dim=None, keepdim=False):
+        """Without dim: the largest element (0-d), its gradient spread evenly
+        over ties. With dim: (values, indices) as torch.return_types.max, the
+        gradient going to the element at the index."""
+        return self._extremum("max", dim, keepdim)
+
+    def min(self, dim=None, keepdim=False):
+        """As max, for the smallest elements."""
+        return self._extremum("min", dim, keepdim)
+
+    def _extremum(self, kind: str, dim, keepdim: bool):
+        if isinstance(dim, Tensor):
+            raise TypeError(f"{kind}: the elementwise form {kind}(other) is not supported")
+        if dim is None:
+            if keepdim:
+                raise TypeError(f"{kind}: keepdim needs a dim")
+            return apply(OR.ExtremumAll(kind), self)
+        if self.ndim == 0:
+            OL.normalize_dim(dim, 0, kind)
+            return self.reshape(1)._extremum(kind, 0, False)
+        indices = apply(OR.ArgReduce(kind, dim, keepdim=True), self)
+        values = apply(OR.ExtremumDim(kind, dim, keepdim), self, indices)
+        return OR.RETURN_TYPES[kind](values, indices if keepdim else indices.squeeze(dim))
+
+    def argmax(self, dim=None, keepdim=False) -> Tensor:
+        """int64 index of the largest element (over the flattened tensor without dim)."""
+        return apply(OR.ArgReduce("max", dim, keepdim), self)
+
+    def argmin(self, dim=None, keepdim=False) -> Tensor:
+        return apply(OR.ArgReduce("min", dim, keepdim), self)
+
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None) -> Tensor:
+        """Variance over dim (None: all), sum((x - mean)^2) / max(0, N - correction),
+        as torch.var: correction defaults to 1; unbiased=False means correction=0."""
+        return self._variance("var", dim, unbiased, keepdim, correction)
+
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None) -> Tensor:
+        """sqrt(var), with var's arguments."""
+        return self._variance("std", dim, unbiased, keepdim, correction).sqrt()
+
+    def _variance(self, fn: str, dim, unbiased, keepdim, correction) -> Tensor:
+        axes, divisor = OR.var_setup(fn, self.shape, dim, unbiased, correction)
+        centered = self - self.mean(axes, keepdims=True)
+        return (centered * centered).sum(axes, keepdims=keepdim) / divisor
+
 
 def tensor(data, requires_grad: bool = False) -> Tensor:
     """A tensor holding a copy of `data`."""
@@ -301,7 +392,9 @@ def apply(op: O.Op, *inputs: Tensor) -> Tensor:
     else:
         outputs = [np.empty(s.shape, dtype=s.dtype) for s in out_specs]
         op.forward(outputs, [t.data for t in inputs])
-    requires_grad = _state.grad_enabled and any(t.requires_grad for t in inputs)
+    # Integer results (indices) never require grad, whatever their inputs do.
+    requires_grad = (_state.grad_enabled and out_specs[0].dtype == O.F32
+                     and any(t.requires_grad for t in inputs))
     result = Tensor(outputs[0], requires_grad=requires_grad)
     if requires_grad or _state.capturing:
         result._node = Node(op, inputs, outputs)

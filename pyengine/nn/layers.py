@@ -144,9 +144,10 @@ class Sequential(Module):
 class CrossEntropyLoss(Module):
     """Mean cross-entropy from logits (rows, classes) and integer targets (rows,)."""
 
-    def __init__(self, ignore_index: int = -100):
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__()
-        self.ignore_index = int(ignore_index)
+        F._reduction("CrossEntropyLoss", reduction, ("mean",))  # the kernel averages
+        self.ignore_index, self.reduction = int(ignore_index), reduction
 
     def forward(self, logits, target):
-        return F.cross_entropy(logits, target, self.ignore_index)
+        return F.cross_entropy(logits, target, self.ignore_index, reduction=self.reduction)
