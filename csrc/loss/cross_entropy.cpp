@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "core/kernel_list.inc"
+#include "loss/nll_common.h"
 #include "core/parallel.h"
 #include "core/row_ops.h"
 #include "core/simd.h"
@@ -89,35 +90,7 @@ void cross_entropy_backward(float* dlogits, const float* dloss, const float* log
 }
 
 // ---------------------------------------------------------------- nll loss
-// Memory-trivial (one value a row), so the optimized kernel is the plain loop.
-
-namespace {
-
-template <typename Index>
-void nll_forward_impl(float* loss, const float* logp, const Index* target, int64_t rows,
-                      int64_t classes, int64_t ignore_index) {
-  double total = 0.0;
-  int64_t count = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (target[r] == ignore_index) continue;
-    total -= logp[r * classes + target[r]];
-    ++count;
-  }
-  loss[0] = count ? static_cast<float>(total / count) : std::numeric_limits<float>::quiet_NaN();
-}
-
-template <typename Index>
-void nll_backward_impl(float* dlogp, const float* dloss, const Index* target, int64_t rows,
-                       int64_t classes, int64_t ignore_index) {
-  int64_t count = 0;
-  for (int64_t r = 0; r < rows; ++r) count += target[r] != ignore_index;
-  if (count == 0) return;
-  const float g = static_cast<float>(-double(dloss[0]) / count);
-  for (int64_t r = 0; r < rows; ++r)
-    if (target[r] != ignore_index) dlogp[r * classes + target[r]] += g;
-}
-
-}  // namespace
+// Memory-trivial (one value a row): both variants run the loops of loss/nll_common.h.
 
 void nll_loss_forward(float* loss, const float* logp, const int64_t* target, int64_t rows,
                       int64_t classes, int64_t ignore_index) {
