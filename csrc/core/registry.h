@@ -26,6 +26,7 @@
 #include <functional>
 #include <initializer_list>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -315,6 +316,14 @@ std::vector<EnumDecl>& all_enums();
 void bind_registry(py::module_& m);
 
 std::string shape_str(const Shape& s);
+
+// The parts streamed into one string (error messages).
+template <typename... Parts>
+std::string cat(Parts&&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
 
 }  // namespace registry
 }  // namespace pyengine

@@ -1,0 +1,453 @@
+// The Python boundary of the op registry (see registry.h): one place that
+// checks an argument of each role, allocates missing outputs, releases the
+// GIL for large work and calls the kernel; and the export of the
+// declarations (op_table, enums, infer_shapes). Declarations and shape
+// resolution are registry.cpp.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <deque>
+
+#include "core/registry.h"
+
+namespace pyengine {
+namespace registry {
+namespace {
+
+constexpr int64_t kWorthReleasingGil = 1 << 16;  // elements or multiply-adds
+
+bool is_written(Role r) {
+  return r == Role::output || r == Role::optional_output || r == Role::grad ||
+         r == Role::optional_grad || r == Role::inout || r == Role::optional_inout;
+}
+
+bool is_optional(Role r) {
+  return r == Role::optional_input || r == Role::optional_output || r == Role::optional_grad ||
+         r == Role::optional_inout;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- calls
+
+const void* Call::data(const char* arg) const {
+  const int i = r_.op().arg_index(arg);
+  if (i < 0) throw std::logic_error(r_.op().name + ": no argument '" + arg + "'");
+  return pointers_[i];
+}
+
+float* Call::f32(const char* arg) const { return static_cast<float*>(const_cast<void*>(data(arg))); }
+
+bool Call::is_int32(const char* arg) const {
+  const int i = r_.op().arg_index(arg);
+  return i >= 0 && int32_[i];
+}
+
+int64_t Call::dim(const char* name) const { return r_.dim(name); }
+
+namespace {
+
+[[noreturn]] void type_error(const OpDecl& op, const std::string& message) {
+  throw py::type_error(op.name + ": " + message);
+}
+
+[[noreturn]] void value_error(const OpDecl& op, const std::string& message) {
+  throw py::value_error(op.name + ": " + message);
+}
+
+void shape_of(const OpDecl& op, const std::string& name, const py::array& a, Shape& shape) {
+  if (static_cast<size_t>(a.ndim()) > kMaxRank)
+    value_error(op, cat("'", name, "' has ", a.ndim(), " dims; at most ", kMaxRank, " are supported"));
+  shape.use_first(0);
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) shape.push_back(a.shape()[i]);
+}
+
+// Checks one array argument of its role; returns whether it is int32 (index dtype).
+bool check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Shape& shape) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", Py_TYPE(obj.ptr())->tp_name));
+  const py::array a = py::reinterpret_borrow<py::array>(obj);
+  shape_of(op, arg.name, a, shape);
+  static const int f32_type = py::dtype::of<float>().num();
+  static const int i64_type = py::dtype::of<int64_t>().num();
+  static const int i32_type = py::dtype::of<int32_t>().num();
+  const int type = a.dtype().num();
+  bool int32 = false;
+  if (arg.dtype == DType::f32) {
+    if (type != f32_type)
+      type_error(op, cat("argument '", arg.name, "' must have dtype float32, got ",
+                         std::string(py::str(a.dtype())), " with shape ", shape_str(shape)));
+  } else {
+    int32 = type == i32_type;
+    if (type != i64_type && !int32)
+      type_error(op, cat("argument '", arg.name, "' must have dtype int64 or int32, got ",
+                         std::string(py::str(a.dtype())), " with shape ", shape_str(shape)));
+  }
+  if (!(a.flags() & py::array::c_style))
+    value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
+                        " must be C-contiguous (use numpy.ascontiguousarray)"));
+  if (is_written(arg.role) && !a.writeable())
+    value_error(op, cat("output '", arg.name, "' with shape ", shape_str(shape), " is read-only"));
+  return int32;
+}
+
+int64_t as_int(const OpDecl& op, const AttrDecl& decl, const py::handle& obj) {
+  if (PyBool_Check(obj.ptr()) || !(PyLong_Check(obj.ptr()) || PyIndex_Check(obj.ptr())) ||
+      PyFloat_Check(obj.ptr()))
+    type_error(op, cat("'", decl.name, "' must be an int, got ", Py_TYPE(obj.ptr())->tp_name));
+  py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(obj.ptr()));
+  if (!value) {
+    PyErr_Clear();
+    type_error(op, cat("'", decl.name, "' must be an int, got ", Py_TYPE(obj.ptr())->tp_name));
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  if (overflow) value_error(op, cat("'", decl.name, "' = ", std::string(py::repr(obj)), " is out of range"));
+  return v;
+}
+
+Attr convert_attr(const OpDecl& op, const AttrDecl& decl, const py::handle& obj) {
+  Attr a{decl.kind};
+  switch (decl.kind) {
+    case AttrKind::flag: {
+      const bool is_np_bool = std::string(Py_TYPE(obj.ptr())->tp_name) == "numpy.bool" ||
+                              std::string(Py_TYPE(obj.ptr())->tp_name) == "numpy.bool_";
+      if (!PyBool_Check(obj.ptr()) && !is_np_bool)
+        type_error(op, cat("'", decl.name, "' must be a bool, got ", Py_TYPE(obj.ptr())->tp_name));
+      a.flag = PyObject_IsTrue(obj.ptr()) == 1;
+      return a;
+    }
+    case AttrKind::integer: a.integer = as_int(op, decl, obj); return a;
+    case AttrKind::real: {
+      if (PyBool_Check(obj.ptr()) || !PyNumber_Check(obj.ptr()))
+        type_error(op, cat("'", decl.name, "' must be a number, got ", Py_TYPE(obj.ptr())->tp_name));
+      a.real = PyFloat_AsDouble(obj.ptr());
+      if (PyErr_Occurred()) {
+        PyErr_Clear();
+        type_error(op, cat("'", decl.name, "' must be a number, got ", Py_TYPE(obj.ptr())->tp_name));
+      }
+      return a;
+    }
+    case AttrKind::code: {
+      const EnumDecl& values = *decl.values;
+      if (PyUnicode_Check(obj.ptr())) {
+        for (size_t i = 0; i < values.members.size(); ++i)  // no string is built on the way
+          if (PyUnicode_CompareWithASCIIString(obj.ptr(), values.members[i].c_str()) == 0) {
+            a.integer = static_cast<int64_t>(i);
+            return a;
+          }
+        const std::string name = py::str(obj);
+        std::string names;
+        for (const std::string& m : values.members) names += (names.empty() ? "" : ", ") + m;
+        value_error(op, cat("unknown ", decl.name, " '", name, "' (expected one of ", names, ")"));
+      }
+      a.integer = as_int(op, decl, obj);
+      if (a.integer < 0 || a.integer >= static_cast<int64_t>(values.members.size()))
+        value_error(op, cat("unknown ", decl.name, " code ", a.integer, " (", values.name, " has codes 0..",
+                            values.members.size() - 1, ")"));
+      return a;
+    }
+    case AttrKind::int_pair: {
+      constexpr int64_t kMax = 2147483647;  // far inside int64 arithmetic
+      const bool single = PyLong_Check(obj.ptr()) && !PyBool_Check(obj.ptr());
+      const bool sequence = py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj);
+      if (!single && (!sequence || py::len(obj) != 2))
+        type_error(op, cat("'", decl.name, "' must be an int or a pair (h, w) of ints, got ",
+                           std::string(py::repr(obj))));
+      for (size_t i = 0; i < 2; ++i) {
+        py::handle item = single ? obj : py::handle(PySequence_Fast_GET_ITEM(
+                                              py::reinterpret_steal<py::object>(PySequence_Fast(obj.ptr(), "")).ptr(), i));
+        if (!PyLong_Check(item.ptr()) || PyBool_Check(item.ptr()))
+          type_error(op, cat("'", decl.name, "' must be an int or a pair (h, w) of ints, got ",
+                             std::string(py::repr(obj))));
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(item.ptr(), &overflow);
+        if (overflow || v < decl.minimum || v > kMax)
+          value_error(op, cat("'", decl.name, "' must be >= ", decl.minimum, " and <= ", kMax, ", got ",
+                              std::string(py::repr(obj))));
+        a.pair[i] = v;
+      }
+      return a;
+    }
+  }
+  return a;
+}
+
+bool overlaps(const py::array& x, const py::array& y) {
+  const char* x0 = static_cast<const char*>(x.data());
+  const char* y0 = static_cast<const char*>(y.data());
+  return x.nbytes() && y.nbytes() && x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+}
+
+bool identical(const py::array& x, const py::array& y) {
+  return x.data() == y.data() && x.nbytes() == y.nbytes();
+}
+
+bool alias_allowed(const OpDecl& op, const std::string& a, const std::string& b) {
+  for (const auto& [w, r] : op.may_alias)
+    if ((w == a && r == b) || (w == b && r == a)) return true;  // only reached on an overlap
+  return false;
+}
+
+// Gathers the call's arguments: positional first, then keywords by name.
+struct Gathered {
+  InlineVec<py::handle, kMaxArgs> arrays;  // null handle: not given
+  InlineVec<py::handle, kMaxAttrs> attrs;
+};
+
+// args[0, nargs) are positional; kwnames (a tuple, or null) names the
+// values that follow them (CPython's vectorcall convention).
+Gathered gather(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  const size_t n_arrays = op.args.size(), n_attrs = op.attrs.size();
+  if (static_cast<size_t>(nargs) > n_arrays + n_attrs)
+    type_error(op, cat("takes at most ", n_arrays + n_attrs, " arguments, got ", nargs));
+  Gathered g;
+  g.arrays.use_first(n_arrays);  // null handles: not given
+  g.attrs.use_first(n_attrs);
+  for (Py_ssize_t i = 0; i < nargs; ++i) {
+    if (static_cast<size_t>(i) < n_arrays) g.arrays[i] = args[i];
+    else g.attrs[i - n_arrays] = args[i];
+  }
+  const Py_ssize_t n_kw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < n_kw; ++i) {
+    const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
+    if (!key) throw py::error_already_set();
+    const int a = op.arg_index(key), t = op.attr_index(key);
+    if (a < 0 && t < 0) type_error(op, cat("unexpected argument '", key, "'"));
+    py::handle& slot = a >= 0 ? g.arrays[a] : g.attrs[t];
+    if (slot) type_error(op, cat("argument '", key, "' given twice"));
+    slot = args[nargs + i];
+  }
+  return g;
+}
+
+Resolution::Attrs convert_attrs(const OpDecl& op, const InlineVec<py::handle, kMaxAttrs>& given) {
+  Resolution::Attrs attrs;
+  for (size_t i = 0; i < op.attrs.size(); ++i) {
+    const AttrDecl& decl = op.attrs[i];
+    if (!given[i]) {
+      if (!decl.default_value) type_error(op, cat("missing argument '", decl.name, "'"));
+      attrs.push_back(*decl.default_value);
+    } else {
+      attrs.push_back(convert_attr(op, decl, given[i]));
+    }
+  }
+  return attrs;
+}
+
+// Arrays of one call; a null object marks an argument that is not given.
+// (py::object, not py::array: a default py::array is a real numpy array.)
+using Arrays = InlineVec<py::object, kMaxArgs>;
+
+const py::array& as_array(const py::object& o) { return static_cast<const py::array&>(o); }
+
+int64_t work_of(const OpDecl& op, const Resolution& r, const Arrays& arrays) {
+  if (!op.work_dims.empty()) {
+    int64_t w = 1;
+    for (int d : op.work_dims) w *= r.dim_at(d);
+    return w;
+  }
+  int64_t largest = 0;
+  for (const py::object& a : arrays)
+    if (a) largest = std::max<int64_t>(largest, as_array(a).size());
+  return largest;
+}
+
+py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  const Gathered g = gather(op, args, nargs, kwnames);
+  const size_t n = op.args.size();
+  Arrays arrays;
+  arrays.use_first(n);  // null objects
+  Resolution::Shapes shapes;
+  shapes.use_first(n);  // absent
+  Call::Flags int32;
+  int32.resize(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    const ArgDecl& arg = op.args[i];
+    const py::handle obj = g.arrays[i];
+    const bool none = !obj || obj.is_none();
+    if (none) {
+      if (!is_optional(arg.role) && arg.role != Role::output)
+        type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", obj ? "NoneType" : "nothing"));
+      continue;
+    }
+    int32[i] = check_array(op, arg, obj, shapes[i].fill());
+    arrays[i] = py::reinterpret_borrow<py::object>(obj);
+  }
+  const Resolution::Attrs attrs = convert_attrs(op, g.attrs);
+  Resolution r(op, shapes, attrs);
+  r.resolve();
+  // Outputs not given are allocated (never a copy of anything).
+  for (size_t i = 0; i < n; ++i) {
+    if (arrays[i] || op.args[i].role != Role::output) continue;
+    if (!r.expected(i)) throw std::logic_error(op.name + ": no shape for output '" + op.args[i].name + "'");
+    const Shape s = *r.expected(i);
+    arrays[i] = py::array_t<float>(std::vector<py::ssize_t>(s.begin(), s.end()));
+    shapes[i].fill() = s;  // the kernel sees it like a given one
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!arrays[i] || !is_written(op.args[i].role)) continue;
+    for (size_t j = 0; j < n; ++j) {
+      if (j == i || !arrays[j] || !overlaps(as_array(arrays[i]), as_array(arrays[j]))) continue;
+      if (identical(as_array(arrays[i]), as_array(arrays[j])) && alias_allowed(op, op.args[i].name, op.args[j].name)) continue;
+      value_error(op, cat("'", op.args[i].name, "' with shape ", shape_str(*r.expected(i)), " overlaps '",
+                          op.args[j].name, "'"));
+    }
+  }
+  Call::Pointers pointers;
+  for (size_t i = 0; i < n; ++i)
+    pointers.push_back(arrays[i] ? const_cast<void*>(as_array(arrays[i]).data()) : nullptr);
+  const Call call(r, pointers, int32);
+  if (op.check) op.check(call);
+  {
+    std::optional<py::gil_scoped_release> release;
+    if (work_of(op, r, arrays) >= kWorthReleasingGil) release.emplace();
+    op.kernel(call);
+  }
+  // Returns the outputs; an op that only updates in place returns what it updated.
+  InlineVec<size_t, kMaxArgs> outputs;
+  for (size_t i = 0; i < n; ++i)
+    if (op.args[i].role == Role::output) outputs.push_back(i);
+  for (size_t i = 0; i < n && outputs.empty(); ++i)
+    if (op.args[i].role == Role::inout) outputs.push_back(i);
+  if (outputs.empty()) return py::none();
+  if (outputs.size() == 1) return arrays[outputs[0]];
+  py::tuple result(outputs.size());
+  for (size_t k = 0; k < outputs.size(); ++k) result[k] = arrays[outputs[k]];
+  return result;
+}
+
+// infer_shapes(op, shapes, attrs): shapes maps argument names to tuples;
+// returns every argument's expected shape that the given ones determine.
+py::dict infer_shapes(const std::string& name, const py::dict& given_shapes, const py::dict& given_attrs) {
+  const OpDecl* found = nullptr;
+  for (const OpDecl& op : all_ops())
+    if (op.name == name) found = &op;
+  if (!found) throw py::value_error("infer_shapes: unknown op '" + name + "'");
+  const OpDecl& op = *found;
+  Resolution::Shapes shapes;
+  shapes.resize(op.args.size());
+  for (auto item : given_shapes) {
+    const std::string key = py::str(item.first);
+    const int a = op.arg_index(key.c_str());
+    if (a < 0) type_error(op, cat("unexpected argument '", key, "'"));
+    if (item.second.is_none()) continue;
+    Shape s;
+    for (auto d : item.second) s.push_back(d.cast<int64_t>());
+    shapes[a] = s;
+  }
+  InlineVec<py::handle, kMaxAttrs> attr_handles;
+  attr_handles.resize(op.attrs.size());
+  for (auto item : given_attrs) {
+    const int t = op.attr_index(std::string(py::str(item.first)).c_str());
+    if (t < 0) type_error(op, cat("unexpected argument '", std::string(py::str(item.first)), "'"));
+    attr_handles[t] = item.second;
+  }
+  Resolution r(op, shapes, convert_attrs(op, attr_handles));
+  r.resolve();
+  py::dict out;
+  for (size_t i = 0; i < op.args.size(); ++i)
+    if (r.expected(i)) out[py::str(op.args[i].name)] = py::tuple(py::cast(std::vector<int64_t>(r.expected(i)->begin(), r.expected(i)->end())));
+  return out;
+}
+
+py::object attr_value(const Attr& a, const AttrDecl& decl) {
+  switch (a.kind) {
+    case AttrKind::flag: return py::bool_(a.flag);
+    case AttrKind::integer: return py::int_(a.integer);
+    case AttrKind::real: return py::float_(a.real);
+    case AttrKind::code: return py::str(decl.values->members[a.integer]);
+    case AttrKind::int_pair: return py::make_tuple(a.pair[0], a.pair[1]);
+  }
+  return py::none();
+}
+
+const char* attr_kind_name(AttrKind k) {
+  switch (k) {
+    case AttrKind::flag: return "bool";
+    case AttrKind::integer: return "int";
+    case AttrKind::real: return "float";
+    case AttrKind::code: return "code";
+    case AttrKind::int_pair: return "int_pair";
+  }
+  return "unknown";
+}
+
+py::dict op_table() {
+  py::dict table;
+  for (const OpDecl& op : all_ops()) {
+    py::list args, attrs;
+    for (const ArgDecl& a : op.args)
+      args.append(py::dict(py::arg("name") = a.name, py::arg("role") = role_name(a.role),
+                           py::arg("dtype") = a.dtype == DType::f32 ? "float32" : "index",
+                           py::arg("shape") = a.shape));
+    for (const AttrDecl& a : op.attrs) {
+      py::dict d(py::arg("name") = a.name, py::arg("kind") = attr_kind_name(a.kind), py::arg("doc") = a.doc,
+                 py::arg("required") = !a.default_value.has_value());
+      d["default"] = a.default_value ? attr_value(*a.default_value, a) : py::none();
+      if (a.values) d["enum"] = a.values->name;
+      attrs.append(d);
+    }
+    py::list may_alias;
+    for (const auto& [w, r] : op.may_alias) may_alias.append(py::make_tuple(w, r));
+    table[py::str(op.name)] = py::dict(py::arg("name") = op.name, py::arg("family") = op.family,
+                                       py::arg("doc") = op.doc, py::arg("args") = args,
+                                       py::arg("attrs") = attrs, py::arg("work") = op.work,
+                                       py::arg("may_alias") = may_alias);
+  }
+  return table;
+}
+
+}  // namespace
+
+// The entry point of every op: CPython's vectorcall convention straight
+// into call_op (no argument tuple or dict is built), the op's declaration
+// riding in the function's capsule. C++ exceptions become Python ones here.
+PyObject* op_entry(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  try {
+    const auto* op = static_cast<const OpDecl*>(PyCapsule_GetPointer(capsule, nullptr));
+    return call_op(*op, args, nargs, kwnames).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+void bind_registry(py::module_& m) {
+  static std::deque<PyMethodDef> methods;  // CPython keeps pointers to them
+  static std::deque<std::string> docs;
+  for (const OpDecl& op : all_ops()) {
+    std::string signature = op.name + "(";
+    for (size_t i = 0; i < op.args.size(); ++i) signature += (i ? ", " : "") + op.args[i].name;
+    for (const AttrDecl& a : op.attrs) signature += ", " + a.name;
+    docs.push_back(signature + ")\n--\n\n" + op.doc);
+    methods.push_back(PyMethodDef{op.name.c_str(), reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&op_entry)),
+                                  METH_FASTCALL | METH_KEYWORDS, docs.back().c_str()});
+    py::object self = py::reinterpret_steal<py::object>(
+        PyCapsule_New(const_cast<void*>(static_cast<const void*>(&op)), nullptr, nullptr));
+    if (!self) throw py::error_already_set();
+    py::object function = py::reinterpret_steal<py::object>(PyCFunction_NewEx(&methods.back(), self.ptr(), m.attr("__name__").ptr()));
+    if (!function) throw py::error_already_set();
+    m.attr(op.name.c_str()) = function;
+  }
+  py::dict enums;
+  for (const EnumDecl& e : all_enums()) {
+    py::dict members;
+    for (size_t i = 0; i < e.members.size(); ++i) members[py::str(e.members[i])] = i;
+    enums[py::str(e.name)] = members;
+  }
+  m.attr("enums") = enums;
+  m.def("op_table", &op_table, "Every declared op: arguments (name, role, dtype, shape), attributes, work.");
+  m.def("infer_shapes", &infer_shapes, py::arg("op"), py::arg("shapes"), py::arg("attrs") = py::dict(),
+        "Expected shapes of an op's arguments from the given ones (a shape rule written once).");
+}
+
+}  // namespace registry
+}  // namespace pyengine
