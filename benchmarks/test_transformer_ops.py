@@ -15,12 +15,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import pyengine as pe
 import pyengine.kernels as K
 from pyengine.nn.utils import clip_grad_norm_
 
-from base import Case, kernel, parametrize, run
+from base import IMPLS, Case, kernel, parametrize, run, run_fma_probe
 
 _f32 = np.float32
 P = 0.1
@@ -194,6 +195,15 @@ for _name, _fused in (("clip+adamw", True), ("clip then adamw", False)):
             opt.step()
 
         return step, None
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fma_probe(benchmark, threads, impl):
+    """The machine's FMA peak in the same run (these kernels are memory-bound: read their
+    times against the bytes they move; the probe shows how loaded the cores were)."""
+    if impl != "pyengine":
+        pytest.skip("the FMA probe is pyengine's own (kernels.fma_probe)")
+    run_fma_probe(benchmark, threads, threads)
 
 
 @parametrize(CASES)
