@@ -61,6 +61,12 @@ def get_num_threads() -> int:
     return _C.get_num_threads()
 
 
+def flushes_denormals() -> bool:
+    """True where kernels treat subnormal floats as zero, in and out (x86-64:
+    the FTZ and DAZ bits are set while a kernel runs, then restored)."""
+    return bool(_C.flushes_denormals())
+
+
 def has_openmp() -> bool:
     return bool(_C.has_openmp)
 
@@ -118,5 +124,5 @@ __all__ = [
     "abs", "clamp", "clip", "exp", "log", "relu", "rsqrt", "sigmoid", "sqrt", "square", "tanh",
     "kernels", "functional", "nn", "optim", "graph",
     "get_isa", "set_isa", "use_isa", "available_isas", "set_num_threads", "get_num_threads",
-    "has_openmp", "has_cuda", "__version__",
+    "has_openmp", "has_cuda", "flushes_denormals", "__version__",
 ]
