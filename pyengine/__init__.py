@@ -89,6 +89,7 @@ def _apply_isa_from_environment() -> None:
 _apply_isa_from_environment()
 
 from pyengine import functional, graph, kernels, nn, optim  # noqa: E402
+from pyengine.combine import cat, chunk, concat, split, stack, tril, triu, where  # noqa: E402
 from pyengine.factories import (  # noqa: E402
     arange,
     empty,
@@ -121,6 +122,7 @@ __all__ = [
     "zeros", "ones", "full", "empty", "rand", "randn", "randint", "arange", "linspace", "eye",
     "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
     "float32", "int64", "int32",
+    "cat", "concat", "stack", "split", "chunk", "where", "tril", "triu",
     "abs", "clamp", "clip", "exp", "log", "relu", "rsqrt", "sigmoid", "sqrt", "square", "tanh",
     "kernels", "functional", "nn", "optim", "graph",
     "get_isa", "set_isa", "use_isa", "available_isas", "set_num_threads", "get_num_threads",
