@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from pyengine import ops as O
+from pyengine import ops_cnn as OC
 from pyengine.ops_embedding import Embedding
 from pyengine.tensor import Tensor, apply
 
-__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm",
-           "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits",
-           "embedding"]
+__all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "gelu",
+           "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "nll_loss", "mse_loss",
+           "l1_loss", "binary_cross_entropy_with_logits", "embedding"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -27,14 +30,98 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-           dilation=1) -> Tensor:
-    """2-D convolution as in PyTorch: x (N, C, H, W), weight (K, C, R, S), bias (K,).
+           dilation=1, groups: int = 1) -> Tensor:
+    """2-D convolution as in PyTorch: x (N, C, H, W), weight (K, C / groups, R, S), bias (K,).
 
     stride, padding (zeros) and dilation are ints or (h, w) pairs; the output
     is (N, K, OH, OW) with OH = (H + 2 padding - dilation (R - 1) - 1) // stride + 1.
+    groups splits the channels: output channel k reads the C / groups input
+    channels of its group k // (K / groups) (groups = C: depthwise).
     """
     inputs = (x, weight) if bias is None else (x, weight, bias)
-    return apply(O.Conv2d(stride, padding, dilation), *inputs)
+    return apply(O.Conv2d(stride, padding, dilation, groups), *inputs)
+
+
+# ------------------------------------------------------------------ pooling and batch norm
+# (N, C, H, W) images, or one unbatched (C, H, W) image, as in PyTorch.
+
+
+def _pooled(op, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op.name}: x must be a Tensor, got {type(x).__name__}")
+    if x.ndim == 3:
+        return _unbatched(op, x)
+    if x.ndim != 4:
+        raise ValueError(f"{op.name}: x must be (N, C, H, W) or (C, H, W), got shape {x.shape}")
+    return apply(op, x)
+
+
+def _unbatched(op, x: Tensor) -> Tensor:
+    y = apply(op, x.reshape(1, *x.shape))
+    return y.reshape(*y.shape[1:])
+
+
+def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """2-D max pooling as torch.nn.functional.max_pool2d (stride defaults to
+    kernel_size; padding at most half the dilated kernel; ties: the first
+    largest value). With return_indices, also the int64 flat index in each
+    plane of every maximum (computed again eagerly: not a graph value)."""
+    op = OC.MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode)
+    y = _pooled(op, x)
+    if not return_indices:
+        return y
+    batched = x.data if x.ndim == 4 else x.data.reshape(1, *x.shape)
+    outs = [np.empty(spec.shape, spec.dtype) for spec in op.infer(O.Spec(batched.shape))]
+    op.forward(outs, [batched])
+    indices = outs[1].astype(np.int64)
+    return y, Tensor(indices.reshape(y.shape))
+
+
+def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override=None) -> Tensor:
+    """2-D average pooling as torch.nn.functional.avg_pool2d."""
+    return _pooled(OC.AvgPool2d(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override), x)
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
+    """Adaptive 2-D average pooling to output_size (an int or (OH, OW); 1 is global pooling)."""
+    return _pooled(OC.AdaptiveAvgPool2d(output_size), x)
+
+
+def batch_norm(x: Tensor, running_mean, running_var, weight: Tensor | None = None, bias: Tensor | None = None,
+               training: bool = False, momentum=0.1, eps: float = 1e-5, num_batches_tracked=None) -> Tensor:
+    """Batch norm per channel of x (N, C, ...), as torch.nn.functional.batch_norm.
+
+    training: normalise with the batch's mean and biased variance, and update
+    running_mean / running_var in place (when given) with momentum, the
+    variance unbiased; else use them. They are float32 (C,) arrays or
+    Tensors (or None). A batch of one value per channel in training raises
+    ValueError, as in PyTorch.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"batch_norm: x must be a Tensor, got {type(x).__name__}")
+    running_mean, running_var = (_buffer_array(b, name) for b, name in
+                                 ((running_mean, "running_mean"), (running_var, "running_var")))
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm: training=False needs running_mean and running_var")
+    if training and x.ndim >= 2 and x.size // max(x.shape[1], 1) <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    counter = None if num_batches_tracked is None else _buffer_array(num_batches_tracked, "num_batches_tracked")
+    op = OC.BatchNorm(running_mean, running_var, counter, training, momentum, eps, weight is not None,
+                      bias is not None)
+    return apply(op, x, *(t for t in (weight, bias) if t is not None))
+
+
+def _buffer_array(value, name: str):
+    if value is None:
+        return None
+    array = value.data if isinstance(value, Tensor) else value
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"batch_norm: {name} must be a Tensor or numpy array, got {type(value).__name__}")
+    return array
 
 
 def relu(x: Tensor) -> Tensor:
