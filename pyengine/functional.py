@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 
 from pyengine import ops as O
+from pyengine import ops_attention as OA
 from pyengine import ops_cnn as OC
 from pyengine.ops_embedding import Embedding
 from pyengine.tensor import Tensor, apply
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "gelu",
            "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "nll_loss", "mse_loss",
-           "l1_loss", "binary_cross_entropy_with_logits", "embedding"]
+           "l1_loss", "binary_cross_entropy_with_logits", "embedding", "scaled_dot_product_attention",
+           "qkv_attention"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -282,3 +285,65 @@ def embedding(input, weight: Tensor) -> Tensor:
     if not isinstance(weight, Tensor):
         raise TypeError(f"embedding: weight must be a Tensor, got {type(weight).__name__}")
     return apply(Embedding(), weight, idx)
+
+
+# ------------------------------------------------------------------ attention
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, is_causal: bool = False,
+                                 scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
+    """softmax(q k^T * scale + mask) v, as torch.nn.functional.scaled_dot_product_attention, in one fused
+    (flash-style) kernel: q (B, H, Tq, D), k and v (B, H, Tk, D), D <= 256, result (B, H, Tq, D).
+
+    attn_mask: boolean (True = attend) or additive float32, broadcastable to (B, H, Tq, Tk) (read with
+    stride 0 along broadcast dims, never expanded). A float mask that requires grad (a learned position
+    bias) gets its gradient, summed over its broadcast dims. A boolean mask is turned into an additive
+    0 / -inf mask of its own shape. is_causal: query i attends key j iff j <= i + (Tk - Tq), aligned to
+    the END (what decoding with a KV cache needs); for Tq == Tk this is PyTorch's is_causal, for
+    Tq != Tk PyTorch aligns its causal mask to the top left instead. scale defaults to 1 / sqrt(D).
+    A row that attends no key (fully masked) gives 0, and zero gradients, as PyTorch does.
+    dropout_p > 0 zeroes probabilities (kept ones scaled by 1 / (1 - dropout_p)) from a counter-based
+    mask drawn from pyengine's generator.
+    """
+    fn = "scaled_dot_product_attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a Tensor, got {type(t).__name__}")
+        if t.ndim != 4:
+            raise ValueError(f"{fn}: {name} must be 4-D (B, H, T, D), got shape {t.shape}")
+    inputs = [q, k, v]
+    if attn_mask is not None:
+        inputs.append(_additive_mask(fn, attn_mask))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if dropout_p > 0:
+        inputs.append(Tensor(OA._next_rng()))
+    op = OA.Attention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_mask=attn_mask is not None,
+                      has_rng=dropout_p > 0)
+    return apply(op, *inputs)
+
+
+def _additive_mask(fn: str, mask) -> Tensor:
+    data = mask.data if isinstance(mask, Tensor) else mask
+    if not isinstance(data, np.ndarray):
+        raise TypeError(f"{fn}: attn_mask must be a Tensor or numpy array, got {type(mask).__name__}")
+    if data.dtype == np.bool_:
+        return Tensor(np.where(data, np.float32(0), np.float32(-np.inf)))
+    if data.dtype != np.float32:
+        raise TypeError(f"{fn}: attn_mask must be bool or float32, got {data.dtype} with shape {data.shape}")
+    return mask if isinstance(mask, Tensor) else Tensor(mask)
+
+
+def qkv_attention(qkv: Tensor, is_causal: bool = True, scale: float | None = None,
+                  dropout_p: float = 0.0) -> Tensor:
+    """Attention straight from a fused QKV projection: qkv (B, T, 3, H, D) (q, k, v along dim 2, as
+    ``linear(x, w_qkv).view(B, T, 3, H, D)`` gives them) -> (B, T, H, D), ready for the output
+    projection: no transposes. Equals scaled_dot_product_attention on the (B, H, T, D) transposes;
+    causal by default, scale 1 / sqrt(D) by default; the backward writes d(qkv) in place."""
+    if not isinstance(qkv, Tensor):
+        raise TypeError(f"qkv_attention: qkv must be a Tensor, got {type(qkv).__name__}")
+    if qkv.ndim != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv_attention: qkv must be (B, T, 3, H, D), got shape {qkv.shape}")
+    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+    inputs = [qkv] + ([Tensor(OA._next_rng())] if dropout_p > 0 else [])
+    op = OA.QKVAttention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_rng=dropout_p > 0)
+    return apply(op, *inputs)

@@ -99,6 +99,12 @@ EXAMPLES = {
     "adaptive_avg_pool2d": (dict(x=_normal(2, 3, 7, 6)), dict(output_size=(3, 4))),
     "batch_norm": (dict(x=_normal(4, 3, 5), weight=_normal(3), bias=_normal(3), running_mean=_normal(3),
                         running_var=_positive(3)), dict(training=True, momentum=0.1, eps=1e-5)),
+    # ---- fused attention (csrc/attention): a broadcast additive mask, dropout, cross-attention
+    "attention": (dict(q=_normal(2, 3, 5, 4), k=_normal(2, 3, 6, 4, seed=1), v=_normal(2, 3, 6, 4, seed=2),
+                       mask=_normal(1, 3, 5, 6), rng=np.array([7, 1], np.int64)),
+                  dict(is_causal=True, scale=0.5, dropout_p=0.25)),
+    "qkv_attention": (dict(qkv=_normal(2, 5, 3, 2, 4), rng=np.array([7, 2], np.int64)),
+                      dict(is_causal=True, scale=0.5, dropout_p=0.25)),
 }
 
 # Kernels that are not a forward/backward pair: their arguments by name.
