@@ -114,7 +114,7 @@ from pyengine.factories import (  # noqa: E402
 from pyengine.graph import capture  # noqa: E402
 from pyengine.io.serialization import load, save  # noqa: E402
 from pyengine.pointwise import abs, clamp, clip, exp, log, relu, rsqrt, sigmoid, sqrt, square, tanh  # noqa: E402
-from pyengine.random import manual_seed  # noqa: E402
+from pyengine.random import get_rng_state, initial_seed, manual_seed, set_rng_state  # noqa: E402
 from pyengine.tensor import Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
 
 __all__ = [
@@ -127,4 +127,5 @@ __all__ = [
     "kernels", "functional", "nn", "optim", "graph",
     "get_isa", "set_isa", "use_isa", "available_isas", "set_num_threads", "get_num_threads",
     "has_openmp", "has_cuda", "flushes_denormals", "__version__",
+    "get_rng_state", "set_rng_state", "initial_seed",
 ]

@@ -10,13 +10,15 @@ import numpy as np
 from pyengine import ops as O
 from pyengine import ops_attention as OA
 from pyengine import ops_cnn as OC
+from pyengine import random as R
+from pyengine.ops_dropout import Dropout, DropoutAdd, check_probability
 from pyengine.ops_embedding import Embedding
 from pyengine.tensor import Tensor, apply
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "gelu",
            "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "nll_loss", "mse_loss",
-           "l1_loss", "binary_cross_entropy_with_logits", "embedding", "scaled_dot_product_attention",
-           "qkv_attention"]
+           "l1_loss", "binary_cross_entropy_with_logits", "embedding", "dropout", "dropout_add",
+           "scaled_dot_product_attention", "qkv_attention"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -285,6 +287,36 @@ def embedding(input, weight: Tensor) -> Tensor:
     if not isinstance(weight, Tensor):
         raise TypeError(f"embedding: weight must be a Tensor, got {type(weight).__name__}")
     return apply(Embedding(), weight, idx)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero each element with probability p and scale the others by 1 / (1 - p),
+    as torch.nn.functional.dropout. Element e is kept iff philox(seed, stream,
+    e) >= p, the stream fresh from pyengine's generator at each call (see
+    pyengine.random: replayed graphs draw what eager steps would). With
+    training=False or p=0 it returns `input` itself, running nothing.
+    inplace=True is not supported (ValueError)."""
+    p = check_probability("dropout", p)
+    if inplace:
+        raise ValueError("dropout: inplace=True is not supported")
+    if not isinstance(input, Tensor):
+        raise TypeError(f"dropout: input must be a Tensor, got {type(input).__name__}")
+    if not training or p == 0.0:
+        return input
+    return apply(Dropout(p), input, R.next_rng_input())
+
+
+def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """residual + dropout(input, p, training), in one pass over the three
+    arrays (a transformer block's x + dropout(proj)); the mask is the one
+    dropout would draw from the same stream."""
+    p = check_probability("dropout_add", p)
+    for name, value in (("input", input), ("residual", residual)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"dropout_add: {name} must be a Tensor, got {type(value).__name__}")
+    if not training or p == 0.0:
+        return residual + input
+    return apply(DropoutAdd(p), residual, input, R.next_rng_input())
 
 
 # ------------------------------------------------------------------ attention

@@ -105,6 +105,8 @@ EXAMPLES = {
                   dict(is_causal=True, scale=0.5, dropout_p=0.25)),
     "qkv_attention": (dict(qkv=_normal(2, 5, 3, 2, 4), rng=np.array([7, 2], np.int64)),
                       dict(is_causal=True, scale=0.5, dropout_p=0.25)),
+    "dropout": (dict(x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
+    "dropout_add": (dict(residual=_positive(3, 4), x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
 }
 
 # Kernels that are not a forward/backward pair: their arguments by name.
@@ -112,8 +114,12 @@ UPDATES = {
     "sgd_update": (dict(param=_normal(3, 4), momentum_buffer=_normal(3, 4), grad=_normal(3, 4)),
                    dict(lr=0.1, momentum=0.9)),
     "adam_update": (dict(param=_normal(3, 4), exp_avg=_normal(3, 4), exp_avg_sq=_positive(3, 4),
-                         max_exp_avg_sq=_positive(3, 4), grad=_normal(3, 4)),
+                         max_exp_avg_sq=_positive(3, 4), grad=_normal(3, 4), grad_scale=np.array(0.5, F32)),
                     dict(lr=1e-3, step=3, amsgrad=True)),
+    # ---- gradient clipping (helper embdrop)
+    "vector_norm": (dict(norm=np.zeros((), F32), x=_normal(12)), dict(norm_type=2.0)),
+    "clip_coefficient": (dict(total=np.zeros((), F32), coef=np.zeros((), F32), norms=_positive(5)),
+                         dict(norm_type=2.0, max_norm=1.0)),
 }
 
 

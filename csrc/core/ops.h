@@ -26,6 +26,7 @@ struct AdamStep {
   float step_size;   // lr / (1 - beta1^step)
   float bias2_sqrt;  // sqrt(1 - beta2^step)
   bool decoupled;    // AdamW
+  float grad_scale = 1.0f;  // the gradient is read as grad * grad_scale (gradient clipping)
 };
 
 }  // namespace pyengine

@@ -13,12 +13,15 @@ using registry::Call;
 
 PYENGINE_OP("adam_update", "optim",
             "One Adam (or, with decoupled weight decay, AdamW) step in place, PyTorch's rule: see "
-            "torch.optim.Adam / AdamW. `step` counts from 1 and sets the bias corrections.")
+            "torch.optim.Adam / AdamW. `step` counts from 1 and sets the bias corrections. With grad_scale "
+            "(a 0-d array, read when the kernel runs), the gradient is read as grad * grad_scale: gradient "
+            "clipping fused into the update (one pass over the gradients saved).")
     .inout("param", "(*)")
     .inout("exp_avg", "(*)")
     .inout("exp_avg_sq", "(*)")
     .optional_inout("max_exp_avg_sq", "(*)")
     .input("grad", "(*)")
+    .optional_input("grad_scale", "()")
     .real("lr", std::nullopt, "learning rate")
     .integer("step", std::nullopt, "the step number, from 1")
     .real("beta1", 0.9, "decay of the first moment")
@@ -45,6 +48,7 @@ PYENGINE_OP("adam_update", "optim",
       s.eps = c.real("eps");
       s.weight_decay = c.real("weight_decay");
       s.decoupled = c.flag("decoupled");
+      if (const float* scale = c.f32("grad_scale")) s.grad_scale = *scale;
       s.step_size = static_cast<float>(s.lr / (1.0 - std::pow(double(s.beta1), step)));
       s.bias2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(double(s.beta2), step)));
       PYENGINE_DISPATCH(adam_update)(c.f32("param"), c.f32("exp_avg"), c.f32("exp_avg_sq"),

@@ -9,7 +9,7 @@ void adam_update(float* param, float* exp_avg, float* exp_avg_sq, float* max_exp
                  const float* grad, int64_t n, const AdamStep& s) {
   for (int64_t i = 0; i < n; ++i)
     adam_element(param[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq ? max_exp_avg_sq + i : nullptr,
-                 grad[i], s);
+                 grad[i] * s.grad_scale, s);
 }
 
 }  // namespace reference

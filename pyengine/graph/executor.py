@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pyengine import ops as O
+from pyengine import random as R
 from pyengine.graph.planner import ALIGNMENT, Interval, place
 from pyengine.tensor import Tensor, _capturing, topological_order
 
@@ -88,18 +89,19 @@ def capture(fn, *example_inputs, optimizer=None) -> CompiledGraph:
     """Record `fn(*inputs)` and compile it; with `optimizer`, the graph is a
     full training step (forward, backward of the scalar output, update)."""
     inputs = [Tensor(np.array(x.data if isinstance(x, Tensor) else x)) for x in example_inputs]
-    with _capturing():
+    with _capturing(), R.capture_streams() as streams:
         output = fn(*inputs)
     if not isinstance(output, Tensor):
         raise TypeError(f"capture: fn must return a Tensor, got {type(output).__name__}")
     if optimizer is not None and (output.size != 1 or not output.requires_grad):
         raise ValueError(f"capture: a training step needs a scalar loss that requires grad, got shape {output.shape}")
-    return CompiledGraph(inputs, output, optimizer)
+    return CompiledGraph(inputs, output, optimizer, streams)
 
 
 class CompiledGraph:
-    def __init__(self, inputs: list, output: Tensor, optimizer=None):
+    def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None):
         self.optimizer = optimizer
+        self._streams = streams  # the random ops' rng buffers, refilled per replay (pyengine.random)
         self.values: list = []
         self._by_tensor: dict = {}
         self._grad_of: dict = {}
@@ -318,6 +320,8 @@ class CompiledGraph:
             tensor._grad = grad.array
         for tensor in self._untouched_params:
             tensor._grad = None
+        if self._streams is not None:
+            self._streams.begin_replay()
         for call in self._program:
             call()
         return Tensor(self.output.array)
