@@ -91,7 +91,7 @@ TRIALS = textwrap.dedent("""
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
 def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "-c", TRIALS, str(tmp_path), str(KILLS), "11"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"\ncheckpoint kills survived: {figures['survived']}/{figures['tried']} "
