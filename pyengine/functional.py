@@ -348,7 +348,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         inputs.append(_additive_mask(fn, attn_mask))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if dropout_p > 0:
-        inputs.append(Tensor(OA._next_rng()))
+        inputs.append(R.next_rng_input())
     op = OA.Attention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_mask=attn_mask is not None,
                       has_rng=dropout_p > 0)
     return apply(op, *inputs)
@@ -376,6 +376,6 @@ def qkv_attention(qkv: Tensor, is_causal: bool = True, scale: float | None = Non
     if qkv.ndim != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv_attention: qkv must be (B, T, 3, H, D), got shape {qkv.shape}")
     scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
-    inputs = [qkv] + ([Tensor(OA._next_rng())] if dropout_p > 0 else [])
+    inputs = [qkv] + ([R.next_rng_input()] if dropout_p > 0 else [])
     op = OA.QKVAttention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_rng=dropout_p > 0)
     return apply(op, *inputs)

@@ -10,21 +10,10 @@ list holds only the arrays there are.
 
 from __future__ import annotations
 
-import numpy as np
-
 from pyengine import _C
 from pyengine import ops as O
 
-__all__ = ["Attention", "QKVAttention", "_next_rng"]
-
-
-def _next_rng() -> np.ndarray:
-    """The (seed, stream) int64 pair (2,) of the next dropout mask.
-
-    Hook for pyengine's random generator: until it is wired, dropout_p > 0
-    raises NotImplementedError (dropout_p == 0 never calls this)."""
-    raise NotImplementedError("scaled_dot_product_attention: dropout_p > 0 needs pyengine's random generator, "
-                              "which is not wired into pyengine.ops_attention._next_rng yet")
+__all__ = ["Attention", "QKVAttention"]
 
 
 class _OptionalInputs(O.KernelOp):

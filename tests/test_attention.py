@@ -15,7 +15,6 @@ import pyengine
 from pyengine import Tensor, nn
 from pyengine import functional as F
 from pyengine import kernels as K
-from pyengine import ops_attention as OA
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -183,24 +182,31 @@ def test_dropout_streams_differ_and_seed_reproduces():
     assert not np.allclose(a, c)
 
 
-def test_functional_dropout_waits_for_the_generator():
-    q = Tensor(np.ones((1, 1, 2, 4), F32))
-    with pytest.raises(NotImplementedError, match="scaled_dot_product_attention"):
-        F.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
-    F.scaled_dot_product_attention(q, q, q, dropout_p=0.0)  # no generator needed
-
-
-def test_functional_dropout_through_the_hook(monkeypatch):
-    monkeypatch.setattr(OA, "_next_rng", lambda: np.array([21, 4], np.int64))
+def test_functional_dropout_draws_a_fresh_stream_per_call():
+    pyengine.manual_seed(21)
     rng = np.random.default_rng(7)
     q, k, v = (Tensor(normal(rng, 1, 2, 9, 8), requires_grad=True) for _ in range(3))
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+    F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)  # takes stream 0
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)  # stream 1
     g = normal(rng, 1, 2, 9, 8)
     (out * Tensor(g)).sum().backward()
     want = reference(q.data, k.data, v.data, None, False, 1 / np.sqrt(8), g,
-                     z=dropout_factors((1, 2, 9, 9), 0.3, 21, 4))
-    for a, e in zip((out.data, q.grad.data, k.grad.data, v.grad.data), want):
+                     z=dropout_factors((1, 2, 9, 9), 0.3, 21, 1))
+    for a, e in zip((out.data, q.grad.data, k.grad.data, v.grad.data), want):  # only `out` was backpropagated
         assert_close(a, e, atol=3e-5, rtol=1e-4)
+
+
+def test_functional_dropout_under_capture_replays_the_eager_masks():
+    def step(q):
+        return F.scaled_dot_product_attention(q, q, q, dropout_p=0.4).sum()
+
+    x = normal(np.random.default_rng(3), 2, 2, 7, 8)
+    pyengine.manual_seed(5)
+    eager = [step(Tensor(x)).item() for _ in range(3)]
+    pyengine.manual_seed(5)
+    graph = pyengine.capture(step, x)
+    assert [graph.run(x).item() for _ in range(3)] == eager
+    assert len(set(eager)) == 3  # each call drew another mask
 
 
 # ---------------------------------------------------------------- the functional API against torch
