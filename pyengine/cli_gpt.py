@@ -29,6 +29,7 @@ _TRAIN_HELP = {
     "eval_interval": "steps between validation runs (and checkpoints)",
     "eval_iters": "validation batches per evaluation",
     "seed": "seed of the initialisation, the batches and dropout",
+    "check_finite": "stop at the first inf or NaN, naming the graph step that wrote it",
     "checkpoint": "checkpoint file to write (and to --resume from)",
 }
 
@@ -58,6 +59,7 @@ def add_train_gpt(models, run) -> argparse.ArgumentParser:
 
 
 def cmd_train_gpt(args) -> int:
+    from pyengine.graph import NonFiniteError
     from pyengine.train_gpt import CheckpointError, config_from_args, train_gpt
 
     if args.threads:
@@ -66,6 +68,10 @@ def cmd_train_gpt(args) -> int:
     config.progress = not args.quiet
     try:
         metrics = train_gpt(config)
+    except NonFiniteError as error:
+        kept = f"; the last good checkpoint is {config.checkpoint}" if config.checkpoint else ""
+        print(f"pyengine train gpt: {error}{kept}", file=sys.stderr)
+        return 3
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"pyengine train gpt: {error}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ class GPTTrainConfig:
     eval_interval: int = 250
     eval_iters: int = 20
     seed: int = 1337
+    check_finite: bool = False
     checkpoint: str | None = "checkpoints/gpt.safetensors"
     resume: bool = False
     progress: bool = True
@@ -186,11 +187,14 @@ def _capture_step(run: Run):
     records the ops, it does not update the weights."""
     shape = (run.config.batch_size, run.config.block_size)
     example = np.zeros(shape, np.int64)
-    return pyengine.capture(lambda xb, yb: run.model(xb, yb)[1], example, example, optimizer=run.optimizer)
+    return pyengine.capture(lambda xb, yb: run.model(xb, yb)[1], example, example, optimizer=run.optimizer,
+                            check_finite=run.config.check_finite)
 
 
 def train_gpt(config: GPTTrainConfig, log=print, on_step=None) -> dict:
-    """Train as configured; returns {"val_loss", "train_loss", "losses",
+    """Train as configured (with check_finite, a replay that writes inf or
+    NaN raises pyengine.graph.NonFiniteError before its update, and the
+    checkpoint on disk stays the last good one); returns {"val_loss", "train_loss", "losses",
     "steps", "checkpoint", ...}, "losses" holding this invocation's training
     losses by step. Ctrl-C (or a KeyboardInterrupt raised by
     `on_step(step, loss)`) stops at the end of the current step, saves a

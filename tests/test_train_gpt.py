@@ -144,3 +144,18 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(text_file, tmp_path):
     assert child.returncode == 130, err
     assert "interrupted at step" in out and "--resume" in out
     assert os.path.isfile(tmp_path / "int.safetensors")
+
+
+def test_check_finite_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(text_file, tmp_path, monkeypatch,
+                                                                              capsys):
+    import pyengine.train_gpt as T
+
+    schedule = T.learning_rate
+    monkeypatch.setattr(T, "learning_rate", lambda config, step: float("nan") if step == 9 else schedule(config, step))
+    args = ["--max-steps", "24", "--eval-interval", "4", "--check-finite"]
+    assert _cli_train(text_file, tmp_path, *args) == 3  # step 10's update made the weights NaN
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "non-finite" in err and "last good checkpoint" in err
+    saved = T.load_checkpoint(str(tmp_path / "cli.safetensors"))
+    assert int(saved["step"]) == 8
+    assert all(np.isfinite(v.numpy()).all() for v in saved["model"].values())

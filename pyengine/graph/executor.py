@@ -31,7 +31,7 @@ from pyengine import random as R
 from pyengine.graph.planner import ALIGNMENT, Interval, place
 from pyengine.tensor import Tensor, _capturing, topological_order
 
-__all__ = ["capture", "CompiledGraph"]
+__all__ = ["capture", "CompiledGraph", "NonFiniteError"]
 
 PERSISTENT_KINDS = ("param", "param_grad", "const")
 
@@ -85,9 +85,14 @@ class Step:
         return list(self.outs) if self.kind == "forward" else [g for g in self.grad_ins if g is not None]
 
 
-def capture(fn, *example_inputs, optimizer=None) -> CompiledGraph:
+def capture(fn, *example_inputs, optimizer=None, check_finite: bool = False) -> CompiledGraph:
     """Record `fn(*inputs)` and compile it; with `optimizer`, the graph is a
-    full training step (forward, backward of the scalar output, update)."""
+    full training step (forward, backward of the scalar output, update).
+
+    check_finite: after every step of each replay, check what the step wrote
+    and raise NonFiniteError at the first inf or NaN, naming the step, its op
+    and the shapes it read, before the optimizer can apply it (a debugging
+    guard: each check reads the buffers once more and allocates a mask)."""
     inputs = [Tensor(np.array(x.data if isinstance(x, Tensor) else x)) for x in example_inputs]
     with _capturing(), R.capture_streams() as streams:
         output = fn(*inputs)
@@ -95,12 +100,21 @@ def capture(fn, *example_inputs, optimizer=None) -> CompiledGraph:
         raise TypeError(f"capture: fn must return a Tensor, got {type(output).__name__}")
     if optimizer is not None and (output.size != 1 or not output.requires_grad):
         raise ValueError(f"capture: a training step needs a scalar loss that requires grad, got shape {output.shape}")
-    return CompiledGraph(inputs, output, optimizer, streams)
+    return CompiledGraph(inputs, output, optimizer, streams, check_finite=check_finite)
+
+
+class NonFiniteError(FloatingPointError):
+    """A replayed step wrote inf or NaN (capture(..., check_finite=True))."""
+
+    def __init__(self, message: str, step_index: int, op: str):
+        super().__init__(message)
+        self.step_index, self.op = step_index, op
 
 
 class CompiledGraph:
-    def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None):
+    def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None, check_finite: bool = False):
         self.optimizer = optimizer
+        self.check_finite = bool(check_finite)
         self._streams = streams  # the random ops' rng buffers, refilled per replay (pyengine.random)
         self.values: list = []
         self._by_tensor: dict = {}
@@ -285,7 +299,7 @@ class CompiledGraph:
             if value.array is None and value.alias_of is not None:
                 value.array = value.view(value.alias_of.array)
         program = []
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
             if step.kind == "forward" and step.op.is_view:
                 continue
             arrays = lambda values: [None if v is None else v.array for v in values]  # noqa: E731
@@ -295,6 +309,8 @@ class CompiledGraph:
             else:
                 program.append(step.op.bind_backward(arrays(step.grad_ins), step.grad_out.array,
                                                      arrays(step.ins), arrays(step.outs)))
+            if self.check_finite:
+                program.append(functools.partial(self._check_step, index, step))
         if self.optimizer is not None:
             program.append(self.optimizer.step)
         return program
@@ -327,6 +343,17 @@ class CompiledGraph:
         return Tensor(self.output.array)
 
     __call__ = run
+
+    def _check_step(self, index: int, step: Step) -> None:
+        """NonFiniteError naming the step when one of its written buffers holds inf or NaN."""
+        for value in step.writes():
+            array = value.array
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                bad = int(array.size - np.isfinite(array).sum())
+                reads = ", ".join(f"{v.name} {v.spec.shape}" for v in step.reads() if v is not None)
+                raise NonFiniteError(f"step {index} ({step.kind} of {step.op.label()}) wrote {bad} non-finite "
+                                     f"value(s) into {value.name} {value.spec.shape}; it read {reads}",
+                                     index, step.op.label())
 
     # ---------------------------------------------------------------- inspecting
     def plan_text(self) -> str:

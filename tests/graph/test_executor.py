@@ -508,3 +508,26 @@ def test_matmul_output_used_twice_is_not_fused():
 
     graph = pe.capture(fn, x)
     assert not any(isinstance(s.op, pe.ops.MatMulActivation) for s in graph.steps)
+
+
+def test_check_finite_names_the_first_step_that_writes_a_non_finite_value():
+    w = pe.nn.Parameter(np.ones((3, 4), np.float32))
+    opt = pe.optim.SGD([w], lr=0.1)
+
+    def loss_fn(x):
+        return (x @ w).log().sum()  # log of a negative entry: NaN from the log step on
+
+    x = np.ones((2, 3), np.float32)
+    graph = pe.capture(loss_fn, x, optimizer=opt, check_finite=True)
+    graph.run(x)  # finite: runs, updates
+    before = w.numpy().copy()
+    with pytest.raises(pe.graph.NonFiniteError, match=r"forward of log\) wrote 8 non-finite value\(s\)") as error:
+        graph.run(-x)
+    assert error.value.op == "log" and "(2, 4)" in str(error.value)
+    np.testing.assert_array_equal(w.numpy(), before)  # stopped before the update
+
+
+def test_without_check_finite_non_finite_values_flow_through():
+    w = pe.nn.Parameter(np.ones((3, 4), np.float32))
+    graph = pe.capture(lambda x: (x @ w).log().sum(), np.ones((2, 3), np.float32), optimizer=pe.optim.SGD([w], lr=0.1))
+    assert np.isnan(graph.run(-np.ones((2, 3), np.float32)).item())
