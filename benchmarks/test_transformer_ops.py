@@ -139,17 +139,27 @@ def gpt2_small_shapes(vocab=50257, context=1024, dim=768, layers=12):
     return [(vocab, dim), (context, dim)] + block * layers + [(dim,), (dim,)]
 
 
-def _clip_inputs(case):
+def _clip_inputs(case):  # flat: the base keeps arrays; each impl cuts its own copies into buffers
     rng = np.random.default_rng(2)
-    shapes = gpt2_small_shapes()
-    return {"params": [rng.standard_normal(s, dtype=_f32) * _f32(0.02) for s in shapes],
-            "grads": [rng.standard_normal(s, dtype=_f32) * _f32(0.01) for s in shapes]}
+    n = sum(int(np.prod(s)) for s in gpt2_small_shapes())
+    return {"params": rng.standard_normal(n, dtype=_f32) * _f32(0.02),
+            "grads": rng.standard_normal(n, dtype=_f32) * _f32(0.01)}
+
+
+def _buffers(flat):
+    """One copy of `flat` cut into GPT-2 small's parameter shapes (separate arrays, as a model has)."""
+    out, start = [], 0
+    for shape in gpt2_small_shapes():
+        size = int(np.prod(shape))
+        out.append(flat[start:start + size].reshape(shape).copy())
+        start += size
+    return out
 
 
 def _pyengine_optimizer(b, fused):
-    params = [pe.Tensor(p.copy(), requires_grad=True) for p in b.params]
-    for p, g in zip(params, b.grads):
-        p._grad = g.copy()
+    params = [pe.Tensor(p, requires_grad=True) for p in _buffers(b.params)]
+    for p, g in zip(params, _buffers(b.grads)):
+        p._grad = g
     opt = pe.optim.AdamW(params, lr=LR, weight_decay=DECAY, max_grad_norm=MAX_NORM if fused else None)
     return params, opt
 
@@ -157,9 +167,9 @@ def _pyengine_optimizer(b, fused):
 def _torch_step(b):
     import torch
 
-    params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in b.params]
-    for p, g in zip(params, b.grads):
-        p.grad = torch.from_numpy(g.copy())
+    params = [torch.nn.Parameter(torch.from_numpy(p)) for p in _buffers(b.params)]
+    for p, g in zip(params, _buffers(b.grads)):
+        p.grad = torch.from_numpy(g)
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=DECAY, fused=True)
 
     def step():
