@@ -30,6 +30,7 @@ SHAPES = {
 MODES = {"pyengine": ("replay",), "torch": ("eager", "eager flush-denormal", "compile", "compile flush-denormal")}
 ROUNDS = {"tiny": (10, 4), "124M": (3, 3)}  # (timed rounds, warm-up steps)
 LR, CLIP = 6e-4, 1.0
+GRAPHS = {}  # case -> (pyengine's captured step, its inputs): profiled after timing
 
 
 def model_flops(config: GPTConfig, batch: int) -> int:
@@ -72,6 +73,7 @@ def pyengine_step(case, b):
     model = GPT(config)
     optimizer = pyengine.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1, max_grad_norm=CLIP)
     graph = pyengine.capture(lambda x, y: model(x, y)[1], b.x, b.y, optimizer=optimizer)
+    GRAPHS[case] = (graph, b)
     return lambda: graph.run(b.x, b.y), None
 
 
@@ -104,8 +106,21 @@ def torch_step(case, b):
 def test_gpt_training_step(benchmark, threads, case, impl):
     try:
         run(benchmark, threads, case, impl)
+        if impl == "pyengine":
+            _print_profile(benchmark, case)
     finally:
         if impl == "torch":
             import torch
 
             torch.set_flush_denormal(False)  # the default again, for the rows that follow
+
+
+def _print_profile(benchmark, case) -> None:
+    """One more replayed step, timed by op kind (printed with pytest -s, and kept in extra_info)."""
+    graph, b = GRAPHS.pop(case)
+    rows = graph.profile(b.x, b.y)
+    total = sum(seconds for _, seconds, _ in rows)
+    benchmark.extra_info["profile"] = {kind: round(seconds / total, 4) for kind, seconds, _ in rows}
+    print(f"\n{case.group}: one step by op kind ({total * 1e3:.0f} ms)")
+    for kind, seconds, calls in rows[:15]:
+        print(f"  {kind:32s} {seconds / total:6.1%}  {calls:4d} calls")

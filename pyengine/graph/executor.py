@@ -22,6 +22,7 @@ their inputs instead of being copied.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -298,21 +299,26 @@ class CompiledGraph:
         for value in self.values:  # views of other buffers, each after the one it views
             if value.array is None and value.alias_of is not None:
                 value.array = value.view(value.alias_of.array)
-        program = []
+        program, self._labels = [], []
         for index, step in enumerate(self.steps):
             if step.kind == "forward" and step.op.is_view:
                 continue
             arrays = lambda values: [None if v is None else v.array for v in values]  # noqa: E731
             program += [functools.partial(root.array.fill, 0) for root in step.zero_first]
+            self._labels += ["zero gradients"] * len(step.zero_first)
             if step.kind == "forward":
                 program.append(step.op.bind_forward(arrays(step.outs), arrays(step.ins)))
+                self._labels.append(f"{step.op.name} forward")
             else:
                 program.append(step.op.bind_backward(arrays(step.grad_ins), step.grad_out.array,
                                                      arrays(step.ins), arrays(step.outs)))
+                self._labels.append(f"{step.op.name} backward")
             if self.check_finite:
                 program.append(functools.partial(self._check_step, index, step))
+                self._labels.append("check_finite")
         if self.optimizer is not None:
             program.append(self.optimizer.step)
+            self._labels.append(f"{type(self.optimizer).__name__} step")
         return program
 
     # ---------------------------------------------------------------- running
@@ -322,6 +328,28 @@ class CompiledGraph:
         Returns the output as a Tensor over its arena buffer: it is overwritten
         by the next run, so copy it if you keep it.
         """
+        self._load_inputs(inputs)
+        for call in self._program:
+            call()
+        return Tensor(self.output.array)
+
+    __call__ = run
+
+    def profile(self, *inputs) -> list:
+        """Replay once, as run(), timing every call: [(op kind, seconds,
+        calls)] summed by op and pass (``"matmul forward"``, ``"layer_norm
+        backward"``, the optimizer's step, ...), slowest first."""
+        self._load_inputs(inputs)
+        totals: dict = {}
+        for label, call in zip(self._labels, self._program):
+            start = time.perf_counter()
+            call()
+            seconds, count = totals.get(label, (0.0, 0))
+            totals[label] = (seconds + time.perf_counter() - start, count + 1)
+        return sorted(((k, s, n) for k, (s, n) in totals.items()), key=lambda row: -row[1])
+
+    def _load_inputs(self, inputs) -> None:
+        """Copy the inputs into their buffers and point the parameters' .grad at theirs."""
         if len(inputs) != len(self.inputs):
             raise ValueError(f"run: expected {len(self.inputs)} inputs, got {len(inputs)}")
         for index, (value, given) in enumerate(zip(self.inputs, inputs)):
@@ -338,11 +366,6 @@ class CompiledGraph:
             tensor._grad = None
         if self._streams is not None:
             self._streams.begin_replay()
-        for call in self._program:
-            call()
-        return Tensor(self.output.array)
-
-    __call__ = run
 
     def _check_step(self, index: int, step: Step) -> None:
         """NonFiniteError naming the step when one of its written buffers holds inf or NaN."""

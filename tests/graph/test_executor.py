@@ -531,3 +531,24 @@ def test_without_check_finite_non_finite_values_flow_through():
     w = pe.nn.Parameter(np.ones((3, 4), np.float32))
     graph = pe.capture(lambda x: (x @ w).log().sum(), np.ones((2, 3), np.float32), optimizer=pe.optim.SGD([w], lr=0.1))
     assert np.isnan(graph.run(-np.ones((2, 3), np.float32)).item())
+
+
+def test_profile_is_a_replay_timed_by_op_kind():
+    def make():
+        pe.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    losses = []
+    for profiled in (False, True):
+        model = make()
+        opt = pe.optim.SGD(model.parameters(), lr=0.1)
+        graph = pe.capture(lambda a, b: F.cross_entropy(model(a), b), x, y, optimizer=opt)
+        rows = graph.profile(x, y) if profiled else graph.run(x, y)
+        losses.append(graph.run(x, y).item())  # the second step either way
+    assert losses[0] == losses[1]
+    kinds = {kind for kind, _, _ in rows}
+    assert {"cross_entropy forward", "cross_entropy backward", "SGD step"} <= kinds
+    assert any(k.startswith("matmul") and k.endswith("backward") for k in kinds)
+    assert all(seconds >= 0 and calls >= 1 for _, seconds, calls in rows)
