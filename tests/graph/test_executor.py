@@ -544,7 +544,7 @@ def test_profile_is_a_replay_timed_by_op_kind():
     for profiled in (False, True):
         model = make()
         opt = pe.optim.SGD(model.parameters(), lr=0.1)
-        graph = pe.capture(lambda a, b: F.cross_entropy(model(a), b), x, y, optimizer=opt)
+        graph = pe.capture(lambda a, b, m=model: F.cross_entropy(m(a), b), x, y, optimizer=opt)
         rows = graph.profile(x, y) if profiled else graph.run(x, y)
         losses.append(graph.run(x, y).item())  # the second step either way
     assert losses[0] == losses[1]
