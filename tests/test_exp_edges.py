@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import pyengine
 import pyengine.kernels as K
 
 F32, F64 = np.float32, np.float64
@@ -30,6 +31,8 @@ def test_exp_range_edges(isa):
     y = K.exp(x)
     with np.errstate(over="ignore", under="ignore"):
         ref = np.exp(x.astype(F64)).astype(F32)
+    if pyengine.flushes_denormals():  # kernels write subnormal results as 0 (README, csrc/core/denormals.h)
+        ref[np.abs(ref) < np.finfo(F32).tiny] = 0
     assert np.isfinite(y[0]) and np.isfinite(y[1]) and np.isinf(y[2]) and np.isinf(y[3])
     np.testing.assert_allclose(y[~np.isnan(x)], ref[~np.isnan(x)], rtol=3e-7, atol=2e-44)
     assert np.isnan(y[12])
