@@ -200,6 +200,8 @@ def declared_buffers(case):
             name = _buffer_name(a)
             if a["role"] == "optional_inout" and name not in shapes:
                 continue  # state the case does not use (Adam's max_exp_avg_sq without amsgrad)
+            if a["role"] == "optional_grad" and a["name"] not in inferred:
+                continue  # the gradient of an optional input the case does not give (attention's mask)
             if a["role"] in _STATE_ROLES and name not in state:
                 state.append(name)
             elif a["role"] in _BUFFER_ROLES and name not in outputs:

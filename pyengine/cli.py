@@ -1,4 +1,4 @@
-"""The `pyengine` command line: `pyengine info`, `pyengine train mlp`, `pyengine train cnn`."""
+"""The `pyengine` command line: `pyengine info`, `pyengine train mlp|cnn|gpt`, `pyengine generate`."""
 
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                            CNNConfig(), cmd_train_cnn)
     cnn.add_argument("--channels", type=int, nargs=2, default=list(CNNConfig().channels),
                      help="output channels of the two convolutions")
+    from pyengine.cli_gpt import add_generate, add_train_gpt, cmd_generate, cmd_train_gpt
+
+    add_train_gpt(models, cmd_train_gpt)
+    add_generate(commands, cmd_generate)
     return parser
 
 

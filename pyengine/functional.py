@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
+import numpy as np
+
 from pyengine import ops as O
+from pyengine import ops_attention as OA
+from pyengine import ops_cnn as OC
 from pyengine import random as R
 from pyengine.ops_dropout import Dropout, DropoutAdd, check_probability
 from pyengine.ops_embedding import Embedding
 from pyengine.tensor import Tensor, apply
 
-__all__ = ["linear", "conv2d", "relu", "gelu", "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm",
-           "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits",
-           "embedding", "dropout", "dropout_add"]
+__all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "gelu",
+           "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "nll_loss", "mse_loss",
+           "l1_loss", "binary_cross_entropy_with_logits", "embedding", "dropout", "dropout_add",
+           "scaled_dot_product_attention", "qkv_attention"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -29,14 +35,98 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-           dilation=1) -> Tensor:
-    """2-D convolution as in PyTorch: x (N, C, H, W), weight (K, C, R, S), bias (K,).
+           dilation=1, groups: int = 1) -> Tensor:
+    """2-D convolution as in PyTorch: x (N, C, H, W), weight (K, C / groups, R, S), bias (K,).
 
     stride, padding (zeros) and dilation are ints or (h, w) pairs; the output
     is (N, K, OH, OW) with OH = (H + 2 padding - dilation (R - 1) - 1) // stride + 1.
+    groups splits the channels: output channel k reads the C / groups input
+    channels of its group k // (K / groups) (groups = C: depthwise).
     """
     inputs = (x, weight) if bias is None else (x, weight, bias)
-    return apply(O.Conv2d(stride, padding, dilation), *inputs)
+    return apply(O.Conv2d(stride, padding, dilation, groups), *inputs)
+
+
+# ------------------------------------------------------------------ pooling and batch norm
+# (N, C, H, W) images, or one unbatched (C, H, W) image, as in PyTorch.
+
+
+def _pooled(op, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op.name}: x must be a Tensor, got {type(x).__name__}")
+    if x.ndim == 3:
+        return _unbatched(op, x)
+    if x.ndim != 4:
+        raise ValueError(f"{op.name}: x must be (N, C, H, W) or (C, H, W), got shape {x.shape}")
+    return apply(op, x)
+
+
+def _unbatched(op, x: Tensor) -> Tensor:
+    y = apply(op, x.reshape(1, *x.shape))
+    return y.reshape(*y.shape[1:])
+
+
+def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """2-D max pooling as torch.nn.functional.max_pool2d (stride defaults to
+    kernel_size; padding at most half the dilated kernel; ties: the first
+    largest value). With return_indices, also the int64 flat index in each
+    plane of every maximum (computed again eagerly: not a graph value)."""
+    op = OC.MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode)
+    y = _pooled(op, x)
+    if not return_indices:
+        return y
+    batched = x.data if x.ndim == 4 else x.data.reshape(1, *x.shape)
+    outs = [np.empty(spec.shape, spec.dtype) for spec in op.infer(O.Spec(batched.shape))]
+    op.forward(outs, [batched])
+    indices = outs[1].astype(np.int64)
+    return y, Tensor(indices.reshape(y.shape))
+
+
+def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override=None) -> Tensor:
+    """2-D average pooling as torch.nn.functional.avg_pool2d."""
+    return _pooled(OC.AvgPool2d(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override), x)
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
+    """Adaptive 2-D average pooling to output_size (an int or (OH, OW); 1 is global pooling)."""
+    return _pooled(OC.AdaptiveAvgPool2d(output_size), x)
+
+
+def batch_norm(x: Tensor, running_mean, running_var, weight: Tensor | None = None, bias: Tensor | None = None,
+               training: bool = False, momentum=0.1, eps: float = 1e-5, num_batches_tracked=None) -> Tensor:
+    """Batch norm per channel of x (N, C, ...), as torch.nn.functional.batch_norm.
+
+    training: normalise with the batch's mean and biased variance, and update
+    running_mean / running_var in place (when given) with momentum, the
+    variance unbiased; else use them. They are float32 (C,) arrays or
+    Tensors (or None). A batch of one value per channel in training raises
+    ValueError, as in PyTorch.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"batch_norm: x must be a Tensor, got {type(x).__name__}")
+    running_mean, running_var = (_buffer_array(b, name) for b, name in
+                                 ((running_mean, "running_mean"), (running_var, "running_var")))
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm: training=False needs running_mean and running_var")
+    if training and x.ndim >= 2 and x.size // max(x.shape[1], 1) <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    counter = None if num_batches_tracked is None else _buffer_array(num_batches_tracked, "num_batches_tracked")
+    op = OC.BatchNorm(running_mean, running_var, counter, training, momentum, eps, weight is not None,
+                      bias is not None)
+    return apply(op, x, *(t for t in (weight, bias) if t is not None))
+
+
+def _buffer_array(value, name: str):
+    if value is None:
+        return None
+    array = value.data if isinstance(value, Tensor) else value
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"batch_norm: {name} must be a Tensor or numpy array, got {type(value).__name__}")
+    return array
 
 
 def relu(x: Tensor) -> Tensor:
@@ -227,3 +317,65 @@ def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool 
     if not training or p == 0.0:
         return residual + input
     return apply(DropoutAdd(p), residual, input, R.next_rng_input())
+
+
+# ------------------------------------------------------------------ attention
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, is_causal: bool = False,
+                                 scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
+    """softmax(q k^T * scale + mask) v, as torch.nn.functional.scaled_dot_product_attention, in one fused
+    (flash-style) kernel: q (B, H, Tq, D), k and v (B, H, Tk, D), D <= 256, result (B, H, Tq, D).
+
+    attn_mask: boolean (True = attend) or additive float32, broadcastable to (B, H, Tq, Tk) (read with
+    stride 0 along broadcast dims, never expanded). A float mask that requires grad (a learned position
+    bias) gets its gradient, summed over its broadcast dims. A boolean mask is turned into an additive
+    0 / -inf mask of its own shape. is_causal: query i attends key j iff j <= i + (Tk - Tq), aligned to
+    the END (what decoding with a KV cache needs); for Tq == Tk this is PyTorch's is_causal, for
+    Tq != Tk PyTorch aligns its causal mask to the top left instead. scale defaults to 1 / sqrt(D).
+    A row that attends no key (fully masked) gives 0, and zero gradients, as PyTorch does.
+    dropout_p > 0 zeroes probabilities (kept ones scaled by 1 / (1 - dropout_p)) from a counter-based
+    mask drawn from pyengine's generator.
+    """
+    fn = "scaled_dot_product_attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a Tensor, got {type(t).__name__}")
+        if t.ndim != 4:
+            raise ValueError(f"{fn}: {name} must be 4-D (B, H, T, D), got shape {t.shape}")
+    inputs = [q, k, v]
+    if attn_mask is not None:
+        inputs.append(_additive_mask(fn, attn_mask))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if dropout_p > 0:
+        inputs.append(R.next_rng_input())
+    op = OA.Attention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_mask=attn_mask is not None,
+                      has_rng=dropout_p > 0)
+    return apply(op, *inputs)
+
+
+def _additive_mask(fn: str, mask) -> Tensor:
+    data = mask.data if isinstance(mask, Tensor) else mask
+    if not isinstance(data, np.ndarray):
+        raise TypeError(f"{fn}: attn_mask must be a Tensor or numpy array, got {type(mask).__name__}")
+    if data.dtype == np.bool_:
+        return Tensor(np.where(data, np.float32(0), np.float32(-np.inf)))
+    if data.dtype != np.float32:
+        raise TypeError(f"{fn}: attn_mask must be bool or float32, got {data.dtype} with shape {data.shape}")
+    return mask if isinstance(mask, Tensor) else Tensor(mask)
+
+
+def qkv_attention(qkv: Tensor, is_causal: bool = True, scale: float | None = None,
+                  dropout_p: float = 0.0) -> Tensor:
+    """Attention straight from a fused QKV projection: qkv (B, T, 3, H, D) (q, k, v along dim 2, as
+    ``linear(x, w_qkv).view(B, T, 3, H, D)`` gives them) -> (B, T, H, D), ready for the output
+    projection: no transposes. Equals scaled_dot_product_attention on the (B, H, T, D) transposes;
+    causal by default, scale 1 / sqrt(D) by default; the backward writes d(qkv) in place."""
+    if not isinstance(qkv, Tensor):
+        raise TypeError(f"qkv_attention: qkv must be a Tensor, got {type(qkv).__name__}")
+    if qkv.ndim != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv_attention: qkv must be (B, T, 3, H, D), got shape {qkv.shape}")
+    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+    inputs = [qkv] + ([R.next_rng_input()] if dropout_p > 0 else [])
+    op = OA.QKVAttention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_rng=dropout_p > 0)
+    return apply(op, *inputs)

@@ -57,11 +57,11 @@ def matmul_shape(a_shape, b_shape, trans_a=False, trans_b=False) -> tuple:
                          trans_b=trans_b)["c"]
 
 
-def conv2d_shape(x_shape, w_shape, stride=1, padding=0, dilation=1) -> tuple:
+def conv2d_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> tuple:
     """The output shape (N, K, OH, OW) of conv2d of x (N, C, H, W) with weight
-    (K, C, R, S); ValueError when they do not fit."""
+    (K, C / groups, R, S); ValueError when they do not fit."""
     return output_shapes("conv2d_forward", x=x_shape, weight=w_shape, stride=stride,
-                         padding=padding, dilation=dilation)["y"]
+                         padding=padding, dilation=dilation, groups=groups)["y"]
 
 
 def fma_probe(iterations: int, threads: int = 1) -> int:

@@ -276,16 +276,18 @@ class LayerNorm(KernelOp):
 
 
 class Conv2d(KernelOp):
-    """2-D convolution of x (N, C, H, W) with weight (K, C, R, S), plus bias (K,) when given."""
+    """2-D convolution of x (N, C, H, W) with weight (K, C / groups, R, S), plus bias (K,) when given."""
 
-    def __init__(self, stride=1, padding=0, dilation=1):
+    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
         pairs = [(v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
                  for v in (stride, padding, dilation)]
-        super().__init__("conv2d", stride=pairs[0], padding=pairs[1], dilation=pairs[2])
+        super().__init__("conv2d", stride=pairs[0], padding=pairs[1], dilation=pairs[2], groups=int(groups))
         self.stride, self.padding, self.dilation = pairs
+        self.groups = int(groups)
 
     def label(self):
-        return f"conv2d(stride={self.stride}, padding={self.padding}, dilation={self.dilation})"
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
+        return f"conv2d(stride={self.stride}, padding={self.padding}, dilation={self.dilation}{groups})"
 
 
 class CrossEntropy(KernelOp):

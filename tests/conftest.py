@@ -1,15 +1,31 @@
-"""Fixtures shared by the kernel tests."""
+"""Fixtures shared by the kernel tests.
+
+tests/ goes first on sys.path (``from helpers import ...`` under any import mode), and the
+repository root, which ``python -m pytest`` puts first as the current directory, behind the
+installed packages: after a non-editable ``pip install .`` the tests import the installed
+pyengine, not the source folder (which has no compiled ``_C``). benchmarks/conftest.py does
+the same for benchmarks/.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 
-import pytest
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
 
-import pyengine
 
-sys.path.insert(0, os.path.dirname(__file__))  # `from helpers import ...` under any import mode
+def _where(entry: str) -> str:
+    return os.path.abspath(entry or os.curdir)
+
+
+sys.path[:] = [_HERE, *(p for p in sys.path if _where(p) not in (_HERE, _ROOT)),
+               *([_ROOT] if any(_where(p) == _ROOT for p in sys.path) else [])]
+
+import pytest  # noqa: E402
+
+import pyengine  # noqa: E402
 
 
 @pytest.fixture(params=pyengine.available_isas())

@@ -91,6 +91,20 @@ EXAMPLES = {
                dict(stride=(1, 2), padding=(1, 0), dilation=(1, 1))),
     # ---- embedding, dropout (helper embdrop)
     "embedding": (dict(weight=_normal(5, 4), idx=np.array([[0, 3, 3], [4, 1, 0]], np.int64)), dict()),
+    # ---- CNNs (issue 9): pooling, batch norm
+    "max_pool2d": (dict(x=_normal(2, 3, 7, 6)),
+                   dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2), ceil_mode=True)),
+    "avg_pool2d": (dict(x=_normal(2, 3, 7, 6)),
+                   dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True, count_include_pad=False)),
+    "adaptive_avg_pool2d": (dict(x=_normal(2, 3, 7, 6)), dict(output_size=(3, 4))),
+    "batch_norm": (dict(x=_normal(4, 3, 5), weight=_normal(3), bias=_normal(3), running_mean=_normal(3),
+                        running_var=_positive(3)), dict(training=True, momentum=0.1, eps=1e-5)),
+    # ---- fused attention (csrc/attention): a broadcast additive mask, dropout, cross-attention
+    "attention": (dict(q=_normal(2, 3, 5, 4), k=_normal(2, 3, 6, 4, seed=1), v=_normal(2, 3, 6, 4, seed=2),
+                       mask=_normal(1, 3, 5, 6), rng=np.array([7, 1], np.int64)),
+                  dict(is_causal=True, scale=0.5, dropout_p=0.25)),
+    "qkv_attention": (dict(qkv=_normal(2, 5, 3, 2, 4), rng=np.array([7, 2], np.int64)),
+                      dict(is_causal=True, scale=0.5, dropout_p=0.25)),
     "dropout": (dict(x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
     "dropout_add": (dict(residual=_positive(3, 4), x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
 }

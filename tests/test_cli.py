@@ -23,9 +23,10 @@ def test_info_reports_version_isa_threads_and_cuda(capsys):
     assert "openmp: " in out and "cuda: " in out
 
 
-def test_python_dash_m_is_the_same_command():
+def test_python_dash_m_is_the_same_command(tmp_path):
+    # run outside the repository: from its root, `python -m` would import the source folder
     result = subprocess.run([sys.executable, "-m", "pyengine", "info"], capture_output=True, text=True,
-                            check=True)
+                            check=True, cwd=tmp_path)
     assert result.stdout.startswith(f"pyengine {pyengine.__version__}")
 
 

@@ -44,10 +44,15 @@ class Conv:
     stride: object = 1
     padding: object = 0
     dilation: object = 1
+    groups: int = 1
 
     @property
     def geometry(self) -> dict:
-        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.k, self.c // self.groups, self.r, self.s)
 
     def out_hw(self) -> tuple:
         (sh, sw), (ph, pw), (dh, dw) = pair(self.stride), pair(self.padding), pair(self.dilation)
@@ -85,6 +90,17 @@ CASES = {
     "two-runs": Conv(2, 16, 24, 24, 32, 3, 3, padding=1),          # rows 12+12 of 2 images
     "shared-gemm": Conv(1, 64, 24, 24, 64, 3, 3, padding=1),       # rows 12+12 of 1: 10.6M MACs
     "wide-weight": Conv(3, 128, 3, 3, 64, 3, 3),                   # dW (64, 1152), 1 pixel
+    # Groups: one GEMM per group of each chunk; one input channel a group runs the direct loops.
+    "groups2-3x3": Conv(2, 6, 9, 8, 4, 3, 3, padding=1, groups=2),
+    "groups3-strided-dilated": Conv(3, 6, 11, 10, 9, 3, 2, stride=(2, 1), padding=(2, 1), dilation=(2, 1),
+                                    groups=3),
+    "groups2-1x1-direct": Conv(2, 4, 7, 6, 6, 1, 1, groups=2),     # each group's x read in place
+    "groups4-row-blocks": Conv(2, 8, 40, 41, 8, 3, 3, padding=1, groups=4),
+    "depthwise-3x3": Conv(2, 5, 9, 11, 5, 3, 3, padding=1, groups=5),
+    "depthwise-mult2-s2": Conv(3, 3, 10, 9, 6, 3, 3, stride=2, padding=1, groups=3),  # 2 outputs a channel
+    "depthwise-5x5-s3-d2": Conv(2, 4, 17, 13, 4, 5, 5, stride=(3, 2), padding=(4, 2), dilation=2, groups=4),
+    "depthwise-large": Conv(4, 32, 28, 28, 32, 3, 3, padding=1, groups=32),  # split over threads
+    "one-channel-5x5": Conv(3, 1, 12, 12, 6, 5, 5, padding=2),     # groups 1, C 1: the direct loops
 }
 
 
@@ -97,27 +113,38 @@ def np_windows(x, conv: Conv):
     return view[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
+def _grouped(windows, w, groups):
+    """(N, G, Cg, ...) windows and (G, Kg, Cg, R, S) weights of a grouped convolution."""
+    n, c = windows.shape[:2]
+    return windows.reshape(n, groups, c // groups, *windows.shape[2:]), w.reshape(groups, -1, *w.shape[1:])
+
+
 def np_conv(x, w, bias=None, *, conv: Conv):
-    y = np.einsum("ncpqrs,kcrs->nkpq", np_windows(x, conv), w)
+    windows, wg = _grouped(np_windows(x, conv), w, conv.groups)
+    y = np.einsum("ngcpqrs,gkcrs->ngkpq", windows, wg).reshape(x.shape[0], w.shape[0], *windows.shape[3:5])
     return y if bias is None else y + bias[None, :, None, None]
 
 
 def np_conv_grads(g, x, w, bias=None, *, conv: Conv):
     (sh, sw), (ph, pw), (dh, dw) = pair(conv.stride), pair(conv.padding), pair(conv.dilation)
     oh, ow = g.shape[2:]
-    gw = np.einsum("nkpq,ncpqrs->kcrs", g, np_windows(x, conv))
-    gxp = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
+    groups = conv.groups
+    windows, wg = _grouped(np_windows(x, conv), w, groups)
+    gg = g.reshape(g.shape[0], groups, -1, oh, ow)
+    gw = np.einsum("ngkpq,ngcpqrs->gkcrs", gg, windows).reshape(w.shape)
+    gxp = np.zeros((x.shape[0], groups, x.shape[1] // groups, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
     for r in range(conv.r):  # tap (r, s) of output (p, q) reads padded input (p sh + r dh, q sw + s dw)
         for s in range(conv.s):
-            gxp[:, :, r * dh:r * dh + sh * (oh - 1) + 1:sh, s * dw:s * dw + sw * (ow - 1) + 1:sw] += \
-                np.einsum("nkpq,kc->ncpq", g, w[:, :, r, s])
+            gxp[..., r * dh:r * dh + sh * (oh - 1) + 1:sh, s * dw:s * dw + sw * (ow - 1) + 1:sw] += \
+                np.einsum("ngkpq,gkc->ngcpq", gg, wg[:, :, :, r, s])
+    gxp = gxp.reshape(x.shape[0], x.shape[1], *gxp.shape[3:])
     gx = gxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
     return (gx, gw) + (() if bias is None else (g.sum(axis=(0, 2, 3)),))
 
 
 def conv_case(rng, conv: Conv, with_bias: bool):
     x = randn(rng, conv.n, conv.c, conv.h, conv.w)
-    w = randn(rng, conv.k, conv.c, conv.r, conv.s)
+    w = randn(rng, *conv.weight_shape)
     inputs = [x, w] + ([randn(rng, conv.k)] if with_bias else [])
 
     def pe_fwd(x, w, bias=None):
@@ -141,7 +168,7 @@ def conv_tol(conv: Conv) -> dict:
     # float32 sums of L products of O(1) values err by ~sqrt(L) ulps typically, L at worst: the
     # forward sums C*R*S products, grad_x K*R*S, grad_weight N*OH*OW, grad_bias N*OH*OW.
     oh, ow = conv.out_hw()
-    length = max(conv.c * conv.r * conv.s, conv.k * conv.r * conv.s, conv.n * oh * ow)
+    length = max(conv.c // conv.groups * conv.r * conv.s, conv.k * conv.r * conv.s, conv.n * oh * ow)
     return {"atol": 3e-6 * length + 1e-5, "rtol": 1e-4}
 
 
@@ -155,22 +182,24 @@ def test_conv2d(name, with_bias):
     assert all(np.abs(g).max() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", ["3x5-rect", "1x1-direct"])
+@pytest.mark.parametrize("name", ["3x5-rect", "1x1-direct", "groups2", "depthwise"])
 def test_conv2d_finite_differences(name):
     conv = {"3x5-rect": Conv(2, 2, 5, 6, 3, 3, 2, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
-            "1x1-direct": Conv(1, 3, 3, 2, 2, 1, 1)}[name]  # one 1x1 image: read in place
+            "1x1-direct": Conv(1, 3, 3, 2, 2, 1, 1),  # one 1x1 image: read in place
+            "groups2": Conv(2, 4, 5, 4, 2, 3, 2, stride=(1, 2), padding=1, groups=2),
+            "depthwise": Conv(2, 2, 5, 5, 4, 3, 3, stride=2, padding=1, dilation=(1, 2), groups=2)}[name]
     case = conv_case(rng_for("fd", name), conv, with_bias=True)
     analytic = check_finite_differences(case["inputs"], case["pe_fwd"], case["pe_bwd"], eps=1e-2)
     assert all(np.abs(g).max() > 1e-3 for g in analytic)
 
 
 @pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",
-                                  "row-blocks-strided", "shared-gemm"])
+                                  "row-blocks-strided", "shared-gemm", "groups2-1x1-direct", "depthwise-mult2-s2"])
 def test_conv2d_partial_gradients(name):
     """Asking for one gradient gives what the full backward gives (every path skips the rest)."""
     conv = CASES[name]
     rng = rng_for("partial", name)
-    x, w = randn(rng, conv.n, conv.c, conv.h, conv.w), randn(rng, conv.k, conv.c, conv.r, conv.s)
+    x, w = randn(rng, conv.n, conv.c, conv.h, conv.w), randn(rng, *conv.weight_shape)
     g = randn(rng, conv.n, conv.k, *conv.out_hw())
     gx, gw, gb = K.conv2d_backward(g, x, w, **conv.geometry, needs_bias=True)
     only_x = K.conv2d_backward(g, x, w, **conv.geometry, needs_weight=False)
@@ -184,7 +213,8 @@ def test_conv2d_partial_gradients(name):
 
 
 THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
-                "cols-budget", "row-blocks-strided", "two-runs", "shared-gemm"]
+                "cols-budget", "row-blocks-strided", "two-runs", "shared-gemm", "groups4-row-blocks",
+                "depthwise-large"]
 
 
 def test_conv2d_thread_count_independent(restore_threads):
@@ -195,7 +225,7 @@ def test_conv2d_thread_count_independent(restore_threads):
     for name in THREAD_CASES:
         conv = CASES[name]
         problems.append((conv, randn(rng, conv.n, conv.c, conv.h, conv.w),
-                         randn(rng, conv.k, conv.c, conv.r, conv.s), randn(rng, conv.k),
+                         randn(rng, *conv.weight_shape), randn(rng, conv.k),
                          randn(rng, conv.n, conv.k, *conv.out_hw())))
 
     def run_all(threads):
@@ -232,3 +262,17 @@ def test_conv2d_empty_batch():
     assert gx.shape == x.shape
     np.testing.assert_array_equal(gw, 2.0)  # nothing added
     np.testing.assert_array_equal(gb, 0.0)
+
+
+def test_conv2d_groups_errors():
+    x = np.ones((1, 6, 5, 5), F32)
+    with pytest.raises(ValueError, match="groups=4 must divide"):
+        K.conv2d(x, np.ones((4, 1, 3, 3), F32), groups=4)
+    with pytest.raises(ValueError, match=r"expected \(4, 3, 3, 3\) for x \(1, 6, 5, 5\) with groups=2"):
+        K.conv2d(x, np.ones((4, 2, 3, 3), F32), groups=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        K.conv2d(x, np.ones((6, 1, 7, 7), F32), padding=0, groups=6)
+    with pytest.raises(ValueError, match="groups must be >= 1"):
+        K.conv2d(x, np.ones((6, 6, 3, 3), F32), groups=0)
+    with pytest.raises(ValueError, match="groups=4 must be positive and divide in_channels=6"):
+        pyengine.nn.Conv2d(6, 8, 3, groups=4)

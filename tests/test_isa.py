@@ -88,7 +88,9 @@ def _child_isa(value):
     env = {k: v for k, v in os.environ.items() if k != "PYENGINE_ISA"}
     if value is not None:
         env["PYENGINE_ISA"] = value
-    proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env)
+    # cwd: this folder, where `-c` cannot pick up the repository's source folder instead of the install
+    proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

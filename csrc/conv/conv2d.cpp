@@ -1,13 +1,21 @@
-// 2-D convolution (NCHW, groups = 1) as im2col + the packed GEMM of
+// 2-D convolution (NCHW, in groups) as im2col + the packed GEMM of
 // matmul.cpp, one chunk of the output at a time: a block of output rows of
 // one image, or a few whole small images. With Q columns in the chunk (its
-// output pixels) and CRS = C*R*S taps an output value:
+// output pixels) and CRS = Cg*R*S taps an output value (Cg = C / groups
+// input channels a group), each group g of a chunk is one GEMM on the group's
+// channels, the rows [g Kg, (g + 1) Kg) of Y and of W:
 //
 //   cols (CRS, Q):  column q = (image, oh, ow) of the chunk, row (c, r, s):
 //                   x[image, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 in the padding
 //   forward:        Y (K, Q) = W (K, CRS) . cols, moved to y with bias[k] added on row k
 //   backward:       dW += dY . cols^T and dcols = W^T . dY: matmul_backward of that
 //                   product (dcols zeroed first); dx += col2im(dcols)
+//
+// A layer with one input channel a group (depthwise, or a one-channel
+// image) has no depth for a GEMM (CRS = R*S: 9 for 3x3, each packed panel
+// used for a handful of multiply-adds): it is computed directly instead
+// (depthwise_forward below), one output plane at a time, tap by tap over
+// contiguous runs of a row.
 //
 // A whole image as a chunk writes its Y straight into y; a whole 1x1 image
 // with stride 1 and no padding also reads x as its cols and accumulates into
@@ -146,14 +154,14 @@ void for_each_run(const ConvShape& g, const Chunk& c, int64_t r, int64_t s, Fn f
   }
 }
 
-// cols (CRS, columns) of chunk c from x (images, C, H, W) at its first
-// image: image i fills columns [i*block, (i+1)*block) of every row, block =
-// c.rows * OW.
-void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c) {
+// cols (CRS, columns) of chunk c and group `group` from x (images, C, H, W)
+// at its first image: image i fills columns [i*block, (i+1)*block) of every
+// row, block = c.rows * OW.
+void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c, int64_t group) {
   const int64_t block = c.rows * g.OW, columns = c.images * block, rows = g.CRS(), taps = g.R * g.S;
   parallel_for(worth_threads(rows * columns), c.images * rows, [&](int64_t task) {
     const int64_t i = task / rows, row = task % rows;
-    const float* plane = x + (i * g.C + row / taps) * g.H * g.W;
+    const float* plane = x + (i * g.C + group * g.Cg() + row / taps) * g.H * g.W;
     float* dst = cols + row * columns + i * block;
     for_each_run(g, c, row / g.S % g.R, row % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
       float* d = dst + oh * g.OW;
@@ -176,12 +184,12 @@ void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c) {
 }
 
 // dx (images, C, H, W) at the chunk's first image += the scatter of its
-// dcols (CRS, columns), each element in tap order.
-void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c) {
+// dcols (CRS, columns) of group `group`, each element in tap order.
+void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c, int64_t group) {
   const int64_t block = c.rows * g.OW, columns = c.images * block, taps = g.R * g.S;
-  parallel_for(worth_threads(g.CRS() * columns), c.images * g.C, [&](int64_t task) {
-    const int64_t i = task / g.C, channel = task % g.C;
-    float* plane = dx + task * g.H * g.W;
+  parallel_for(worth_threads(g.CRS() * columns), c.images * g.Cg(), [&](int64_t task) {
+    const int64_t i = task / g.Cg(), channel = task % g.Cg();
+    float* plane = dx + (i * g.C + group * g.Cg() + channel) * g.H * g.W;
     for (int64_t t = 0; t < taps; ++t) {
       const float* src = dcols + (channel * taps + t) * columns + i * block;
       for_each_run(g, c, t / g.S, t % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
@@ -247,23 +255,112 @@ void bias_grad(float* dbias, const float* dy, const ConvShape& g) {
   });
 }
 
+// ---- one input channel a group (depthwise): direct loops.
+
+// dst[j] += a * src[j * stride] for j < n.
+inline void axpy_run(float* dst, const float* src, float a, int64_t n, int64_t stride) {
+  if (stride == 1) {
+    const simd::vfloat va = simd::splat(a);
+    int64_t j = 0;
+    for (; j + kWidth <= n; j += kWidth) simd::store(dst + j, simd::load(dst + j) + va * simd::load(src + j));
+    for (; j < n; ++j) dst[j] += a * src[j];
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) dst[j] += a * src[j * stride];
+}
+
+// The sum of a[j] * b[j * stride] for j < n.
+inline float dot_run(const float* a, const float* b, int64_t n, int64_t stride) {
+  if (stride == 1) return row::dot(a, b, n);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum += a[j] * b[j * stride];
+  return sum;
+}
+
+// fn(oh, input row offset, output column span, input column offset) for
+// every tap (r, s) of a plane in (r, s) order and every output row it reaches.
+template <typename Fn>
+void for_each_tap_run(const ConvShape& g, Fn fn) {
+  for (int64_t r = 0; r < g.R; ++r) {
+    const Span rows = inside(g.in_row(0, r), g.sh, g.H, g.OH);
+    for (int64_t s = 0; s < g.S; ++s) {
+      const Span cols = inside(g.in_col(0, s), g.sw, g.W, g.OW);
+      if (cols.lo >= cols.hi) continue;
+      for (int64_t oh = rows.lo; oh < rows.hi; ++oh)
+        fn(r * g.S + s, oh * g.OW + cols.lo, g.in_row(oh, r) * g.W + g.in_col(cols.lo, s), cols.hi - cols.lo);
+    }
+  }
+}
+
+// y plane (n, k) reads input plane (n, k / Kg): bias, then every tap in
+// (r, s) order added over its run of outputs.
+void depthwise_forward(float* y, const float* x, const float* w, const float* bias, const ConvShape& g) {
+  const int64_t taps = g.R * g.S;
+  parallel_for(worth_threads(g.N * g.K * g.P() * taps), g.N * g.K, [&](int64_t plane) {
+    const int64_t n = plane / g.K, k = plane % g.K;
+    const float* in = x + (n * g.C + k / g.Kg()) * g.H * g.W;
+    float* out = y + plane * g.P();
+    std::fill(out, out + g.P(), bias ? bias[k] : 0.0f);
+    for_each_tap_run(g, [&](int64_t tap, int64_t at_y, int64_t at_x, int64_t count) {
+      axpy_run(out + at_y, in + at_x, w[k * taps + tap], count, g.sw);
+    });
+  });
+}
+
+// dx plane (n, c) += the taps of its Kg output planes, in k then tap order;
+// dw[k] += its taps' sums over the images, in image order. Each plane of dx
+// and each row of dw is one thread's.
+void depthwise_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                        const ConvShape& g) {
+  const int64_t taps = g.R * g.S, work = g.N * g.K * g.P() * taps;
+  if (dx)
+    parallel_for(worth_threads(work), g.N * g.C, [&](int64_t plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      float* out = dx + plane * g.H * g.W;
+      for (int64_t k = c * g.Kg(); k < (c + 1) * g.Kg(); ++k) {
+        const float* grad = dy + (n * g.K + k) * g.P();
+        for_each_tap_run(g, [&](int64_t tap, int64_t at_y, int64_t at_x, int64_t count) {
+          const float a = w[k * taps + tap];
+          if (g.sw == 1) {
+            axpy_run(out + at_x, grad + at_y, a, count, 1);
+          } else {
+            for (int64_t j = 0; j < count; ++j) out[at_x + j * g.sw] += a * grad[at_y + j];
+          }
+        });
+      }
+    });
+  if (dw)
+    parallel_for(worth_threads(work), g.K, [&](int64_t k) {
+      for (int64_t n = 0; n < g.N; ++n) {
+        const float* grad = dy + (n * g.K + k) * g.P();
+        const float* in = x + (n * g.C + k / g.Kg()) * g.H * g.W;
+        for_each_tap_run(g, [&](int64_t tap, int64_t at_y, int64_t at_x, int64_t count) {
+          dw[k * taps + tap] += dot_run(grad + at_y, in + at_x, count, g.sw);
+        });
+      }
+    });
+}
+
 }  // namespace
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* bias, int64_t N,
                     int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                    int64_t dilation_h, int64_t dilation_w) {
-  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
-  const int64_t image_x = C * H * W, image_y = K * g.P();
+                    int64_t dilation_h, int64_t dilation_w, int64_t groups) {
+  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
+  if (g.Cg() == 1) return depthwise_forward(y, x, w, bias, g);
+  const int64_t image_x = C * H * W, image_y = K * g.P(), Kg = g.Kg();
   auto forward = [&](const Chunk& c) {
     const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
-    ScratchFrame scratch;  // a chunk's cols and Y, on the thread running it
+    ScratchFrame scratch;  // a chunk's cols (one group's) and Y, on the thread running it
     float* work = scratch.floats(static_cast<size_t>(size + K * columns));
-    if (size) im2col(work, x + c.n * image_x, g, c);
-    const float* cols = size ? work : x + c.n * image_x;
     float* out = whole_image(g, c) ? y + c.n * image_y : work + size;
-    matmul_forward(out, nullptr, w, cols, nullptr, Activation::none, 1, K, columns, g.CRS(), false,
-                   false, 0, 0);
+    for (int64_t group = 0; group < g.G; ++group) {
+      if (size) im2col(work, x + c.n * image_x, g, c, group);
+      const float* cols = size ? work : x + c.n * image_x + group * g.Cg() * H * W;
+      matmul_forward(out + group * Kg * columns, nullptr, w + group * Kg * g.CRS(), cols, nullptr,
+                     Activation::none, 1, Kg, columns, g.CRS(), false, false, 0, 0);
+    }
     if (!whole_image(g, c) || bias) move_rows(y + c.n * image_y, out, bias, g, c, /*to_images=*/true);
   };
   // The chunks write disjoint parts of y. With two or more a thread, each
@@ -283,12 +380,13 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
 void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                      const float* w, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
                      int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                     int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
-  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+                     int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t groups) {
+  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
   if (dbias) bias_grad(dbias, dy, g);
   if ((!dx && !dw) || N == 0) return;
-  const int64_t image_x = C * H * W, image_y = K * g.P(), size_w = K * g.CRS();
-  // One chunk: dw_into += dY . cols^T, dx += col2im(W^T . dY).
+  if (g.Cg() == 1) return depthwise_backward(dx, dw, dy, x, w, g);
+  const int64_t image_x = C * H * W, image_y = K * g.P(), size_w = K * g.CRS(), Kg = g.Kg();
+  // One chunk, group by group: dw_into += dY . cols^T, dx += col2im(W^T . dY).
   auto backward = [&](const Chunk& c, float* dw_into) {
     const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
     ScratchFrame scratch;  // a chunk's cols, dcols and dY, on the thread running it
@@ -298,13 +396,17 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
       move_rows(work + 2 * size, dy_gemm, nullptr, g, c, /*to_images=*/false);
       dy_gemm = work + 2 * size;
     }
-    const float* cols = size ? work : x + c.n * image_x;  // read only for dw
-    float* dcols = !dx ? nullptr : size ? work + size : dx + c.n * image_x;
-    if (size && dw_into) im2col(work, x + c.n * image_x, g, c);
-    if (size && dx) zero(dcols, size);
-    matmul_backward(dw_into, dcols, nullptr, dy_gemm, w, cols, 1, K, columns, g.CRS(), false,
-                    false, 0, 0);
-    if (size && dx) col2im(dx + c.n * image_x, dcols, g, c);
+    for (int64_t group = 0; group < g.G; ++group) {
+      const int64_t channels = group * g.Cg() * H * W;  // the group's first input channel
+      const float* cols = size ? work : x + c.n * image_x + channels;  // read only for dw
+      float* dcols = !dx ? nullptr : size ? work + size : dx + c.n * image_x + channels;
+      if (size && dw_into) im2col(work, x + c.n * image_x, g, c, group);
+      if (size && dx) zero(dcols, size);
+      matmul_backward(dw_into ? dw_into + group * Kg * g.CRS() : nullptr, dcols, nullptr,
+                      dy_gemm + group * Kg * columns, w + group * Kg * g.CRS(), cols, 1, Kg, columns, g.CRS(),
+                      false, false, 0, 0);
+      if (size && dx) col2im(dx + c.n * image_x, dcols, g, c, group);
+    }
   };
   // Units of chunks that write disjoint parts of dx: the blocks of one image
   // (their input rows overlap), or one chunk of whole images. They go in

@@ -1,4 +1,4 @@
-// Plain 2-D convolution: one loop over every (output, tap) pair that reads
+// Plain 2-D convolution (grouped): one loop over every (output, tap) pair that reads
 // the input rather than the padding, products summed in double and rounded
 // once per element.
 #include <memory>
@@ -18,13 +18,14 @@ void for_each_tap(const ConvShape& g, Fn fn) {
     for (int64_t k = 0; k < g.K; ++k)
       for (int64_t oh = 0; oh < g.OH; ++oh)
         for (int64_t ow = 0; ow < g.OW; ++ow)
-          for (int64_t c = 0; c < g.C; ++c)
+          for (int64_t c = 0; c < g.Cg(); ++c)
             for (int64_t r = 0; r < g.R; ++r)
               for (int64_t s = 0; s < g.S; ++s) {
                 const int64_t ih = g.in_row(oh, r), iw = g.in_col(ow, s);
                 if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-                fn(((n * g.K + k) * g.OH + oh) * g.OW + ow, ((n * g.C + c) * g.H + ih) * g.W + iw,
-                   ((k * g.C + c) * g.R + r) * g.S + s);
+                const int64_t channel = k / g.Kg() * g.Cg() + c;  // of the input, in k's group
+                fn(((n * g.K + k) * g.OH + oh) * g.OW + ow, ((n * g.C + channel) * g.H + ih) * g.W + iw,
+                   ((k * g.Cg() + c) * g.R + r) * g.S + s);
               }
 }
 
@@ -40,8 +41,8 @@ void add_rounded(float* out, const double* sums, int64_t count) {
 void conv2d_forward(float* y, const float* x, const float* w, const float* bias, int64_t N,
                     int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                    int64_t dilation_h, int64_t dilation_w) {
-  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+                    int64_t dilation_h, int64_t dilation_w, int64_t groups) {
+  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
   const int64_t count = N * K * g.P();
   auto sums = zeros(count);
   for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) { sums[yi] += double(x[xi]) * w[wi]; });
@@ -52,8 +53,8 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
 void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                      const float* w, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
                      int64_t R, int64_t S, int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                     int64_t pad_w, int64_t dilation_h, int64_t dilation_w) {
-  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+                     int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t groups) {
+  const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
   auto sum_x = zeros(N * C * H * W), sum_w = zeros(K * g.CRS()), sum_b = zeros(K);
   for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) {
     sum_x[xi] += double(dy[yi]) * w[wi];

@@ -142,7 +142,7 @@ OpBuilder& OpBuilder::arg(const char* name, Role role, DType dtype, const char* 
 }
 
 OpBuilder& OpBuilder::input(const char* n, const char* s, DType d) { return arg(n, Role::input, d, s); }
-OpBuilder& OpBuilder::optional_input(const char* n, const char* s) { return arg(n, Role::optional_input, DType::f32, s); }
+OpBuilder& OpBuilder::optional_input(const char* n, const char* s, DType d) { return arg(n, Role::optional_input, d, s); }
 OpBuilder& OpBuilder::grad_input(const char* n, const char* s) { return arg(n, Role::grad_input, DType::f32, s); }
 OpBuilder& OpBuilder::output(const char* n, const char* s) { return arg(n, Role::output, DType::f32, s); }
 OpBuilder& OpBuilder::optional_output(const char* n, const char* s) { return arg(n, Role::optional_output, DType::f32, s); }

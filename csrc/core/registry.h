@@ -213,7 +213,7 @@ class OpBuilder {
  public:
   OpBuilder(const char* name, const char* family, const char* doc);
   OpBuilder& input(const char* name, const char* shape = "", DType dtype = DType::f32);
-  OpBuilder& optional_input(const char* name, const char* shape = "");
+  OpBuilder& optional_input(const char* name, const char* shape = "", DType dtype = DType::f32);
   OpBuilder& grad_input(const char* name, const char* shape = "");
   OpBuilder& output(const char* name, const char* shape = "");
   OpBuilder& optional_output(const char* name, const char* shape = "");

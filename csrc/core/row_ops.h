@@ -52,13 +52,14 @@ inline float dot(const float* a, const float* b, int64_t n) {
 }
 
 // Returns sum(exp(x - shift)); also stores y = exp(x - shift) unless y is null.
+// shift is the row's max, so x - shift <= 0 (or NaN).
 inline float exp_shifted(float* y, const float* x, int64_t n, float shift) {
   const vfloat vs = simd::splat(shift);
   vfloat acc0{}, acc1{};
   int64_t i = 0;
   for (; i + 2 * kWidth <= n; i += 2 * kWidth) {
-    const vfloat e0 = simd::exp(simd::load(x + i) - vs);
-    const vfloat e1 = simd::exp(simd::load(x + i + kWidth) - vs);
+    const vfloat e0 = simd::exp_nonpositive(simd::load(x + i) - vs);
+    const vfloat e1 = simd::exp_nonpositive(simd::load(x + i + kWidth) - vs);
     if (y) {
       simd::store(y + i, e0);
       simd::store(y + i + kWidth, e1);
@@ -68,7 +69,7 @@ inline float exp_shifted(float* y, const float* x, int64_t n, float shift) {
   }
   for (; i < n; i += kWidth) {  // tail: padded lanes are -inf, exp gives 0
     const int64_t count = std::min<int64_t>(kWidth, n - i);
-    const vfloat e = simd::exp(simd::load_partial(x + i, count, kNegInf) - vs);
+    const vfloat e = simd::exp_nonpositive(simd::load_partial(x + i, count, kNegInf) - vs);
     if (y) simd::store_partial(y + i, e, count);
     acc0 += e;
   }

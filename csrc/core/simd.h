@@ -79,16 +79,29 @@ inline void store_partial(float* p, vfloat v, int64_t count) {
 
 inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
 
+inline float hmax_scalar(vfloat v) {
+  float m = v[0];
+  for (int i = 1; i < kWidth; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+#if defined(__AVX512F__)
+// Pairwise (a shuffle tree, 4 steps) rather than 15 dependent scalar steps:
+// a row-wise kernel pays these once per row.
+inline float hsum(vfloat v) { return _mm512_reduce_add_ps((__m512)v); }
+inline float hmax(vfloat v) {
+  // As the scalar loop: a NaN lane never wins (v[i] > m is false for NaN).
+  if (_mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q)) return hmax_scalar(v);
+  return _mm512_reduce_max_ps((__m512)v);
+}
+#else
 inline float hsum(vfloat v) {
   float s = 0.0f;
   for (int i = 0; i < kWidth; ++i) s += v[i];
   return s;
 }
-inline float hmax(vfloat v) {
-  float m = v[0];
-  for (int i = 1; i < kWidth; ++i) m = v[i] > m ? v[i] : m;
-  return m;
-}
+inline float hmax(vfloat v) { return hmax_scalar(v); }
+#endif
 
 // exp(x) within about 2 ulp: range reduction x = n ln2 + r with
 // |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n built in the exponent
@@ -96,6 +109,51 @@ inline float hmax(vfloat v) {
 // (denormal results near the bottom, the largest floats near the top).
 // Above ln(FLT_MAX) it gives +inf, below about -104 it gives 0, NaN stays
 // NaN. Uses only IEEE arithmetic.
+// e^(x - n ln2) for n = round(x / ln2): ln2 split in two for an exact
+// reduction, then the polynomial.
+inline vfloat exp_reduced(vfloat xc, vfloat n) {
+  vfloat r = xc - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vfloat p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  return p * (r * r) + r + splat(1.0f);
+}
+#if defined(__AVX512F__)
+// AVX-512: the same reduction and polynomial, n rounded by vrndscaleps and
+// 2^n applied by vscalefps, which scales without overflowing on the way
+// (finite up to FLT_MAX, denormals at the bottom) in one instruction, where
+// the portable form needs two exponent-bit products and their integer
+// arithmetic: 17 vector instructions instead of 28 (the exp kernel ran 1.3x
+// faster). `xc` is x already clamped to the range.
+inline vfloat exp_core(vfloat xc) {
+  const __m512 n = _mm512_roundscale_ps((__m512)(xc * splat(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vfloat vn = (vfloat)n;
+  return (vfloat)_mm512_scalef_ps((__m512)exp_reduced(xc, vn), n);
+}
+inline vfloat exp(vfloat x) {
+  const vfloat hi = splat(88.72283935546875f);
+  const vfloat lo = splat(-103.97207708f);
+  vfloat xc = lo > x ? lo : x;  // NaN compares false and passes through
+  xc = hi < xc ? hi : xc;
+  vfloat y = exp_core(xc);
+  y = x > hi ? splat(std::numeric_limits<float>::infinity()) : y;
+  y = x < lo ? splat(0.0f) : y;
+  return y;
+}
+// exp(x) for x <= 0 (softmax's x - max, a log-probability): no overflow
+// checks (a finite x above 88.7 still gives inf, through vscalefps; only
+// +inf gives NaN), and x clamped to -104.5, whose exp scales to exactly 0
+// (so -inf gives 0, as a masked score must): 13 instructions. NaN stays NaN.
+inline vfloat exp_nonpositive(vfloat x) {
+  const vfloat lo = splat(-104.5f);
+  return exp_core(lo > x ? lo : x);
+}
+#else
 inline vfloat exp(vfloat x) {
   const vfloat hi = splat(88.72283935546875f);  // largest x with finite exp(x)
   const vfloat lo = splat(-103.97207708f);      // exp(x) rounds to 0 below
@@ -105,15 +163,7 @@ inline vfloat exp(vfloat x) {
   vfloat t = xc * splat(1.44269504088896341f) + round_magic;
   vfloat n = t - round_magic;  // round-to-nearest(x / ln2)
   vint ni = reinterpret_cast<vint&>(t) - reinterpret_cast<const vint&>(round_magic);
-  vfloat r = xc - n * splat(0.693359375f);
-  r = r - n * splat(-2.12194440e-4f);
-  vfloat p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * (r * r) + r + splat(1.0f);
+  const vfloat p = exp_reduced(xc, n);
   const vint half = ni >> 1;  // arithmetic shift: floor(n / 2)
   vint bits_a = (half + 127) << 23;
   vint bits_b = (ni - half + 127) << 23;
@@ -122,6 +172,8 @@ inline vfloat exp(vfloat x) {
   y = x < lo ? splat(0.0f) : y;
   return y;
 }
+inline vfloat exp_nonpositive(vfloat x) { return exp(x); }
+#endif
 
 // The logistic function 1 / (1 + exp(-x)): exp overflowing to inf for very
 // negative x gives 0, the right limit.

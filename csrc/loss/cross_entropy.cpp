@@ -62,7 +62,7 @@ void backward_impl(float* dlogits, const float* dloss, const float* logits, cons
     const vfloat vm = simd::splat(m), vs = simd::splat(s);
     int64_t i = 0;
     for (; i + kWidth <= classes; i += kWidth)
-      simd::store(dr + i, simd::load(dr + i) + simd::exp(simd::load(xr + i) - vm) * vs);
+      simd::store(dr + i, simd::load(dr + i) + simd::exp_nonpositive(simd::load(xr + i) - vm) * vs);
     for (; i < classes; ++i) dr[i] += std::exp(xr[i] - m) * s;
     dr[t] -= scale;
   });

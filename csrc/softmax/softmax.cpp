@@ -59,7 +59,7 @@ void log_softmax_backward(float* dx, const float* dy, const float* y, int64_t ro
     int64_t i = 0;
     for (; i + kWidth <= cols; i += kWidth)
       simd::store(dxr + i, simd::load(dxr + i) + simd::load(dyr + i) -
-                               simd::exp(simd::load(yr + i)) * total);
+                               simd::exp_nonpositive(simd::load(yr + i)) * total);
     for (; i < cols; ++i) dxr[i] += dyr[i] - std::exp(yr[i]) * total[0];
   });
 }

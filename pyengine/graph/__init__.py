@@ -1,5 +1,5 @@
 """Static graphs: capture once, replay without allocating."""
 
-from pyengine.graph.executor import CompiledGraph, capture
+from pyengine.graph.executor import CompiledGraph, NonFiniteError, capture
 
-__all__ = ["capture", "CompiledGraph"]
+__all__ = ["capture", "CompiledGraph", "NonFiniteError"]

@@ -22,6 +22,7 @@ their inputs instead of being copied.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,7 @@ from pyengine import random as R
 from pyengine.graph.planner import ALIGNMENT, Interval, place
 from pyengine.tensor import Tensor, _capturing, topological_order
 
-__all__ = ["capture", "CompiledGraph"]
+__all__ = ["capture", "CompiledGraph", "NonFiniteError"]
 
 PERSISTENT_KINDS = ("param", "param_grad", "const")
 
@@ -47,6 +48,14 @@ class Value:
     alias_of: Value | None = None  # this value is a view of another one's memory
     array: np.ndarray | None = None  # bound at plan time
     offset: int | None = None  # in the arena, for planned roots
+    view_op: O.Op | None = None  # the view op whose output (or gradient) this alias is
+
+    def view(self, base: np.ndarray) -> np.ndarray:
+        """This alias's array, as a view of its base's array: a reshape, or
+        the view op's own view (a slice, for a piece of a split)."""
+        if self.view_op is not None and hasattr(self.view_op, "view_of"):
+            return self.view_op.view_of(base, self.spec)
+        return base.reshape(self.spec.shape)
 
     @property
     def root(self) -> Value:
@@ -77,9 +86,14 @@ class Step:
         return list(self.outs) if self.kind == "forward" else [g for g in self.grad_ins if g is not None]
 
 
-def capture(fn, *example_inputs, optimizer=None) -> CompiledGraph:
+def capture(fn, *example_inputs, optimizer=None, check_finite: bool = False) -> CompiledGraph:
     """Record `fn(*inputs)` and compile it; with `optimizer`, the graph is a
-    full training step (forward, backward of the scalar output, update)."""
+    full training step (forward, backward of the scalar output, update).
+
+    check_finite: after every step of each replay, check what the step wrote
+    and raise NonFiniteError at the first inf or NaN, naming the step, its op
+    and the shapes it read, before the optimizer can apply it (a debugging
+    guard: each check reads the buffers once more and allocates a mask)."""
     inputs = [Tensor(np.array(x.data if isinstance(x, Tensor) else x)) for x in example_inputs]
     with _capturing(), R.capture_streams() as streams:
         output = fn(*inputs)
@@ -87,12 +101,21 @@ def capture(fn, *example_inputs, optimizer=None) -> CompiledGraph:
         raise TypeError(f"capture: fn must return a Tensor, got {type(output).__name__}")
     if optimizer is not None and (output.size != 1 or not output.requires_grad):
         raise ValueError(f"capture: a training step needs a scalar loss that requires grad, got shape {output.shape}")
-    return CompiledGraph(inputs, output, optimizer, streams)
+    return CompiledGraph(inputs, output, optimizer, streams, check_finite=check_finite)
+
+
+class NonFiniteError(FloatingPointError):
+    """A replayed step wrote inf or NaN (capture(..., check_finite=True))."""
+
+    def __init__(self, message: str, step_index: int, op: str):
+        super().__init__(message)
+        self.step_index, self.op = step_index, op
 
 
 class CompiledGraph:
-    def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None):
+    def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None, check_finite: bool = False):
         self.optimizer = optimizer
+        self.check_finite = bool(check_finite)
         self._streams = streams  # the random ops' rng buffers, refilled per replay (pyengine.random)
         self.values: list = []
         self._by_tensor: dict = {}
@@ -143,6 +166,7 @@ class CompiledGraph:
             specs = node.op.infer(*(v.spec for v in ins))
             alias = ins[0] if node.op.is_view else None
             outs = [self._new_value(tensor, "activation", f"{node.op.name}{len(self.values)}", specs[0], alias)]
+            outs[0].view_op = node.op if alias is not None else None
             outs += [self._new_value(None, "saved", f"{node.op.name}.saved{i}", s) for i, s in enumerate(specs[1:], 1)]
             # A view's step runs no kernel; it stays in the schedule so the
             # lifetimes of its buffers are right.
@@ -160,6 +184,7 @@ class CompiledGraph:
         if node is not None and node.op.is_view:
             base = self._grad_value(node.inputs[0])
             value = self._new_value(None, "grad", f"grad({source.name})", source.spec, alias_of=base)
+            value.view_op = node.op  # the same view of the input's gradient
         elif node is None:
             value = self._new_value(None, "param_grad", f"grad({source.name})", source.spec)
             self.params.append((tensor, value))
@@ -172,7 +197,7 @@ class CompiledGraph:
         # The seed d(loss)/d(loss) = 1 belongs to the first non-view tensor
         # under the loss, so that a loss reshaped at the end shares it.
         base = loss
-        while base._node is not None and base._node.op.is_view:
+        while base._node is not None and base._node.op.is_view and base._node.inputs[0].size == base.size:
             base = base._node.inputs[0]
         seed = self._new_value(None, "const", "grad(loss)", O.Spec(base.shape))
         seed.array = np.ones(base.shape, dtype=np.float32)
@@ -271,22 +296,29 @@ class CompiledGraph:
             value.array = raw.view(value.spec.dtype).reshape(value.spec.shape)
         for _, grad in self.params:
             grad.array = np.zeros(grad.spec.shape, dtype=np.float32)
-        for value in self.values:  # views of other buffers
+        for value in self.values:  # views of other buffers, each after the one it views
             if value.array is None and value.alias_of is not None:
-                value.array = value.root.array.reshape(value.spec.shape)
-        program = []
-        for step in self.steps:
+                value.array = value.view(value.alias_of.array)
+        program, self._labels = [], []
+        for index, step in enumerate(self.steps):
             if step.kind == "forward" and step.op.is_view:
                 continue
             arrays = lambda values: [None if v is None else v.array for v in values]  # noqa: E731
             program += [functools.partial(root.array.fill, 0) for root in step.zero_first]
+            self._labels += ["zero gradients"] * len(step.zero_first)
             if step.kind == "forward":
                 program.append(step.op.bind_forward(arrays(step.outs), arrays(step.ins)))
+                self._labels.append(f"{step.op.name} forward")
             else:
                 program.append(step.op.bind_backward(arrays(step.grad_ins), step.grad_out.array,
                                                      arrays(step.ins), arrays(step.outs)))
+                self._labels.append(f"{step.op.name} backward")
+            if self.check_finite:
+                program.append(functools.partial(self._check_step, index, step))
+                self._labels.append("check_finite")
         if self.optimizer is not None:
             program.append(self.optimizer.step)
+            self._labels.append(f"{type(self.optimizer).__name__} step")
         return program
 
     # ---------------------------------------------------------------- running
@@ -296,6 +328,28 @@ class CompiledGraph:
         Returns the output as a Tensor over its arena buffer: it is overwritten
         by the next run, so copy it if you keep it.
         """
+        self._load_inputs(inputs)
+        for call in self._program:
+            call()
+        return Tensor(self.output.array)
+
+    __call__ = run
+
+    def profile(self, *inputs) -> list:
+        """Replay once, as run(), timing every call: [(op kind, seconds,
+        calls)] summed by op and pass (``"matmul forward"``, ``"layer_norm
+        backward"``, the optimizer's step, ...), slowest first."""
+        self._load_inputs(inputs)
+        totals: dict = {}
+        for label, call in zip(self._labels, self._program):
+            start = time.perf_counter()
+            call()
+            seconds, count = totals.get(label, (0.0, 0))
+            totals[label] = (seconds + time.perf_counter() - start, count + 1)
+        return sorted(((k, s, n) for k, (s, n) in totals.items()), key=lambda row: -row[1])
+
+    def _load_inputs(self, inputs) -> None:
+        """Copy the inputs into their buffers and point the parameters' .grad at theirs."""
         if len(inputs) != len(self.inputs):
             raise ValueError(f"run: expected {len(self.inputs)} inputs, got {len(inputs)}")
         for index, (value, given) in enumerate(zip(self.inputs, inputs)):
@@ -312,11 +366,17 @@ class CompiledGraph:
             tensor._grad = None
         if self._streams is not None:
             self._streams.begin_replay()
-        for call in self._program:
-            call()
-        return Tensor(self.output.array)
 
-    __call__ = run
+    def _check_step(self, index: int, step: Step) -> None:
+        """NonFiniteError naming the step when one of its written buffers holds inf or NaN."""
+        for value in step.writes():
+            array = value.array
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                bad = int(array.size - np.isfinite(array).sum())
+                reads = ", ".join(f"{v.name} {v.spec.shape}" for v in step.reads() if v is not None)
+                raise NonFiniteError(f"step {index} ({step.kind} of {step.op.label()}) wrote {bad} non-finite "
+                                     f"value(s) into {value.name} {value.spec.shape}; it read {reads}",
+                                     index, step.op.label())
 
     # ---------------------------------------------------------------- inspecting
     def plan_text(self) -> str:

@@ -34,7 +34,7 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """2-D convolution over (N, C, H, W); weight is (out_channels, in_channels, kh, kw) as in PyTorch.
+    """2-D convolution over (N, C, H, W); weight is (out_channels, in_channels / groups, kh, kw) as in PyTorch.
 
     kernel_size, stride, padding and dilation are ints or (h, w) pairs.
     Initialised like PyTorch: weight and bias uniform in +-1/sqrt(fan_in),
@@ -43,19 +43,22 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, generator=None):
+                 dilation=1, groups: int = 1, bias: bool = True, generator=None):
         super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must be positive and divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
         rng = generator or default_generator()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        fan_in = in_channels * kh * kw
+        fan_in = in_channels // groups * kh * kw
         bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
-        self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_channels, in_channels, kh, kw)))
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, int(groups)
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_channels, in_channels // groups, kh, kw)))
         self.bias = Parameter(rng.uniform(-bound, bound, (out_channels,))) if bias else None
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         """As torch prints it: sizes as pairs, padding and dilation only where not the default."""
@@ -65,6 +68,8 @@ class Conv2d(Module):
             text += f", padding={padding}"
         if dilation != (1, 1):
             text += f", dilation={dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
         if self.bias is None:
             text += ", bias=False"
         return text

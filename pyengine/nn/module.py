@@ -26,11 +26,19 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        if name in self._buffers:  # assigning a buffer replaces it (None included), as in PyTorch
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{type(self).__name__}: buffer '{name}' must be a Tensor or None, "
+                                f"got {type(value).__name__}")
+            self._buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -38,6 +46,16 @@ class Module:
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, tensor: Tensor | None) -> None:
+        """A tensor of the module's state that is not trained (batch norm's
+        running statistics): in state_dict() after the module's parameters."""
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"register_buffer: '{name}' must be a Tensor or None, got {type(tensor).__name__}")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = tensor
+        object.__setattr__(self, name, tensor)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
@@ -68,6 +86,16 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self):
+        """(dotted name, buffer) pairs of every module's buffers that are not None."""
+        for module_name, module in self.named_modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    yield (f"{module_name}.{name}" if module_name else name), buffer
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
     def modules(self):
         return [m for _, m in self.named_modules()]
 
@@ -89,8 +117,20 @@ class Module:
 
     # ---- state
     def state_dict(self) -> OrderedDict:
-        """Parameter arrays by dotted name (the arrays themselves, not copies)."""
-        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+        """Parameter and buffer arrays by dotted name (the arrays themselves, not
+        copies), in PyTorch's order: each module's parameters, then its buffers."""
+        return OrderedDict((name, t.data) for name, t in self._state_tensors())
+
+    def _state_tensors(self) -> list:
+        seen, items = set(), []
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+                if tensor is None or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                items.append((prefix + name, tensor))
+        return items
 
     def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
         """Copy arrays (numpy or Tensors) into the parameters, in place (captured graphs stay valid).
@@ -100,7 +140,7 @@ class Module:
         raises ValueError and one that is not a numeric array TypeError, naming
         the key. Returns (missing_keys, unexpected_keys) as PyTorch does.
         """
-        params = dict(self.named_parameters())
+        params = dict(self._state_tensors())
         missing = [k for k in params if k not in state]
         unexpected = [k for k in state if k not in params]
         if strict and (missing or unexpected):

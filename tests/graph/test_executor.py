@@ -508,3 +508,47 @@ def test_matmul_output_used_twice_is_not_fused():
 
     graph = pe.capture(fn, x)
     assert not any(isinstance(s.op, pe.ops.MatMulActivation) for s in graph.steps)
+
+
+def test_check_finite_names_the_first_step_that_writes_a_non_finite_value():
+    w = pe.nn.Parameter(np.ones((3, 4), np.float32))
+    opt = pe.optim.SGD([w], lr=0.1)
+
+    def loss_fn(x):
+        return (x @ w).log().sum()  # log of a negative entry: NaN from the log step on
+
+    x = np.ones((2, 3), np.float32)
+    graph = pe.capture(loss_fn, x, optimizer=opt, check_finite=True)
+    graph.run(x)  # finite: runs, updates
+    before = w.numpy().copy()
+    with pytest.raises(pe.graph.NonFiniteError, match=r"forward of log\) wrote 8 non-finite value\(s\)") as error:
+        graph.run(-x)
+    assert error.value.op == "log" and "(2, 4)" in str(error.value)
+    np.testing.assert_array_equal(w.numpy(), before)  # stopped before the update
+
+
+def test_without_check_finite_non_finite_values_flow_through():
+    w = pe.nn.Parameter(np.ones((3, 4), np.float32))
+    graph = pe.capture(lambda x: (x @ w).log().sum(), np.ones((2, 3), np.float32), optimizer=pe.optim.SGD([w], lr=0.1))
+    assert np.isnan(graph.run(-np.ones((2, 3), np.float32)).item())
+
+
+def test_profile_is_a_replay_timed_by_op_kind():
+    def make():
+        pe.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    losses = []
+    for profiled in (False, True):
+        model = make()
+        opt = pe.optim.SGD(model.parameters(), lr=0.1)
+        graph = pe.capture(lambda a, b, m=model: F.cross_entropy(m(a), b), x, y, optimizer=opt)
+        rows = graph.profile(x, y) if profiled else graph.run(x, y)
+        losses.append(graph.run(x, y).item())  # the second step either way
+    assert losses[0] == losses[1]
+    kinds = {kind for kind, _, _ in rows}
+    assert {"cross_entropy forward", "cross_entropy backward", "SGD step"} <= kinds
+    assert any(k.startswith("matmul") and k.endswith("backward") for k in kinds)
+    assert all(seconds >= 0 and calls >= 1 for _, seconds, calls in rows)
