@@ -1,6 +1,8 @@
 """Models built from pyengine.nn."""
 
 from pyengine.models.cnn import CNN
+from pyengine.models.lenet import LeNet5
 from pyengine.models.mlp import MLP
+from pyengine.models.resnet import BasicBlock, ResNet
 
-__all__ = ["CNN", "MLP"]
+__all__ = ["CNN", "MLP", "LeNet5", "ResNet", "BasicBlock"]
