@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/denormals.h"
 #include "core/dispatch.h"
 #include "core/kernels.h"
 #include "core/parallel.h"
@@ -35,6 +36,8 @@ void bind_runtime(py::module_& m) {
         "Register-only FMA loop on `threads` threads; returns the flops done (time it to get the peak).");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &pyengine::thread_count);
+  m.def("flushes_denormals", &pyengine::flushes_denormals,
+        "True where kernels run with subnormal floats flushed to zero (x86-64): see the README.");
 #ifdef _OPENMP
   m.attr("has_openmp") = true;
 #else

@@ -61,6 +61,12 @@ def get_num_threads() -> int:
     return _C.get_num_threads()
 
 
+def flushes_denormals() -> bool:
+    """True where kernels treat subnormal floats as zero, in and out (x86-64:
+    the FTZ and DAZ bits are set while a kernel runs, then restored)."""
+    return bool(_C.flushes_denormals())
+
+
 def has_openmp() -> bool:
     return bool(_C.has_openmp)
 
@@ -83,6 +89,7 @@ def _apply_isa_from_environment() -> None:
 _apply_isa_from_environment()
 
 from pyengine import functional, graph, kernels, nn, optim  # noqa: E402
+from pyengine.combine import cat, chunk, concat, split, stack, tril, triu, where  # noqa: E402
 from pyengine.factories import (  # noqa: E402
     arange,
     empty,
@@ -115,8 +122,9 @@ __all__ = [
     "zeros", "ones", "full", "empty", "rand", "randn", "randint", "arange", "linspace", "eye",
     "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
     "float32", "int64", "int32",
+    "cat", "concat", "stack", "split", "chunk", "where", "tril", "triu",
     "abs", "clamp", "clip", "exp", "log", "relu", "rsqrt", "sigmoid", "sqrt", "square", "tanh",
     "kernels", "functional", "nn", "optim", "graph",
     "get_isa", "set_isa", "use_isa", "available_isas", "set_num_threads", "get_num_threads",
-    "has_openmp", "has_cuda", "__version__",
+    "has_openmp", "has_cuda", "flushes_denormals", "__version__",
 ]

@@ -8,11 +8,12 @@ import numpy as np
 
 from pyengine import ops as O
 from pyengine import ops_cnn as OC
+from pyengine.ops_embedding import Embedding
 from pyengine.tensor import Tensor, apply
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "gelu",
            "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "nll_loss", "mse_loss",
-           "l1_loss", "binary_cross_entropy_with_logits"]
+           "l1_loss", "binary_cross_entropy_with_logits", "embedding"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -265,3 +266,19 @@ def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, *, redu
     if weight is not None:
         loss = loss * (weight if isinstance(weight, Tensor) else Tensor(weight))
     return _reduce(loss, reduction)
+
+
+# ------------------------------------------------------------------ transformer building blocks
+
+
+def embedding(input, weight: Tensor) -> Tensor:
+    """Rows of `weight` (num_embeddings, dim) at the integer indices `input`
+    (an int64 or int32 Tensor or numpy array of any shape (*)): a (*, dim)
+    tensor, as torch.nn.functional.embedding. An index outside
+    [0, num_embeddings) is a ValueError naming it. The gradient scatter-adds
+    into weight's, repeated indices summed (padding_idx, max_norm and sparse
+    gradients are not supported)."""
+    idx = input if isinstance(input, Tensor) else Tensor(input)
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"embedding: weight must be a Tensor, got {type(weight).__name__}")
+    return apply(Embedding(), weight, idx)

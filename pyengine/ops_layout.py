@@ -1,5 +1,6 @@
 """Layout ops: views (view, unsqueeze, squeeze, flatten) and copies
-(permute, transpose, .T, .mT, basic indexing), with PyTorch's semantics.
+(permute, transpose, .T, .mT, basic indexing), with PyTorch's semantics
+(and, beyond it, negative slice steps).
 
 The views are :class:`pyengine.ops.Reshape` with another shape rule: no
 kernel, the output shares the input's memory, and under capture their
@@ -233,12 +234,12 @@ def _check_index(index) -> tuple:
             for part in (item.start, item.stop, item.step):
                 if part is not None and not _is_int(part):
                     raise TypeError(f"Tensor.__getitem__: slice bounds must be ints or None, got {item}")
-            if item.step is not None and item.step <= 0:
-                raise ValueError(f"Tensor.__getitem__: slice step must be greater than zero, got {item.step}")
+            if item.step == 0:
+                raise ValueError("Tensor.__getitem__: slice step cannot be zero")
             continue
         kind = type(item).__name__
-        raise TypeError(f"Tensor.__getitem__: only ints, slices, None and ... are supported as indices; "
-                        f"indexing with a {kind} (tensor, array, list or bool indexing) is not supported")
+        raise TypeError(f"Tensor.__getitem__: only ints, slices, None, ... and one int64 index array are "
+                        f"supported as indices; indexing with a {kind} is not supported")
     ellipses = sum(item is Ellipsis for item in items)
     if ellipses > 1:
         raise IndexError("Tensor.__getitem__: an index can only have a single ellipsis ('...')")
@@ -246,7 +247,9 @@ def _check_index(index) -> tuple:
 
 
 class Getitem(O.Op):
-    """x[index] with basic indexing: a contiguous copy of the selected region."""
+    """x[index] with basic indexing: a contiguous copy of the selected region
+    (negative steps too, which PyTorch has not; numpy's semantics). An index
+    with an int64 array is pyengine.ops_select.IndexGetitem."""
 
     name = "getitem"
 

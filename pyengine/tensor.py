@@ -302,9 +302,33 @@ class Tensor:
         return self  # every tensor's data is contiguous here
 
     def __getitem__(self, index) -> Tensor:
-        """Basic indexing (ints, slices with positive steps, None, ...), a
-        contiguous copy; tensor, array, list and bool indices raise TypeError."""
-        return apply(OL.Getitem(index), self)
+        """Basic indexing (ints, slices, negative steps too, None, ...) and one
+        int64 index array (an array, a list or an int Tensor) with numpy's
+        semantics: a contiguous copy. Bool masks raise TypeError."""
+        from pyengine import combine
+        return combine.getitem(self, index)
+
+    # ---- joining, splitting and selecting (pyengine.combine)
+    def split(self, split_size_or_sections, dim=0) -> tuple:
+        """Pieces along dim, as torch.split (views where contiguous)."""
+        from pyengine import combine
+        return combine.split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks, dim=0) -> tuple:
+        from pyengine import combine
+        return combine.chunk(self, chunks, dim)
+
+    def masked_fill(self, mask, value) -> Tensor:
+        from pyengine import combine
+        return combine.masked_fill(self, mask, value)
+
+    def tril(self, diagonal=0) -> Tensor:
+        from pyengine import combine
+        return combine.tril(self, diagonal)
+
+    def triu(self, diagonal=0) -> Tensor:
+        from pyengine import combine
+        return combine.triu(self, diagonal)
 
     def __iter__(self):
         if self.ndim == 0:

@@ -89,6 +89,8 @@ EXAMPLES = {
                  dict(ignore_index=-100)),
     "conv2d": (dict(x=_normal(2, 3, 6, 5), weight=_normal(4, 3, 3, 2), bias=_normal(4)),
                dict(stride=(1, 2), padding=(1, 0), dilation=(1, 1))),
+    # ---- embedding, dropout (helper embdrop)
+    "embedding": (dict(weight=_normal(5, 4), idx=np.array([[0, 3, 3], [4, 1, 0]], np.int64)), dict()),
     # ---- CNNs (issue 9): pooling, batch norm
     "max_pool2d": (dict(x=_normal(2, 3, 7, 6)),
                    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2), ceil_mode=True)),

@@ -49,6 +49,7 @@ def compare(arrays, pe_fn, torch_fn, *, atol, rtol, grad_atol=None, grad_rtol=No
     for index, (leaf, tleaf) in enumerate(zip(leaves, tleaves)):
         expected = np.zeros(leaf.shape) if tleaf.grad is None else tleaf.grad.numpy()
         assert leaf.grad is not None, f"leaf {index} got no gradient"
+        assert leaf.grad.shape == leaf.shape, f"grad of leaf {index}: shape {leaf.grad.shape} != {leaf.shape}"
         np.testing.assert_allclose(leaf.grad.numpy().astype(F64), expected,
                                    atol=atol if grad_atol is None else grad_atol,
                                    rtol=rtol if grad_rtol is None else grad_rtol,

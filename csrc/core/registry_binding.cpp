@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 
+#include "core/denormals.h"
 #include "core/registry.h"
 
 namespace pyengine {
@@ -303,6 +304,7 @@ py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, Py
   {
     std::optional<py::gil_scoped_release> release;
     if (work_of(op, r, arrays) >= kWorthReleasingGil) release.emplace();
+    const FlushDenormals flush;  // see core/denormals.h
     op.kernel(call);
   }
   // Returns the outputs; an op that only updates in place returns what it updated.

@@ -46,6 +46,14 @@ class Value:
     alias_of: Value | None = None  # this value is a view of another one's memory
     array: np.ndarray | None = None  # bound at plan time
     offset: int | None = None  # in the arena, for planned roots
+    view_op: O.Op | None = None  # the view op whose output (or gradient) this alias is
+
+    def view(self, base: np.ndarray) -> np.ndarray:
+        """This alias's array, as a view of its base's array: a reshape, or
+        the view op's own view (a slice, for a piece of a split)."""
+        if self.view_op is not None and hasattr(self.view_op, "view_of"):
+            return self.view_op.view_of(base, self.spec)
+        return base.reshape(self.spec.shape)
 
     @property
     def root(self) -> Value:
@@ -141,6 +149,7 @@ class CompiledGraph:
             specs = node.op.infer(*(v.spec for v in ins))
             alias = ins[0] if node.op.is_view else None
             outs = [self._new_value(tensor, "activation", f"{node.op.name}{len(self.values)}", specs[0], alias)]
+            outs[0].view_op = node.op if alias is not None else None
             outs += [self._new_value(None, "saved", f"{node.op.name}.saved{i}", s) for i, s in enumerate(specs[1:], 1)]
             # A view's step runs no kernel; it stays in the schedule so the
             # lifetimes of its buffers are right.
@@ -158,6 +167,7 @@ class CompiledGraph:
         if node is not None and node.op.is_view:
             base = self._grad_value(node.inputs[0])
             value = self._new_value(None, "grad", f"grad({source.name})", source.spec, alias_of=base)
+            value.view_op = node.op  # the same view of the input's gradient
         elif node is None:
             value = self._new_value(None, "param_grad", f"grad({source.name})", source.spec)
             self.params.append((tensor, value))
@@ -170,7 +180,7 @@ class CompiledGraph:
         # The seed d(loss)/d(loss) = 1 belongs to the first non-view tensor
         # under the loss, so that a loss reshaped at the end shares it.
         base = loss
-        while base._node is not None and base._node.op.is_view:
+        while base._node is not None and base._node.op.is_view and base._node.inputs[0].size == base.size:
             base = base._node.inputs[0]
         seed = self._new_value(None, "const", "grad(loss)", O.Spec(base.shape))
         seed.array = np.ones(base.shape, dtype=np.float32)
@@ -269,9 +279,9 @@ class CompiledGraph:
             value.array = raw.view(value.spec.dtype).reshape(value.spec.shape)
         for _, grad in self.params:
             grad.array = np.zeros(grad.spec.shape, dtype=np.float32)
-        for value in self.values:  # views of other buffers
+        for value in self.values:  # views of other buffers, each after the one it views
             if value.array is None and value.alias_of is not None:
-                value.array = value.root.array.reshape(value.spec.shape)
+                value.array = value.view(value.alias_of.array)
         program = []
         for step in self.steps:
             if step.kind == "forward" and step.op.is_view:

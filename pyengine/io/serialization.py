@@ -7,22 +7,22 @@ the same names. The nesting (dicts with str or int keys, lists, tuples) and
 the non-tensor leaves (None, bool, int, float, str and lists of them) are
 kept as JSON in the file's metadata, under the key "pyengine.structure".
 
-Writes are atomic: the bytes go to a temporary file in the same folder, which
-is flushed, fsynced and renamed over `path`, so a crash leaves either the old
-file or the new one, never a partial file.
+Writes are crash-safe and reads verified (pyengine/io/safe_file.py): the
+bytes go to a temporary file in the same folder, which is flushed, fsynced
+and renamed over `path`, so a crash leaves either the old file or the new
+one, never a partial file; a SHA-256 in the metadata lets load() refuse a
+truncated or corrupted file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Mapping
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as _safetensors_bytes
 
+from pyengine.io import safe_file
 from pyengine.tensor import Tensor
 
 STRUCTURE_KEY = "pyengine.structure"
@@ -46,7 +46,7 @@ def save(obj: Mapping, path: str | os.PathLike) -> None:
     arrays: dict = {}
     structure = _encode(obj, "", arrays)
     metadata = {FORMAT_KEY: FORMAT_VERSION, STRUCTURE_KEY: json.dumps(structure)}
-    _write_atomically(_safetensors_bytes(arrays, metadata=metadata), os.fspath(path))
+    safe_file.write(arrays, metadata, os.fspath(path))
 
 
 def load(path: str | os.PathLike):
@@ -57,28 +57,25 @@ def load(path: str | os.PathLike):
     dict keys keep their int or str type). A safetensors file written by
     another program comes back as a flat {name: Tensor} dict.
     Raises FileNotFoundError for a missing file, ValueError for one that is
-    not a valid safetensors or pyengine file and TypeError for a dtype numpy
-    lacks (bfloat16), each one line naming the path.
+    not an intact safetensors or pyengine file (truncated, a checksum that
+    does not match, a structure naming tensors the file lacks or missing
+    some it holds) and TypeError for a dtype numpy lacks (bfloat16), each one
+    line naming the path.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pyengine.load: no such file: {path}")
-    try:
-        with safe_open(path, framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: Tensor(_writable(handle.get_tensor(name))) for name in handle.keys()}
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"pyengine.load: {path} is not a readable safetensors file "
-                         f"({_one_line(error)})") from None
-    except TypeError as error:  # a dtype numpy lacks, such as bfloat16
-        raise TypeError(f"pyengine.load: {path} holds a tensor numpy cannot represent "
-                        f"({_one_line(error)})") from None
+    arrays, metadata = safe_file.read(path, "pyengine.load")
+    tensors = {name: Tensor(_writable(array)) for name, array in arrays.items()}
     if STRUCTURE_KEY not in metadata:
         return tensors
     try:
-        return _decode(json.loads(metadata[STRUCTURE_KEY]), tensors)
+        used: set = set()
+        result = _decode(json.loads(metadata[STRUCTURE_KEY]), tensors, used)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
         raise ValueError(f"pyengine.load: {path} has a corrupt structure ({_one_line(error)})") from None
+    if used != set(tensors):
+        raise ValueError(f"pyengine.load: {path} has a corrupt structure (tensors "
+                         f"{sorted(set(tensors) - used)} are not in it)")
+    return result
 
 
 # ---------------------------------------------------------------- encoding
@@ -132,18 +129,20 @@ def _json_scalar(value):
 
 
 # ---------------------------------------------------------------- decoding
-def _decode(node: dict, tensors: dict):
+def _decode(node: dict, tensors: dict, used: set):
+    """The value `node` describes; the names of the tensors it takes go into `used`."""
     (kind, content), = node.items()
     if kind == "tensor":
+        used.add(content)
         return tensors[content]
     if kind == "value":
         return content
     if kind == "dict":
-        return {key: _decode(child, tensors) for key, child in content}
+        return {key: _decode(child, tensors, used) for key, child in content}
     if kind == "list":
-        return [_decode(child, tensors) for child in content]
+        return [_decode(child, tensors, used) for child in content]
     if kind == "tuple":
-        return tuple(_decode(child, tensors) for child in content)
+        return tuple(_decode(child, tensors, used) for child in content)
     raise ValueError(f"unknown node kind {kind!r}")
 
 
@@ -154,37 +153,3 @@ def _writable(array: np.ndarray) -> np.ndarray:
 def _one_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-# ---------------------------------------------------------------- writing
-def _write_atomically(data: bytes, path: str) -> None:
-    """Write `data` to a temporary file next to `path`, fsync it, rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for open()
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename durable where the platform allows opening a folder."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

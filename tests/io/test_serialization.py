@@ -255,3 +255,87 @@ def test_dtype_numpy_lacks_raises_type_error_naming_the_path(tmp_path):
     save_file({"w": torch.zeros(2, dtype=torch.bfloat16)}, str(path))
     with pytest.raises(TypeError, match="bf16.safetensors"):
         pe.load(path)
+
+
+def _one_line_value_error_naming(path, load=pe.load, match=None):
+    with pytest.raises(ValueError, match=match) as info:
+        load(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("load", [pe.load, pe.io.load], ids=["pyengine.load", "io.load"])
+def test_a_flipped_bit_anywhere_in_the_data_fails_the_checksum(tmp_path, load):
+    path = tmp_path / "ck.safetensors"
+    pe.save({"w": np.arange(64, dtype=F32), "b": np.ones(3, np.int64)}, path)
+    data = bytearray(path.read_bytes())
+    for position in (len(data) - 1, len(data) - 200, len(data) - 260):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        _one_line_value_error_naming(path, load, match="checksum mismatch")
+
+
+def test_an_edited_header_fails_the_layout_check_or_the_checksum(tmp_path):
+    path = tmp_path / "ck.safetensors"
+    pe.save({"w": np.zeros((4, 6), F32), "step": 3}, path)
+    data = path.read_bytes()
+    same_size_edits = [(b'"shape":[4,6]', b'"shape":[6,4]'), (b'step', b'stop'), (b'"F32"', b'"I32"')]
+    for old, new in same_size_edits:
+        assert old in data
+        path.write_bytes(data.replace(old, new))
+        _one_line_value_error_naming(path, match="checksum mismatch|structure")
+    path.write_bytes(data.replace(b'"shape":[4,6]', b'"shape":[4,7]'))
+    _one_line_value_error_naming(path, match="needs 112 bytes")
+
+
+@pytest.mark.parametrize("foreign", ["zip", "pickle", "text", "huge-header"])
+def test_a_foreign_file_raises_one_line_error(tmp_path, foreign):
+    import pickle
+    import struct
+    import zipfile
+
+    path = tmp_path / "model.safetensors"
+    if foreign == "zip":  # what torch.save writes
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", b"x" * 100)
+    else:
+        path.write_bytes({"pickle": pickle.dumps({"w": [1.0, 2.0]}), "text": b"weights = [1, 2, 3]\n" * 10,
+                          "huge-header": struct.pack("<Q", 1 << 40) + b"{}"}[foreign])
+    for load in (pe.load, pe.io.load):
+        _one_line_value_error_naming(path, load)
+
+
+def test_checksum_lives_in_metadata_that_torch_reads(tmp_path):
+    pytest.importorskip("torch")
+    from safetensors import safe_open
+
+    path = tmp_path / "m.safetensors"
+    pe.io.save({"w": np.ones(2, F32)}, path, metadata={"epochs": 3})
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        assert metadata["epochs"] == "3" and metadata["pyengine.checksum"].startswith("sha256:")
+        assert handle.get_tensor("w").tolist() == [1.0, 1.0]
+
+
+def test_big_endian_arrays_are_stored_little_endian(tmp_path):
+    path = tmp_path / "be.safetensors"
+    value = np.arange(5, dtype=">f4")
+    pe.save({"v": value}, path)
+    loaded = pe.load(path)["v"].numpy()
+    assert loaded.dtype == np.float32 and loaded.dtype.byteorder in "=<"
+    np.testing.assert_array_equal(loaded, value)
+
+
+def test_io_save_is_atomic_too(tmp_path, monkeypatch):
+    from pyengine.io import safe_file
+
+    path = tmp_path / "model.safetensors"
+    pe.io.save({"v": np.zeros(2, F32)}, path)
+    monkeypatch.setattr(safe_file.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        pe.io.save({"v": np.ones(2, F32)}, path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+    np.testing.assert_array_equal(pe.io.load(path)["v"], [0.0, 0.0])
