@@ -152,7 +152,8 @@ def train_cnn(config: CNNTrainConfig) -> dict:
                "test_accuracy": accuracy(model, data.x_test, data.y_test),
                "final_loss": loss, "steps": done, "parameters": model.num_parameters()}
     if config.checkpoint:
-        io.save(model, config.checkpoint, metadata={**model_metadata(config), "test_accuracy": metrics["test_accuracy"]})
+        metadata = {**model_metadata(config), "test_accuracy": metrics["test_accuracy"]}
+        io.save(model, config.checkpoint, metadata=metadata)
         metrics["checkpoint"] = config.checkpoint
     return metrics
 
@@ -171,7 +172,8 @@ def add_parser(models) -> None:
                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=MODELS, default=defaults.model,
                         help=f"the network (default: {defaults.model}: two 3x3 convolutions)")
-    parser.add_argument("--epochs", type=int, default=None, help=f"passes over the data (default: {per_model('epochs')})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"passes over the data (default: {per_model('epochs')})")
     parser.add_argument("--lr", type=float, default=None, help=f"initial learning rate (default: {per_model('lr')})")
     parser.add_argument("--schedule", choices=SCHEDULES, default=None,
                         help=f"lr schedule: cosine to 0 over the run, or x0.1 every third of it (default: "
@@ -184,9 +186,11 @@ def add_parser(models) -> None:
                         help=f"SGD momentum (default: {defaults.momentum})")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help=f"SGD weight decay (default: {per_model('weight_decay')})")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"data split and init (default: {defaults.seed})")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help=f"data split and init (default: {defaults.seed})")
     parser.add_argument("--channels", type=int, nargs=2, default=list(defaults.channels),
-                        help=f"small: output channels of the two convolutions (default: {' '.join(map(str, defaults.channels))})")
+                        help="small: output channels of the two convolutions "
+                             f"(default: {' '.join(map(str, defaults.channels))})")
     parser.add_argument("--width", type=int, default=defaults.width,
                         help=f"resnet: channels of the first stage, doubled each stage (default: {defaults.width}; "
                              f"ResNet-18: 64)")

@@ -157,7 +157,8 @@ def test_captured_resnet_step_equals_eager_bit_for_bit():
         losses, step = [], None
         for x, y in data:
             if captured:
-                step = step or pyengine.capture(lambda xb, yb: F.cross_entropy(model(xb), yb), x, y, optimizer=opt)
+                step = step or pyengine.capture(lambda xb, yb, net=model: F.cross_entropy(net(xb), yb), x, y,
+                                                optimizer=opt)
                 losses.append(step.run(x, y).item())
             else:
                 loss = F.cross_entropy(model(pyengine.Tensor(x)), y)
