@@ -29,12 +29,6 @@ def cmd_train_mlp(args) -> int:
     return _train(args, train_mlp, MLPConfig, hidden=tuple(args.hidden))
 
 
-def cmd_train_cnn(args) -> int:
-    from pyengine.train import CNNConfig, train_cnn
-
-    return _train(args, train_cnn, CNNConfig, channels=tuple(args.channels))
-
-
 def _train(args, train, config_class, **model_options) -> int:
     if args.threads:
         pyengine.set_num_threads(args.threads)
@@ -68,7 +62,9 @@ def _training_parser(models, name, help_text, defaults, run):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pyengine.train import CNNConfig, MLPConfig
+    from pyengine import train_cnn
+    from pyengine.cli_gpt import add_generate, add_train_gpt, cmd_generate, cmd_train_gpt
+    from pyengine.train import MLPConfig
 
     parser = argparse.ArgumentParser(prog="pyengine", description="pyengine: a deep-learning engine")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,12 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     mlp = _training_parser(models, "mlp", "an MLP on scikit-learn's digits (no download)",
                            MLPConfig(), cmd_train_mlp)
     mlp.add_argument("--hidden", type=int, nargs="+", default=list(MLPConfig().hidden))
-    cnn = _training_parser(models, "cnn", "a small CNN (two 3x3 convolutions) on the 8x8 digits",
-                           CNNConfig(), cmd_train_cnn)
-    cnn.add_argument("--channels", type=int, nargs=2, default=list(CNNConfig().channels),
-                     help="output channels of the two convolutions")
-    from pyengine.cli_gpt import add_generate, add_train_gpt, cmd_generate, cmd_train_gpt
-
+    train_cnn.add_parser(models)
     add_train_gpt(models, cmd_train_gpt)
     add_generate(commands, cmd_generate)
     return parser
