@@ -17,9 +17,12 @@ namespace py = pybind11;
 
 namespace {
 
+// More threads than this would only make the OpenMP runtime fail to start them (it aborts the process).
+constexpr int kMaxThreads = 1024;
+
 int64_t fma_probe(int64_t iterations, int threads) {
-  if (iterations < 0 || threads < 1)
-    throw py::value_error("fma_probe: iterations must be >= 0 and threads >= 1, got " +
+  if (iterations < 0 || threads < 1 || threads > kMaxThreads)
+    throw py::value_error("fma_probe: iterations must be >= 0 and threads in [1, 1024], got " +
                           std::to_string(iterations) + " and " + std::to_string(threads));
   std::vector<float> sink(static_cast<size_t>(threads), 0.0f);
   py::gil_scoped_release release;
@@ -27,7 +30,9 @@ int64_t fma_probe(int64_t iterations, int threads) {
 }
 
 void set_num_threads(int n) {
-  if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads)
+    throw py::value_error("set_num_threads: n must be >= 1 and <= " + std::to_string(kMaxThreads) + ", got " +
+                          std::to_string(n));
   pyengine::set_thread_count(n);
 }
 

@@ -9,6 +9,7 @@ graph that replays without allocating.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import warnings
 
@@ -53,8 +54,16 @@ def use_isa(level: str):
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the kernels use (OpenMP). A build without OpenMP ignores it."""
-    _C.set_num_threads(int(n))
+    """Threads the kernels use (OpenMP), 1 to 1024. A build without OpenMP ignores it."""
+    try:
+        if isinstance(n, bool) or type(n).__name__ in ("bool_", "bool"):
+            raise TypeError
+        n = operator.index(n)  # numpy ints too; never a float or a string, silently truncated
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}") from None
+    if not 1 <= n <= 1024:
+        raise ValueError(f"set_num_threads: n must be >= 1 and <= 1024, got {n}")
+    _C.set_num_threads(n)
 
 
 def get_num_threads() -> int:

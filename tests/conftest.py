@@ -42,3 +42,8 @@ def restore_threads():
     before = pyengine.get_num_threads()
     yield before
     pyengine.set_num_threads(before)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-examples", type=int, default=30,
+                     help="cases drawn per kernel by tests/reliability/test_fuzz_ops.py (default 30)")

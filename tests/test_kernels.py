@@ -26,8 +26,8 @@ from helpers import (
 )
 from op_cases import POSITIVE_DOMAIN, UNARY
 
+from pyengine import _C, registry
 from pyengine import kernels as K
-from pyengine import registry
 
 pytestmark = pytest.mark.usefixtures("isa")  # every test runs once per available ISA level
 
@@ -802,3 +802,15 @@ def test_sigmoid_extremes():
     assert y[0] == 0.0 and y[-2] == 1.0 and np.isnan(y[-1])
     g = K.sigmoid_backward(np.ones_like(x), y)
     assert g[0] == 0.0 and g[-2] == 0.0 and g[3] == np.float32(0.25)
+
+
+def test_relu_and_abs_gradients_propagate_nan_as_pytorch(isa):
+    torch = pytest.importorskip("torch")
+    x = np.array([np.nan, -1, 1, 0, np.nan, -np.inf, np.inf, 2, 0], np.float32)
+    dy = np.array([1, np.nan, np.nan, np.nan, np.nan, 1, 1, np.inf, 2], np.float32)
+    for name, fn in (("relu", torch.relu), ("abs", torch.abs)):
+        dx = np.zeros_like(x)
+        getattr(_C, f"{name}_backward")(dx, dy, x)
+        tx = torch.tensor(x, requires_grad=True)
+        fn(tx).backward(torch.tensor(dy))
+        np.testing.assert_array_equal(dx, tx.grad.numpy(), err_msg=name)

@@ -249,6 +249,10 @@ class Resolution {
   using Shapes = InlineVec<MaybeShape, kMaxArgs>;
   using Attrs = InlineVec<Attr, kMaxAttrs>;
   Resolution(const OpDecl& op, const Shapes& shapes, const Attrs& attrs);
+  // It keeps references to the shapes and attributes: a temporary would dangle (an ASan report).
+  Resolution(const OpDecl&, Shapes&&, const Attrs&) = delete;
+  Resolution(const OpDecl&, const Shapes&, Attrs&&) = delete;
+  Resolution(const OpDecl&, Shapes&&, Attrs&&) = delete;
   const OpDecl& op() const { return op_; }
   bool given(const char* arg) const;             // an optional argument that is not None
   const Shape& shape(const char* arg) const;     // an argument's actual shape
@@ -288,6 +292,8 @@ class Call {
   using Flags = InlineVec<bool, kMaxArgs>;
   Call(const Resolution& r, const Pointers& pointers, const Flags& int32)
       : r_(r), pointers_(pointers), int32_(int32) {}
+  Call(const Resolution&, Pointers&&, const Flags&) = delete;  // kept by reference: no temporaries
+  Call(const Resolution&, const Pointers&, Flags&&) = delete;
   float* f32(const char* arg) const;                     // nullptr for a None optional
   const void* data(const char* arg) const;
   bool is_int32(const char* arg) const;

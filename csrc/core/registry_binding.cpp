@@ -64,30 +64,46 @@ void shape_of(const OpDecl& op, const std::string& name, const py::array& a, Sha
   for (py::ssize_t i = 0; i < a.ndim(); ++i) shape.push_back(a.shape()[i]);
 }
 
+bool native_byte_order(char order) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  return order != '<';
+#else
+  return order != '>';
+#endif
+}
+
 // Checks one array argument of its role; returns whether it is int32 (index dtype).
 bool check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Shape& shape) {
   if (!py::isinstance<py::array>(obj))
     type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", Py_TYPE(obj.ptr())->tp_name));
   const py::array a = py::reinterpret_borrow<py::array>(obj);
   shape_of(op, arg.name, a, shape);
-  static const int f32_type = py::dtype::of<float>().num();
-  static const int i64_type = py::dtype::of<int64_t>().num();
-  static const int i32_type = py::dtype::of<int32_t>().num();
-  const int type = a.dtype().num();
+  // By kind and size, not by type number: numpy has two int64 types (long, long long) on Linux.
+  const py::dtype dtype = a.dtype();
+  const char kind = dtype.kind();
+  const py::ssize_t itemsize = dtype.itemsize();
   bool int32 = false;
   if (arg.dtype == DType::f32) {
-    if (type != f32_type)
+    if (kind != 'f' || itemsize != 4)
       type_error(op, cat("argument '", arg.name, "' must have dtype float32, got ",
-                         std::string(py::str(a.dtype())), " with shape ", shape_str(shape)));
+                         std::string(py::str(dtype)), " with shape ", shape_str(shape)));
   } else {
-    int32 = type == i32_type;
-    if (type != i64_type && !int32)
+    int32 = itemsize == 4;
+    if (kind != 'i' || (itemsize != 8 && itemsize != 4))
       type_error(op, cat("argument '", arg.name, "' must have dtype int64 or int32, got ",
-                         std::string(py::str(a.dtype())), " with shape ", shape_str(shape)));
+                         std::string(py::str(dtype)), " with shape ", shape_str(shape)));
   }
+  // A byte-swapped array has the right type number but other bytes: the kernel would read garbage.
+  if (!native_byte_order(dtype.byteorder()))
+    type_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape), " has dtype ",
+                       std::string(py::str(dtype)), " in non-native byte order (use .astype(",
+                       std::string(py::str(dtype)).substr(1), "))"));
   if (!(a.flags() & py::array::c_style))
     value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
                         " must be C-contiguous (use numpy.ascontiguousarray)"));
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))  // an offset view of a byte buffer: vector loads would fault
+    value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
+                        " is not aligned to its dtype (use numpy.ascontiguousarray or a copy)"));
   if (is_written(arg.role) && !a.writeable())
     value_error(op, cat("output '", arg.name, "' with shape ", shape_str(shape), " is read-only"));
   return int32;
@@ -245,14 +261,38 @@ const py::array& as_array(const py::object& o) { return static_cast<const py::ar
 
 int64_t work_of(const OpDecl& op, const Resolution& r, const Arrays& arrays) {
   if (!op.work_dims.empty()) {
-    int64_t w = 1;
-    for (int d : op.work_dims) w *= r.dim_at(d);
+    int64_t w = 1;  // saturates: dims that are huge beside a zero one must not overflow
+    for (int d : op.work_dims)
+      if (__builtin_mul_overflow(w, r.dim_at(d), &w)) return INT64_MAX;
     return w;
   }
   int64_t largest = 0;
   for (const py::object& a : arrays)
     if (a) largest = std::max<int64_t>(largest, as_array(a).size());
   return largest;
+}
+
+// A float32 output of shape `s`; MemoryError naming the op, the output and the bytes asked for
+// when the size overflows the address space or the allocation fails.
+py::object allocate_output(const OpDecl& op, const ArgDecl& arg, const Shape& s) {
+  uint64_t bytes = sizeof(float);
+  bool overflow = false;
+  for (int64_t d : s) overflow |= d < 0 || __builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes);
+  if (overflow || bytes > static_cast<uint64_t>(PTRDIFF_MAX)) {
+    PyErr_Format(PyExc_MemoryError, "%s: cannot allocate output '%s' of shape %s: %s bytes, more than the "
+                 "address space", op.name.c_str(), arg.name.c_str(), shape_str(s).c_str(),
+                 overflow ? "over 2^64" : std::to_string(bytes).c_str());
+    throw py::error_already_set();
+  }
+  try {
+    return py::array_t<float>(std::vector<py::ssize_t>(s.begin(), s.end()));
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;
+  }
+  PyErr_Format(PyExc_MemoryError, "%s: cannot allocate output '%s' of shape %s: %llu bytes (%.1f GiB)",
+               op.name.c_str(), arg.name.c_str(), shape_str(s).c_str(), static_cast<unsigned long long>(bytes),
+               static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  throw py::error_already_set();
 }
 
 py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
@@ -284,7 +324,7 @@ py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, Py
     if (arrays[i] || op.args[i].role != Role::output) continue;
     if (!r.expected(i)) throw std::logic_error(op.name + ": no shape for output '" + op.args[i].name + "'");
     const Shape s = *r.expected(i);
-    arrays[i] = py::array_t<float>(std::vector<py::ssize_t>(s.begin(), s.end()));
+    arrays[i] = allocate_output(op, op.args[i], s);
     shapes[i].fill() = s;  // the kernel sees it like a given one
   }
   for (size_t i = 0; i < n; ++i) {
@@ -346,7 +386,8 @@ py::dict infer_shapes(const std::string& name, const py::dict& given_shapes, con
     if (t < 0) type_error(op, cat("unexpected argument '", std::string(py::str(item.first)), "'"));
     attr_handles[t] = item.second;
   }
-  Resolution r(op, shapes, convert_attrs(op, attr_handles));
+  const Resolution::Attrs attrs = convert_attrs(op, attr_handles);  // r keeps a reference: not a temporary
+  Resolution r(op, shapes, attrs);
   r.resolve();
   py::dict out;
   for (size_t i = 0; i < op.args.size(); ++i)

@@ -255,8 +255,9 @@ void scalar_backward(float* da, const float* dout, const float* a, ScalarOp op, 
 void relu_forward(float* y, const float* x, int64_t n) {
   map_unary(y, x, n, [](float v) { return v < 0.0f ? 0.0f : v; });  // NaN stays NaN
 }
+// A select, not dy * (x > 0): a NaN dy where x <= 0 gives 0, and a NaN x passes dy, as in PyTorch.
 void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
-  accumulate_grad(dx, dy, x, n, [](float v) { return v > 0.0f ? 1.0f : 0.0f; });
+  for (int64_t i = 0; i < n; ++i) dx[i] += x[i] <= 0.0f ? 0.0f : dy[i];
 }
 
 // The same SIMD GELU as the GEMM epilogue: a fused matmul+gelu gives the

@@ -22,6 +22,7 @@ their inputs instead of being copied.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -288,7 +289,7 @@ class CompiledGraph:
         return total, sum(i.nbytes for i in intervals)
 
     def _bind(self) -> list:
-        self.arena = np.empty(self.arena_bytes + ALIGNMENT, dtype=np.uint8)
+        self.arena = _allocate_arena(self.arena_bytes + ALIGNMENT)
         shift = (-self.arena.ctypes.data) % ALIGNMENT
         for value in self._planned_roots:
             start = shift + value.offset
@@ -412,3 +413,24 @@ class CompiledGraph:
             lines.append(f'  v{value.index} [label="{value.name}\\n{list(value.spec.shape)}"];')
         lines.append("}")
         return "\n".join(lines)
+
+
+def machine_memory_bytes() -> int | None:
+    """The machine's physical memory, where the platform says (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _allocate_arena(nbytes: int) -> np.ndarray:
+    """The arena, or a MemoryError giving the size before anything runs."""
+    memory = machine_memory_bytes()
+    if memory is not None and nbytes > memory:
+        raise MemoryError(f"capture: the plan needs an arena of {nbytes} bytes ({nbytes / 2**30:.1f} GiB), "
+                          f"more than this machine's {memory} bytes ({memory / 2**30:.1f} GiB) of memory")
+    try:
+        return np.empty(nbytes, dtype=np.uint8)
+    except MemoryError:
+        raise MemoryError(f"capture: cannot allocate the plan's arena of {nbytes} bytes "
+                          f"({nbytes / 2**30:.1f} GiB)") from None
