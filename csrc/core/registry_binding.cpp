@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <cstdio>
 #include <cstring>
 #include <deque>
 
@@ -72,6 +73,8 @@ bool native_byte_order(char order) {
 #endif
 }
 
+constexpr int64_t kMaxEmptyDim = (int64_t{1} << 31) - 1;
+
 // Checks one array argument of its role; returns whether it is int32 (index dtype).
 bool check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Shape& shape) {
   if (!py::isinstance<py::array>(obj))
@@ -106,6 +109,13 @@ bool check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Sh
                         " is not aligned to its dtype (use numpy.ascontiguousarray or a copy)"));
   if (is_written(arg.role) && !a.writeable())
     value_error(op, cat("output '", arg.name, "' with shape ", shape_str(shape), " is read-only"));
+  // An empty array may still name huge dims ((0, 2^58) holds nothing): a kernel's loops over the
+  // other dims would then spin through 2^58 empty iterations. Found by the fuzzing (a hang).
+  if (a.size() == 0)
+    for (size_t d = 0; d < shape.size(); ++d)
+      if (shape[d] > kMaxEmptyDim)
+        value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
+                            " is empty but has a dimension above 2^31 - 1, which is not supported"));
   return int32;
 }
 
@@ -289,9 +299,10 @@ py::object allocate_output(const OpDecl& op, const ArgDecl& arg, const Shape& s)
   } catch (py::error_already_set& e) {
     if (!e.matches(PyExc_MemoryError)) throw;
   }
-  PyErr_Format(PyExc_MemoryError, "%s: cannot allocate output '%s' of shape %s: %llu bytes (%.1f GiB)",
-               op.name.c_str(), arg.name.c_str(), shape_str(s).c_str(), static_cast<unsigned long long>(bytes),
-               static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  char gib[32];  // PyErr_Format has no %f
+  std::snprintf(gib, sizeof gib, "%.1f", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  PyErr_Format(PyExc_MemoryError, "%s: cannot allocate output '%s' of shape %s: %llu bytes (%s GiB)",
+               op.name.c_str(), arg.name.c_str(), shape_str(s).c_str(), static_cast<unsigned long long>(bytes), gib);
   throw py::error_already_set();
 }
 

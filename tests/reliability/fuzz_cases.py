@@ -97,7 +97,17 @@ def build(name: str, recipe: tuple) -> tuple:
     return args, kwargs
 
 
+def _zeros(shape, dtype) -> np.ndarray:
+    try:
+        return np.zeros(shape, dtype)
+    except ValueError:  # empty, but the non-zero dims pass 2^63 bytes: numpy cannot describe it at all
+        return np.zeros((0,) * len(shape), dtype)
+
+
 def _values(shape, rng, dtype_role: dict, special: bool) -> np.ndarray:
+    dtype = np.int64 if dtype_role["dtype"] == "index" else F32
+    if 0 in shape:  # nothing to draw (and numpy's generators refuse huge shapes even when empty)
+        return _zeros(shape, dtype)
     if dtype_role["dtype"] == "index":
         return rng.integers(-3, 12, size=shape).astype(np.int64)
     values = rng.standard_normal(shape).astype(F32)
@@ -131,7 +141,7 @@ def _resized(info, arrays, rng, sizes, special, huge):
         elif int(np.prod(shape, dtype=object)) > MAX_ELEMENTS:
             result.append(np.zeros((0,) * len(shape), a.dtype) if 0 in shape else a)
         elif spec["role"] in ("grad", "optional_grad", "optional_output"):
-            result.append(np.zeros(shape, a.dtype))
+            result.append(_zeros(shape, a.dtype))
         else:
             result.append(_values(shape, rng, spec, special))
     return result
