@@ -29,8 +29,8 @@ SCHEDULES = ("cosine", "step", "none")
 # Per-model recipe defaults (measured on this data: see tests/test_train_cnn.py).
 MODEL_DEFAULTS = {
     "small": dict(epochs=10, lr=0.05, schedule="none", shift=0, weight_decay=1e-4),
-    "lenet": dict(epochs=40, lr=0.1, schedule="cosine", shift=1, weight_decay=5e-4),
-    "resnet": dict(epochs=12, lr=0.05, schedule="cosine", shift=1, weight_decay=5e-4),
+    "lenet": dict(epochs=30, lr=0.1, schedule="cosine", shift=1, weight_decay=5e-4),
+    "resnet": dict(epochs=10, lr=0.05, schedule="cosine", shift=1, weight_decay=5e-4),
 }
 
 
@@ -46,7 +46,7 @@ class CNNTrainConfig:
     weight_decay: float | None = None
     seed: int = 0
     channels: tuple = (16, 32)  # small
-    width: int = 32  # resnet: channels of the first stage (64 is ResNet-18's)
+    width: int = 16  # resnet: channels of the first stage (64 is ResNet-18's)
     blocks: tuple = (2, 2, 2, 2)  # resnet: basic blocks a stage
     checkpoint: str | None = field(default="default")  # "default": checkpoints/<model>_digits.safetensors
     progress: bool = True

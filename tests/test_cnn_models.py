@@ -226,3 +226,18 @@ def test_train_cnn_reaches_98_5_percent(model, capsys):
 def test_flatten_module_in_a_sequential():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 4))
     assert net(pyengine.Tensor(np.ones((5, 1, 8, 8), F32))).shape == (5, 4)
+
+
+def test_shifted_moves_each_image_by_at_most_one_pixel():
+    from pyengine.train_cnn import shifted
+
+    x = np.arange(4 * 64, dtype=F32).reshape(4, 64) + 1
+    out = shifted(x, 1, np.random.default_rng(0)).reshape(4, 8, 8)
+    images = x.reshape(4, 8, 8)
+    for image, moved in zip(images, out):
+        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                   if np.array_equal(np.roll(image, (dy, dx), axis=(0, 1))[max(0, dy):8 + min(0, dy),
+                                                                           max(0, dx):8 + min(0, dx)],
+                                     moved[max(0, dy):8 + min(0, dy), max(0, dx):8 + min(0, dx)])]
+        assert matches and (moved == 0).sum() == 8 * 8 - (8 - abs(matches[0][0])) * (8 - abs(matches[0][1]))
+    np.testing.assert_array_equal(shifted(x, 0, np.random.default_rng(0)), x)
