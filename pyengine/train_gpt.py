@@ -44,7 +44,7 @@ class GPTTrainConfig:
     dropout: float = 0.0
     bias: bool = True
     batch_size: int = 32
-    max_steps: int = 1500
+    max_steps: int = 2000
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 100
