@@ -98,10 +98,10 @@ class Run:
 
     def save(self, path: str) -> None:
         pyengine.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "step": self.step, "sampler": _json_state(self.sampler.state()),
-                 "random": pyengine.random.get_rng_state(),
-                 "model_config": self.model.config.to_dict(), "vocab": "".join(self.vocab.chars),
-                 "train_config": {k: v for k, v in asdict(self.config).items() if k != "resume"}}, path)
+                       "step": self.step, "sampler": _json_state(self.sampler.state()),
+                       "random": pyengine.random.get_rng_state(),
+                       "model_config": self.model.config.to_dict(), "vocab": "".join(self.vocab.chars),
+                       "train_config": {k: v for k, v in asdict(self.config).items() if k != "resume"}}, path)
 
 
 def _json_state(state: dict) -> dict:
