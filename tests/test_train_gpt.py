@@ -159,3 +159,32 @@ def test_check_finite_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(
     saved = T.load_checkpoint(str(tmp_path / "cli.safetensors"))
     assert int(saved["step"]) == 8
     assert all(np.isfinite(v.numpy()).all() for v in saved["model"].values())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("delay", [0.0, 0.1], ids=["at-first-checkpoint", "later"])
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(text_file, tmp_path, delay):
+    import time
+
+    from pyengine.train_gpt import load_checkpoint
+
+    options = ["--data", text_file, "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+               "--batch-size", "4", "--max-steps", "300", "--eval-interval", "4", "--eval-iters", "1", "--quiet"]
+    whole = str(tmp_path / "whole.safetensors")
+    assert main(["train", "gpt", *options, "--checkpoint", whole]) == 0
+    killed = tmp_path / "killed.safetensors"
+    child = subprocess.Popen([sys.executable, "-m", "pyengine.cli", "train", "gpt", *options,
+                              "--checkpoint", str(killed)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    while not killed.exists() and child.poll() is None:
+        time.sleep(0.005)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    step = int(load_checkpoint(str(killed))["step"])  # what the kill left: a whole checkpoint
+    assert child.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
+    assert main(["train", "gpt", *options, "--checkpoint", str(killed), "--resume"]) == 0
+    expected, got = load_checkpoint(whole), load_checkpoint(str(killed))
+    assert int(got["step"]) == 300 and step < 300
+    for name, value in expected["model"].items():
+        assert np.array_equal(got["model"][name].numpy(), value.numpy()), name
