@@ -1,4 +1,4 @@
-"""Training recipes behind `pyengine train ...`."""
+"""The MLP recipe behind `pyengine train mlp` (`train cnn` is in train_cnn.py, `train gpt` in train_gpt.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyengine
 from pyengine import functional as F
 from pyengine import io, optim
 from pyengine.data import batches, load_digits
-from pyengine.models import CNN, MLP
+from pyengine.models import MLP
 
 
 @dataclass
@@ -34,12 +34,6 @@ class MLPConfig(TrainConfig):
     checkpoint: str | None = "checkpoints/mlp_digits.safetensors"
 
 
-@dataclass
-class CNNConfig(TrainConfig):
-    channels: tuple = (16, 32)
-    checkpoint: str | None = "checkpoints/cnn_digits.safetensors"
-
-
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     with pyengine.no_grad():
         logits = model(pyengine.Tensor(x)).numpy()
@@ -56,15 +50,6 @@ def train_mlp(config: MLPConfig) -> dict:
     data = load_digits(seed=config.seed)
     model = MLP(data.x_train.shape[1], list(config.hidden), 10)
     return _fit(model, data, config, "mlp", {"model": "MLP", "hidden": list(config.hidden)})
-
-
-def train_cnn(config: CNNConfig) -> dict:
-    """Train models.CNN (two 3x3 convolutions and a linear head) on the 8x8
-    digits, with the same captured, replayed training step as train_mlp."""
-    pyengine.manual_seed(config.seed)
-    data = load_digits(seed=config.seed)
-    model = CNN(tuple(config.channels), 10)
-    return _fit(model, data, config, "cnn", {"model": "CNN", "channels": list(config.channels)})
 
 
 def _fit(model, data, config, name: str, metadata: dict) -> dict:

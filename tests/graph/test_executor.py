@@ -545,10 +545,13 @@ def test_profile_is_a_replay_timed_by_op_kind():
         model = make()
         opt = pe.optim.SGD(model.parameters(), lr=0.1)
         graph = pe.capture(lambda a, b, m=model: F.cross_entropy(m(a), b), x, y, optimizer=opt)
-        rows = graph.profile(x, y) if profiled else graph.run(x, y)
+        clock = iter(range(10**6)).__next__  # advances one "second" per reading: no real time read
+        rows = graph.profile(x, y, clock=clock) if profiled else graph.run(x, y)
         losses.append(graph.run(x, y).item())  # the second step either way
     assert losses[0] == losses[1]
-    kinds = {kind for kind, _, _ in rows}
-    assert {"cross_entropy forward", "cross_entropy backward", "SGD step"} <= kinds
+    kinds = {kind: (seconds, calls) for kind, seconds, calls in rows}
+    assert {"cross_entropy forward", "cross_entropy backward", "SGD step"} <= set(kinds)
     assert any(k.startswith("matmul") and k.endswith("backward") for k in kinds)
-    assert all(seconds >= 0 and calls >= 1 for _, seconds, calls in rows)
+    assert all(seconds == calls for seconds, calls in kinds.values())  # one tick per timed call
+    assert sum(calls for _, calls in kinds.values()) == len(graph._program)
+    assert [s for _, s, _ in rows] == sorted((s for _, s, _ in rows), reverse=True)

@@ -3,7 +3,8 @@
 One child Python process (so that the saver forks from a single-threaded
 process) runs the trials: for each one it forks a saver that writes
 checkpoints step, step + 1, ... in a loop, kills it with SIGKILL after a
-random delay of the order of one save, and loads what is left. Every tensor
+random moment (after 0 to 2 completed saves, which it reports through a
+pipe, and a short random sleep), and loads what is left. Every tensor
 of the checkpoint holds its step, so a file mixing two saves is caught even
 if it parsed.
 """
@@ -52,28 +53,35 @@ TRIALS = textwrap.dedent("""
         assert all((v == step).all() for v in values), f"a checkpoint mixing steps: step {step}"
         return step
 
-    def saver(kind, first_step):
+    def saver(kind, first_step, done):
         step = first_step
         while True:
             save(kind, step)
+            os.write(done, b".")  # one byte per completed save
             step += 1
 
-    started = time.perf_counter()
     for kind in paths:
         save(kind, 0)
-    one_save = (time.perf_counter() - started) / len(paths)
     survived, mid_write, steps, last = 0, 0, 0, {kind: 0 for kind in paths}
     for trial in range(kills):
         kind = "save" if trial % 2 == 0 else "io"
+        done_r, done_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                saver(kind, last[kind] + 1)
+                os.close(done_r)
+                saver(kind, last[kind] + 1, done_w)
             finally:
                 os._exit(1)
-        time.sleep(rng.uniform(0.0, 3.0 * one_save))
+        os.close(done_w)
+        # The moment: after 0 to 2 completed saves, then up to 3 ms into the next one (a save of
+        # these arrays takes about a millisecond, so most kills land inside a write).
+        for _ in range(rng.randrange(3)):
+            os.read(done_r, 1)
+        time.sleep(rng.uniform(0.0, 0.003))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        os.close(done_r)
         leftovers = [name for name in os.listdir(folder) if name.endswith(".tmp")]
         mid_write += bool(leftovers)
         for name in leftovers:
@@ -84,7 +92,7 @@ TRIALS = textwrap.dedent("""
         last[kind] = step
         survived += 1
     print(json.dumps({"survived": survived, "tried": kills, "killed_mid_write": mid_write,
-                      "saves_completed": steps, "one_save_ms": round(one_save * 1e3, 3)}))
+                      "saves_completed": steps}))
 """)
 
 
@@ -96,6 +104,6 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"\ncheckpoint kills survived: {figures['survived']}/{figures['tried']} "
           f"({figures['killed_mid_write']} killed mid-write, leaving a temporary file; "
-          f"{figures['saves_completed']} saves completed between kills; one save {figures['one_save_ms']} ms)")
+          f"{figures['saves_completed']} saves completed between kills)")
     assert figures["survived"] == figures["tried"] == KILLS
     assert figures["killed_mid_write"] > 0, "no kill landed during a write: the test proves nothing"
