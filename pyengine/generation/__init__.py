@@ -11,7 +11,8 @@ The protocol a model implements for ``generate(model, input_ids, ...)``:
   None), ``pad_token_id``, ``bos_token_id``, ``decoder_start_token_id``
   (encoder-decoder only), ``is_encoder_decoder`` (bool), ``vocab_size``, and
   optionally ``max_length`` (the default when neither max_length nor
-  max_new_tokens is given; else 20).
+  max_new_tokens is given) and ``max_position_embeddings`` (else the default
+  is 20 new tokens, at most max_position_embeddings in all, as transformers).
 - ``model.new_cache(batch, capacity)``: a cache with ``.length`` (positions
   held) and ``.reorder(index)`` (index int64 (B',): rows selected or
   duplicated, for beam search and num_return_sequences).

@@ -13,7 +13,8 @@
   length_penalty > 0).
 
 Sequences are (B, num_beams, max_length), filled past their end with
-transformers' fill value (pad_token_id, or eos when the pad is 0 or unset).
+transformers' fill value (pad_token_id, or eos when the pad is 0 or unset),
+and cropped at the end to the longest returned hypothesis.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class _State:
         self.running_scores = np.zeros((batch, num_beams), np.float32)
         self.running_scores[:, 1:] = _PENALTY
         self.finished_scores = np.full((batch, num_beams), _PENALTY, np.float32)
+        self.finished_lengths = np.zeros((batch, num_beams), np.int64)  # tokens generated
         self.is_finished = np.zeros((batch, num_beams), bool)
         self.improvable = np.ones((batch, 1), bool)
 
@@ -92,7 +94,8 @@ def beam_search(stepper, prompt: np.ndarray, batch: int, settings, processors, r
         stepper.reorder(parent_rows)
         logits = stepper.next(state.running[:, :, length - 1].reshape(-1))
     n = settings.num_return_sequences
-    return state.finished[:, :n].reshape(batch * n, max_length)
+    generated = state.finished_lengths[:, :n].max()  # transformers crops to the longest returned
+    return state.finished[:, :n, :state.prompt_length + generated].reshape(batch * n, -1)
 
 
 def _step(state: _State, candidates, top_scores, parents, stops, length: int, settings) -> np.ndarray:
@@ -116,6 +119,8 @@ def _step(state: _State, candidates, top_scores, parents, stops, length: int, se
     best = _top(merged_scores, num_beams)
     state.finished = _gather(np.concatenate([state.finished, candidates], axis=1), best)
     state.finished_scores = _gather(merged_scores, best)
+    lengths = np.full(candidates.shape[:2], length + 1 - state.prompt_length, np.int64)
+    state.finished_lengths = _gather(np.concatenate([state.finished_lengths, lengths], axis=1), best)
     state.is_finished = _gather(np.concatenate([state.is_finished, just_finished], axis=1), best)
     return parent_rows
 

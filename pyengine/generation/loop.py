@@ -13,7 +13,7 @@ from pyengine.tensor import Tensor, no_grad
 
 __all__ = ["generate"]
 
-DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig.max_length
+DEFAULT_NEW_TOKENS = 20  # transformers' default when neither max_length nor max_new_tokens is set
 
 
 @dataclass
@@ -70,6 +70,13 @@ def _check_options(do_sample, num_beams, temperature, top_k, top_p, length_penal
     if num_return_sequences > num_beams > 1:
         raise ValueError(f"generate: num_return_sequences ({num_return_sequences}) must be <= num_beams "
                          f"({num_beams})")
+
+
+def _default_max_length(config: dict, prompt_length: int) -> int:
+    """transformers' default: 20 new tokens, within max_position_embeddings."""
+    length = prompt_length + DEFAULT_NEW_TOKENS
+    limit = config.get("max_position_embeddings")
+    return min(length, int(limit)) if limit else length
 
 
 def _default_mask(ids: np.ndarray, pad, eos: list) -> np.ndarray:
@@ -158,7 +165,8 @@ def generate(model, input_ids, attention_mask=None, max_length=None, max_new_tok
     decoder's ids (from decoder_start_token_id) for an encoder-decoder.
     Greedy by default; ``do_sample`` samples (temperature, top_k, top_p,
     seeded by ``seed``); ``num_beams`` > 1 runs beam search. max_new_tokens,
-    when given, wins over max_length (default: the model's, else 20)."""
+    when given, wins over max_length (default: the model's generation_config
+    max_length, else 20 new tokens within max_position_embeddings)."""
     _check_options(do_sample, num_beams, temperature, top_k, top_p, length_penalty, early_stopping,
                    num_return_sequences, no_repeat_ngram_size)
     config = model.generation_config
@@ -185,10 +193,13 @@ def generate(model, input_ids, attention_mask=None, max_length=None, max_new_tok
             raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         max_length = prompt_length + int(max_new_tokens)
     elif max_length is None:
-        max_length = int(config.get("max_length") or DEFAULT_MAX_LENGTH)
+        max_length = config.get("max_length") or _default_max_length(config, prompt_length)
     if not isinstance(max_length, (int, np.integer)) or max_length < 1:
         raise ValueError(f"generate: max_length must be an int >= 1, got {max_length!r}")
-    max_length = max(int(max_length), prompt_length + 1)  # transformers still adds one token
+    if prompt_length >= max_length:
+        raise ValueError(f"generate: the prompt holds {prompt_length} tokens, max_length is {max_length}: "
+                         f"nothing to generate (set max_new_tokens)")
+    max_length = int(max_length)
     settings = Settings(max_length, do_sample, num_beams, float(length_penalty), early_stopping,
                         num_return_sequences, eos, pad, (pad or eos[0]) if eos else -1)
     keep = (len(eos) + 1 if eos else 2) if num_beams > 1 else 1

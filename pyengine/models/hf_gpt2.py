@@ -52,7 +52,8 @@ class GPT2LMHeadModel(GPT):
         super().__init__(config, generator)
         self.hf_config = dict(hf or {})
         settings = {key: self.hf_config.get(key) for key in _GENERATION_KEYS}
-        self._generation_config = dict(settings, is_encoder_decoder=False, vocab_size=config.vocab_size)
+        self._generation_config = dict(settings, is_encoder_decoder=False, vocab_size=config.vocab_size,
+                                       max_position_embeddings=config.block_size)
         if self.hf_config.get("max_length"):
             self._generation_config["max_length"] = self.hf_config["max_length"]
 
