@@ -86,21 +86,40 @@ def cmd_train_gpt(args) -> int:
     return 0
 
 
+# Options both forms of `pyengine generate` take, with their defaults per form: (--checkpoint, --model).
+_SHARED_DEFAULTS = {"max_new_tokens": (200, None), "temperature": (0.8, 1.0), "top_k": (None, 50),
+                    "top_p": (None, 1.0), "seed": (0, None)}
+
+
 def add_generate(commands, run) -> argparse.ArgumentParser:
-    """Register `pyengine generate`."""
-    parser = commands.add_parser("generate", help="sample text from a `pyengine train gpt` checkpoint",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Register `pyengine generate` (a `pyengine train gpt` checkpoint, or a Hugging Face folder with --model)."""
+    from pyengine.cli_hf import add_model_options
+
+    parser = commands.add_parser("generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 help="generate text from a `pyengine train gpt` checkpoint or a Hugging Face "
+                                 "folder (--model)")
     parser.add_argument("--checkpoint", default="checkpoints/gpt.safetensors", help="checkpoint to sample from")
-    parser.add_argument("--prompt", default="\n", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="characters to generate")
-    parser.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely (default: all)")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default: off)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
-    parser.add_argument("--no-cache", action="store_true", help="recompute the whole context per token")
+    parser.add_argument("--prompt", action="append", default=argparse.SUPPRESS,
+                        help="text to continue (default: a newline); --model takes several, batched")
+    shared = argparse.SUPPRESS  # defaults per form, given in the help
+    parser.add_argument("--max-new-tokens", type=int, default=shared,
+                        help="characters (--checkpoint, default 200) or tokens (--model) to generate")
+    parser.add_argument("--temperature", type=float, default=shared,
+                        help="softmax temperature (--checkpoint: default 0.8, 0 is greedy; --model: default 1.0)")
+    parser.add_argument("--top-k", type=int, default=shared,
+                        help="sample among the k most likely (--checkpoint: default all; --model: default 50)")
+    parser.add_argument("--top-p", type=float, default=shared, help="nucleus sampling mass (default: off)")
+    parser.add_argument("--seed", type=int, default=shared,
+                        help="seed of the sampling (--checkpoint: default 0; --model: default fresh entropy)")
+    parser.add_argument("--no-cache", action="store_true", help="--checkpoint: recompute the whole context per token")
     parser.add_argument("--threads", type=int, default=0, help="kernel threads (0: OpenMP's default)")
+    add_model_options(parser)
     parser.set_defaults(run=run)
     return parser
+
+
+def _given(args, form: int):
+    return lambda name, _default=None: getattr(args, name, _SHARED_DEFAULTS[name][form])
 
 
 def cmd_generate(args) -> int:
@@ -108,24 +127,33 @@ def cmd_generate(args) -> int:
 
     if args.threads:
         pyengine.set_num_threads(args.threads)
+    if args.model is not None:
+        from pyengine.cli_hf import cmd_generate_model
+
+        return cmd_generate_model(args, _given(args, 1))
+    given = _given(args, 0)
+    prompts = getattr(args, "prompt", ["\n"])
+    text = prompts[0]
     try:
+        if len(prompts) > 1:
+            raise ValueError("--checkpoint takes one --prompt")
         model, vocab = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)
-        prompt = vocab.encode(args.prompt)[None, :]
+        prompt = vocab.encode(text)[None, :]
         if prompt.shape[1] > model.config.block_size:
             raise ValueError(f"the prompt has {prompt.shape[1]} characters, more than the model's "
                              f"context of {model.config.block_size}")
     except (CheckpointError, ValueError) as error:
         print(f"pyengine generate: {error}", file=sys.stderr)
         return 2
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(text)
 
     def stream(token: np.ndarray) -> None:
         sys.stdout.write(vocab.decode(token[:1]))
         sys.stdout.flush()
 
     try:
-        model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache, stream=stream)
+        model.generate(prompt, given("max_new_tokens"), temperature=given("temperature"), top_k=given("top_k"),
+                       top_p=given("top_p"), seed=given("seed"), use_cache=not args.no_cache, stream=stream)
     except ValueError as error:
         print(f"\npyengine generate: {error}", file=sys.stderr)
         return 2

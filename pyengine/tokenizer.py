@@ -109,6 +109,7 @@ class Tokenizer:
         if any(len(row) < length for row in rows["input_ids"]) and fill["input_ids"] is None:
             raise ValueError("Tokenizer: asked to pad, but the tokenizer has no padding token "
                              "(set tokenizer.pad_token, e.g. to its eos_token)")
+        fill["input_ids"] = 0 if fill["input_ids"] is None else fill["input_ids"]  # nothing to pad: unused
         return {name: _padded(rows[name], length, fill[name], side)
                 for name in self.model_input_names if name in rows}
 

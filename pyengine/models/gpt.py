@@ -213,12 +213,13 @@ class GPT(nn.Module):
 
         return decode_step(self, ids, cache, attention_mask)
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, vocab=None) -> None:
         """Write a Hugging Face GPT-2 folder (config.json, model.safetensors)
-        that transformers' GPT2LMHeadModel.from_pretrained loads."""
+        that transformers' GPT2LMHeadModel.from_pretrained loads; with vocab
+        (the CharVocab of `pyengine train gpt`) a character tokenizer.json too."""
         from pyengine.models.hf_gpt2 import save_pretrained
 
-        save_pretrained(self, path)
+        save_pretrained(self, path, vocab)
 
     def _check_indices(self, ids, name: str):
         """ids checked (an integer (B, T) array within the vocabulary); a

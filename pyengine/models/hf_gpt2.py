@@ -12,9 +12,10 @@ they are transposed; the head is tied to the token embedding
 ``save_pretrained(model, path)`` writes any pyengine GPT (one trained by
 ``pyengine train gpt`` too) as a folder that transformers'
 GPT2LMHeadModel.from_pretrained loads with the same logits. A model without
-biases gets zero biases (GPT-2 always has them). No tokenizer is written: a
-char-level GPT's vocabulary lives in its pyengine checkpoint, not in a
-tokenizer.json.
+biases gets zero biases (GPT-2 always has them). With ``vocab`` (a character-level GPT's
+CharVocab, or its characters) a tokenizer.json of one token per character is
+written beside it, so that transformers' AutoTokenizer and ``pyengine
+generate --model`` read the folder as a whole.
 """
 
 from __future__ import annotations
@@ -161,6 +162,36 @@ def _hf_tensors(model: GPT) -> dict:
     return tensors
 
 
-def save_pretrained(model: GPT, path) -> None:
+def save_pretrained(model: GPT, path, vocab=None) -> None:
     """See GPT.save_pretrained."""
+    if vocab is not None:
+        chars = list(getattr(vocab, "chars", vocab))
+        if len(chars) > model.config.vocab_size:
+            raise ValueError(f"save_pretrained: {len(chars)} characters do not fit the model's vocabulary of "
+                             f"{model.config.vocab_size}")
     write_folder(path, hf_config(model), _hf_tensors(model))
+    if vocab is not None:
+        write_char_tokenizer(path, chars, model.config.block_size)
+
+
+def write_char_tokenizer(path, chars: list, max_length: int) -> None:
+    """tokenizer.json (and tokenizer_config.json) of a character vocabulary:
+    each character one token, id = its index in `chars`, decoded by joining;
+    transformers' PreTrainedTokenizerFast and pyengine.tokenizer load it."""
+    import json
+    import os
+
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
+    if len(set(chars)) != len(chars) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+        raise ValueError("save_pretrained: the vocabulary must be distinct single characters")
+    backend = Backend(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
+    backend.decoder = decoders.Fuse()
+    backend.save(os.path.join(os.fspath(path), "tokenizer.json"))
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+                "clean_up_tokenization_spaces": False}
+    with open(os.path.join(os.fspath(path), "tokenizer_config.json"), "w", encoding="utf-8") as file:
+        json.dump(settings, file, indent=2)
+        file.write("\n")
