@@ -17,7 +17,7 @@ from pyengine.tensor import Tensor, apply
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "gelu",
            "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "nll_loss", "mse_loss",
-           "l1_loss", "binary_cross_entropy_with_logits", "embedding", "dropout", "dropout_add",
+           "rms_norm", "l1_loss", "binary_cross_entropy_with_logits", "embedding", "dropout", "dropout_add",
            "scaled_dot_product_attention", "qkv_attention"]
 
 
@@ -164,6 +164,21 @@ def log_softmax(x: Tensor) -> Tensor:
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
     """Layer norm over the last axis."""
     return apply(O.LayerNorm(eps), x, weight, bias)
+
+
+def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
+    """RMS norm over the last axis, as torch.nn.functional.rms_norm: input * rsqrt(mean(input^2) + eps) * weight
+    (no mean subtracted, no bias; T5's layer norm). normalized_shape: the last dimension (an int or a
+    1-tuple); weight (that dimension,) or None (ones); eps None is float32's machine epsilon, as torch."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"rms_norm: input must be a Tensor, got {type(input).__name__}")
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    if len(shape) != 1 or input.ndim < 1 or input.shape[-1] != shape[0]:
+        raise ValueError(f"rms_norm: normalized_shape {shape} must be the last dimension of input {input.shape} "
+                         f"(one dimension is supported)")
+    eps = float(np.finfo(np.float32).eps) if eps is None else float(eps)
+    weight = Tensor(np.ones(shape, np.float32)) if weight is None else weight
+    return apply(O.RMSNorm(eps), input, weight)
 
 
 def cross_entropy(logits: Tensor, target, ignore_index: int = -100, *, reduction: str = "mean") -> Tensor:

@@ -275,6 +275,12 @@ class LayerNorm(KernelOp):
         self.eps = float(eps)
 
 
+class RMSNorm(KernelOp):
+    def __init__(self, eps: float):
+        super().__init__("rms_norm", eps=float(eps))
+        self.eps = float(eps)
+
+
 class Conv2d(KernelOp):
     """2-D convolution of x (N, C, H, W) with weight (K, C / groups, R, S), plus bias (K,) when given."""
 

@@ -107,6 +107,8 @@ EXAMPLES = {
                       dict(is_causal=True, scale=0.5, dropout_p=0.25)),
     "dropout": (dict(x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
     "dropout_add": (dict(residual=_positive(3, 4), x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
+    # ---- RMS norm (helper hft5, T5's layer norm)
+    "rms_norm": (dict(x=_normal(3, 4), weight=_normal(4)), dict(eps=1e-6)),
 }
 
 # Kernels that are not a forward/backward pair: their arguments by name.
