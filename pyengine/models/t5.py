@@ -359,6 +359,16 @@ class T5ForConditionalGeneration(nn.Module):
             return ids
         return np.ascontiguousarray(array, dtype=np.int64)
 
+    def save_pretrained(self, path) -> None:
+        """Write config.json and model.safetensors into the folder `path`, which transformers'
+        T5ForConditionalGeneration.from_pretrained loads (an untied head as its own lm_head.weight)."""
+        c = self.config
+        config = {name: getattr(c, name) for name in T5Config.__dataclass_fields__}
+        config.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
+                      tie_word_embeddings=self.tied)
+        state = {name: np.asarray(value) for name, value in self.state_dict().items()}
+        pretrained.write_folder(path, config, state)
+
     # ---- generation (pyengine.models.t5_generate)
     def encode(self, input_ids, attention_mask=None) -> np.ndarray:
         from pyengine.models.t5_generate import encode

@@ -28,7 +28,13 @@ CONFIGS = {
                          relative_attention_max_distance=30, untied=True),
     "gated-tied-one-head": dict(vocab_size=47, d_model=16, d_kv=16, d_ff=40, num_layers=1, num_decoder_layers=2,
                                 num_heads=1, feed_forward_proj="gated-gelu"),
+    "relu-square": dict(vocab_size=71, d_model=28, d_kv=8, d_ff=44, num_layers=2, num_heads=3,
+                        relative_attention_num_buckets=16, relative_attention_max_distance=24),
 }
+# transformers 5's generate sizes its cache by num_layers, so it fails on a decoder deeper than the
+# encoder (IndexError in the cache's update): generation is compared on the others.
+# (config, seed): seeds whose random models do not repeat one token from the start (a tied ReLU one often does).
+GENERATION_CONFIGS = {"gated-untied": 7, "relu-square": 3}
 
 
 def _relative_error(got, want) -> float:
@@ -226,3 +232,145 @@ def test_config_json_of_the_folder_is_what_transformers_wrote(tmp_path):
     model = pretrained.from_pretrained(tmp_path)
     assert not model.tied and not model.config.scale_decoder_outputs and config["tie_word_embeddings"] is False
     assert model.config.is_gated and model.config.activation == "gelu_new"
+
+
+# ---------------------------------------------------------------- generation against transformers' generate
+
+
+@pytest.fixture(scope="module", params=list(GENERATION_CONFIGS))
+def generation_models(request, tmp_path_factory):
+    pytest.importorskip("pyengine.generation")
+    folder = tmp_path_factory.mktemp("generate-" + request.param)
+    reference = write_t5(folder, request.param, seed=GENERATION_CONFIGS[request.param])
+    return pretrained.from_pretrained(folder), reference
+
+
+def _prompts(vocab: int):
+    """Three prompts of 9, 6 and 4 tokens, right-padded (what T5's tokenizer does)."""
+    rng = np.random.default_rng(8)
+    ids, mask = rng.integers(2, vocab, (3, 9)), np.ones((3, 9), np.int64)
+    for row, length in ((1, 6), (2, 4)):
+        ids[row, length:], mask[row, length:] = 0, 0
+    return ids, mask
+
+
+def _with_eos_mid_batch(model, reference, ids, mask, settings: dict):
+    """Make a token that the search emits in the middle of a row (and not before in it) the EOS of both
+    models, so that rows finish at different steps."""
+    model.config.eos_token_id = None
+    rows = model.generate(ids, attention_mask=mask, **settings)
+    eos = next((int(row[i]) for row in rows for i in range(2, len(row)) if row[i] not in row[1:i]), int(rows[0, 1]))
+    model.config.eos_token_id = reference.generation_config.eos_token_id = eos
+    return eos
+
+
+def _compare_generate(model, reference, ids, mask, **settings):
+    with torch.no_grad():
+        want = reference.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                                  **settings).numpy()
+    got = model.generate(ids, attention_mask=mask, **settings)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    return got
+
+
+GENERATE_SETTINGS = {
+    "greedy": dict(max_new_tokens=12),
+    "beam": dict(num_beams=4, max_new_tokens=10),
+    "beam-penalty-early": dict(num_beams=4, max_new_tokens=10, length_penalty=0.5, early_stopping=True,
+                               num_return_sequences=2),
+    "beam-never-long-penalty": dict(num_beams=3, max_length=9, early_stopping="never", length_penalty=2.0,
+                                    num_return_sequences=3),
+    "beam-ngram": dict(num_beams=2, max_new_tokens=8, no_repeat_ngram_size=2),
+}
+
+
+@pytest.mark.parametrize("settings", list(GENERATE_SETTINGS))
+def test_generate_equals_transformers(generation_models, settings):
+    model, reference = generation_models
+    ids, mask = _prompts(model.config.vocab_size)
+    eos = reference.generation_config.eos_token_id
+    try:
+        _compare_generate(model, reference, ids, mask, **GENERATE_SETTINGS[settings])
+    finally:
+        model.config.eos_token_id = reference.generation_config.eos_token_id = eos
+
+
+@pytest.mark.parametrize("settings", ["greedy", "beam", "beam-penalty-early"])
+def test_generate_with_eos_in_the_middle_of_the_batch(generation_models, settings):
+    model, reference = generation_models
+    ids, mask = _prompts(model.config.vocab_size)
+    original = reference.generation_config.eos_token_id
+    try:
+        eos = _with_eos_mid_batch(model, reference, ids, mask, GENERATE_SETTINGS[settings])
+        got = _compare_generate(model, reference, ids, mask, **GENERATE_SETTINGS[settings])
+        if settings == "greedy":  # rows finish at different steps, and a finished row is padded
+            ends = [int(np.argmax(row[1:] == eos)) if (row[1:] == eos).any() else None for row in got]
+            assert any(end is not None for end in ends) and len(set(ends)) > 1, f"rows end together: {ends}"
+            for row, end in zip(got, ends):
+                assert end is None or (row[end + 2:] == model.config.pad_token_id).all()
+        # beam search: the EOS, which the search without it emitted, ends hypotheses as they arise
+        # (the sequences returned may be others, longer ones, as transformers' are)
+    finally:
+        model.config.eos_token_id = reference.generation_config.eos_token_id = original
+
+
+# ---------------------------------------------------------------- fine-tuning with the engine's optimizers
+
+
+def _training_batches(vocab: int, count: int):
+    rng = np.random.default_rng(9)
+    return [(rng.integers(2, vocab, (2, 7)), rng.integers(2, vocab, (2, 5))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "captured"])
+def test_adamw_fine_tuning_matches_transformers(tmp_path, captured):
+    import pyengine as pe
+
+    reference = write_t5(tmp_path, "gated-untied", seed=11).train()
+    model = pretrained.from_pretrained(tmp_path).train()
+    batches = _training_batches(model.config.vocab_size, 6)
+    inputs = [(ids, model.shift_right(labels), labels) for ids, labels in batches]
+    if captured:  # the decoder inputs are a graph input: a replay reads each batch's
+        optimizer = pe.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, max_grad_norm=1.0)
+        graph = pe.capture(lambda x, d, y: model(x, decoder_input_ids=d, labels=y)[1], *inputs[0],
+                           optimizer=optimizer)
+        losses = [graph.run(*batch).item() for batch in inputs]
+    else:
+        optimizer, losses = pe.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1), []
+        for ids, _, labels in inputs:
+            optimizer.zero_grad()
+            _, loss = model(ids, labels=labels)
+            loss.backward()
+            pe.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+    torch_optimizer, expected = torch.optim.AdamW(reference.parameters(), lr=3e-3, weight_decay=0.1), []
+    for ids, labels in batches:
+        torch_optimizer.zero_grad()
+        loss = reference(input_ids=torch.tensor(ids), labels=torch.tensor(labels)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        torch_optimizer.step()
+        expected.append(loss.item())
+    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["relu-tied", "gated-untied"])
+def test_save_pretrained_folder_loads_in_transformers(tmp_path, name):
+    write_t5(tmp_path / "source", name, seed=12)
+    model = pretrained.from_pretrained(tmp_path / "source")
+    for param in model.parameters():  # weights of pyengine's own, not the ones read
+        param.data[...] += np.float32(0.01) * np.sign(param.data)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "saved").eval()
+    assert (loaded.lm_head.weight is loaded.shared.weight) == model.tied
+    assert loaded.config.scale_decoder_outputs == model.config.scale_decoder_outputs
+    ids, mask, decoder_ids, decoder_mask = _batch(model.config.vocab_size, seed=13)
+    with torch.no_grad():
+        want = loaded(*_torch(ids, mask, decoder_ids, decoder_mask)).logits.numpy()
+    assert _relative_error(model(ids, mask, decoder_ids, decoder_mask).numpy(), want) < 1e-4
+    again = pretrained.from_pretrained(tmp_path / "saved")
+    for (key, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=key)
