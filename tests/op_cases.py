@@ -120,6 +120,10 @@ UPDATES = {
     "vector_norm": (dict(norm=np.zeros((), F32), x=_normal(12)), dict(norm_type=2.0)),
     "clip_coefficient": (dict(total=np.zeros((), F32), coef=np.zeros((), F32), norms=_positive(5)),
                          dict(norm_type=2.0, max_norm=1.0)),
+    # ---- decoding with a key/value cache (helper hfgpt2): 2 new positions after 3 cached, a padding mask
+    "cached_attention": (dict(out=np.zeros((2, 2, 3, 4), F32), k_cache=_normal(2, 3, 7, 4), v_cache=_normal(2, 3, 7, 4),
+                              qkv=_normal(2, 2, 3, 3, 4), mask=np.zeros((2, 1, 1, 5), F32)),
+                         dict(start=3, scale=0.5)),
 }
 
 
