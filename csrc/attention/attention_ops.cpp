@@ -26,7 +26,9 @@ void mask_rule(Resolution& r) {
     return;
   }
   const Shape& m = r.shape("mask");
-  const Shape full{r.dim("B"), r.dim("H"), r.dim("Tq"), r.dim("Tk")};
+  const bool fused = r.op().find_dim("T") >= 0;  // qkv_attention: Tq = Tk = T
+  const int64_t tq = r.dim(fused ? "T" : "Tq"), tk = r.dim(fused ? "T" : "Tk");
+  const Shape full{r.dim("B"), r.dim("H"), tq, tk};
   bool ok = m.size() <= 4;
   for (size_t i = 0; ok && i < m.size(); ++i) {
     const int64_t want = full[4 - m.size() + i];
@@ -67,6 +69,18 @@ AttentionProblem problem(const Call& c, int64_t batch, int64_t heads, int64_t q_
 
 void set_strides(int64_t* s, int64_t b, int64_t h, int64_t t) { s[0] = b, s[1] = h, s[2] = t; }
 
+// The mask's strides over (batch, head, query, key), 0 where it is broadcast.
+void set_mask_strides(const Call& c, AttentionProblem& p) {
+  if (!c.data("mask")) return;
+  const Shape& m = c.shape("mask");
+  int64_t stride = 1;
+  for (size_t i = 0; i < m.size(); ++i) {
+    const size_t src = m.size() - 1 - i;
+    p.mask_stride[3 - i] = m[src] == 1 ? 0 : stride;
+    stride *= m[src];
+  }
+}
+
 // (B, H, T, D) contiguous strides for q, k, v, out; the mask's, 0 where broadcast.
 AttentionProblem bhtd_problem(const Call& c) {
   const int64_t B = c.dim("B"), H = c.dim("H"), Tq = c.dim("Tq"), Tk = c.dim("Tk"), D = c.dim("D");
@@ -75,15 +89,7 @@ AttentionProblem bhtd_problem(const Call& c) {
   set_strides(p.k_stride, H * Tk * D, Tk * D, D);
   set_strides(p.v_stride, H * Tk * D, Tk * D, D);
   set_strides(p.o_stride, H * Tq * D, Tq * D, D);
-  if (c.data("mask")) {
-    const Shape& m = c.shape("mask");
-    int64_t stride = 1;
-    for (size_t i = 0; i < m.size(); ++i) {
-      const size_t src = m.size() - 1 - i;
-      p.mask_stride[3 - i] = m[src] == 1 ? 0 : stride;
-      stride *= m[src];
-    }
-  }
+  set_mask_strides(c, p);
   return p;
 }
 
@@ -93,6 +99,7 @@ AttentionProblem qkv_problem(const Call& c) {
   AttentionProblem p = problem(c, B, H, T, T);
   for (int64_t* s : {p.q_stride, p.k_stride, p.v_stride}) set_strides(s, T * 3 * H * D, D, 3 * H * D);
   set_strides(p.o_stride, T * H * D, D, H * D);
+  set_mask_strides(c, p);
   return p;
 }
 
@@ -128,7 +135,10 @@ void bhtd_rule(Resolution& r) {
   check_rng_and_three(r);
 }
 
-void qkv_rule(Resolution& r) { check_rng_and_three(r); }
+void qkv_rule(Resolution& r) {
+  mask_rule(r);
+  check_rng_and_three(r);
+}
 
 PYENGINE_OP("attention_forward", "attention",
             "Fused attention: out = softmax(scale q k^T + mask) v per (batch, head), with causal masking "
@@ -175,20 +185,23 @@ PYENGINE_OP("qkv_attention_forward", "attention",
     .output("out", "(B, T, H, D)")
     .output("lse", "(B, H, T)")
     .input("qkv", "(B, T, three, H, D)")
+    .optional_input("mask")  // additive, broadcast to (B, H, T, T)
     .apply(qkv_options)
     .kernel([](const Call& c) {
       const AttentionProblem p = qkv_problem(c);
       const int64_t hd = c.dim("H") * c.dim("D");
       const float* qkv = c.f32("qkv");
-      PYENGINE_DISPATCH(attention_forward)(c.f32("out"), c.f32("lse"), qkv, qkv + hd, qkv + 2 * hd, nullptr,
-                                           p);
+      PYENGINE_DISPATCH(attention_forward)(c.f32("out"), c.f32("lse"), qkv, qkv + hd, qkv + 2 * hd,
+                                           c.f32("mask"), p);
     });
 
 PYENGINE_OP("qkv_attention_backward", "attention",
             "Gradient of qkv_attention_forward: dqkv (B, T, 3, H, D) accumulates dq, dk and dv in place.")
     .optional_grad("dqkv", "(B, T, three, H, D)")
+    .optional_grad("dmask")  // like mask
     .grad_input("dout", "(B, T, H, D)")
     .input("qkv", "(B, T, three, H, D)")
+    .optional_input("mask")
     .apply(qkv_options)
     .input("out", "(B, T, H, D)")
     .input("lse", "(B, H, T)")
@@ -196,10 +209,14 @@ PYENGINE_OP("qkv_attention_backward", "attention",
       const AttentionProblem p = qkv_problem(c);
       const int64_t hd = c.dim("H") * c.dim("D");
       float* dqkv = c.f32("dqkv");
-      if (!dqkv) return;
+      float* dmask = c.f32("dmask");
+      if (!dqkv && !dmask) return;
       const float* qkv = c.f32("qkv");
-      PYENGINE_DISPATCH(attention_backward)(dqkv, dqkv + hd, dqkv + 2 * hd, nullptr, c.f32("dout"), qkv,
-                                            qkv + hd, qkv + 2 * hd, nullptr, c.f32("out"), c.f32("lse"), p);
+      float* dq = dqkv;
+      float* dk = dqkv ? dqkv + hd : nullptr;
+      float* dv = dqkv ? dqkv + 2 * hd : nullptr;
+      PYENGINE_DISPATCH(attention_backward)(dq, dk, dv, dmask, c.f32("dout"), qkv, qkv + hd, qkv + 2 * hd,
+                                            c.f32("mask"), c.f32("out"), c.f32("lse"), p);
     });
 
 }  // namespace
