@@ -4,9 +4,9 @@ kernels are built through their declarations (pyengine.registry).
 
 The binding-error tests break these calls one argument at a time, the fuzz
 test feeds them bad values, and the coverage test fails when a kernel is
-declared without an example here. The reference and finite-difference cases
-of each op live in tests/test_kernels.py (``*_case`` factories), keyed by
-the same base names.
+declared without an example here. The float64 reference cases, tolerances and
+finite-difference problems of the core kernels are tests/reference_cases.py
+(``*_case`` factories and FD_CASES), keyed by the same base names.
 """
 
 from __future__ import annotations

@@ -124,6 +124,58 @@ def read(path: str, caller: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
     return arrays, dict(metadata)
 
 
+_NUMPY_DTYPES = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
+                 "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "U32": np.uint32, "F32": np.float32,
+                 "I64": np.int64, "U64": np.uint64, "F64": np.float64}
+
+
+def read_mapped(path: str, caller: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """As `read`, but the arrays are read-only views of the file mapped into memory (np.memmap), so a
+    checkpoint of gigabytes costs no copy until its values are used. BF16 tensors (which numpy lacks) are
+    widened to float32 here, which copies them; the 8-bit float formats raise TypeError."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{caller}: no such file: {path}")
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                raise CorruptFile(f"{size} bytes, shorter than the 8-byte header length")
+            header_size, = struct.unpack("<Q", prefix)
+            if header_size > _HEADER_LIMIT or 8 + header_size > size:
+                raise CorruptFile(f"header of {header_size} bytes in a file of {size} bytes (truncated?)")
+            header = _decode_header(file.read(header_size))
+    except CorruptFile as error:
+        raise CorruptFile(f"{caller}: {path} is not an intact safetensors file ({_one_line(error)})") from None
+    return _mapped_arrays(path, header, 8 + header_size, size, caller)
+
+
+def _mapped_arrays(path: str, header: dict, body_start: int, size: int, caller: str):
+    entries = {k: v for k, v in header.items() if k != METADATA_KEY}
+    try:
+        _check_layout(entries, size - body_start)
+    except CorruptFile as error:
+        raise CorruptFile(f"{caller}: {path} is not an intact safetensors file ({_one_line(error)})") from None
+    for name, entry in entries.items():
+        if entry["dtype"] in ("F8_E5M2", "F8_E4M3"):
+            raise TypeError(f"{caller}: {path} holds a tensor numpy cannot represent ('{name}' is {entry['dtype']})")
+    metadata = header.get(METADATA_KEY) or {}
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    if CHECKSUM_KEY in metadata:
+        try:
+            _verify_checksum(header, memoryview(mapped[body_start:]), metadata)
+        except CorruptFile as error:
+            raise CorruptFile(f"{caller}: {path} is not an intact safetensors file ({_one_line(error)})") from None
+    arrays = {}
+    for name, entry in entries.items():
+        begin, end = entry["data_offsets"]
+        raw = mapped[body_start + begin:body_start + end].view(_NUMPY_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        arrays[name] = raw
+    return arrays, dict(metadata)
+
+
 def _parse(data: bytes) -> tuple[dict, memoryview]:
     """The header (a dict) and the data section; checks the layout of every tensor entry."""
     if len(data) < 8:
@@ -131,8 +183,15 @@ def _parse(data: bytes) -> tuple[dict, memoryview]:
     header_size, = struct.unpack("<Q", data[:8])
     if header_size > _HEADER_LIMIT or 8 + header_size > len(data):
         raise CorruptFile(f"header of {header_size} bytes in a file of {len(data)} bytes (truncated?)")
+    header = _decode_header(data[8:8 + header_size])
+    body = memoryview(data)[8 + header_size:]
+    _check_layout({k: v for k, v in header.items() if k != METADATA_KEY}, len(body))
+    return header, body
+
+
+def _decode_header(raw: bytes) -> dict:
     try:
-        header = json.loads(data[8:8 + header_size])
+        header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptFile(f"header is not JSON: {error}") from None
     if not isinstance(header, dict):
@@ -141,9 +200,7 @@ def _parse(data: bytes) -> tuple[dict, memoryview]:
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise CorruptFile("__metadata__ is not a str -> str map")
-    body = memoryview(data)[8 + header_size:]
-    _check_layout({k: v for k, v in header.items() if k != METADATA_KEY}, len(body))
-    return header, body
+    return header
 
 
 def _check_layout(entries: dict, body_size: int) -> None:
