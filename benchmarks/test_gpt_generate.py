@@ -3,7 +3,8 @@
 then the head), batch 1, at prompt lengths 16 and 512, for the "tiny"
 (L=4, d=256) and GPT-2 124M (L=12, d=768, vocab 50257) shapes.
 
-pyengine runs GPT's cached decoding step (pyengine.models.gpt_generate);
+pyengine runs GPT's cached decoding step (GPT.decode_step: the cached_attention
+kernel appends to the cache and reads its prefix in place);
 PyTorch runs the same model with the cache transformers keeps (keys and
 values concatenated per step), under torch.no_grad(). Each timed call
 starts from the same cache filled with the prompt.
@@ -15,7 +16,6 @@ import numpy as np
 
 import pyengine
 from pyengine.models import GPT, GPTConfig
-from pyengine.models.gpt_generate import KVCache, _forward_cached
 
 from base import Case, kernel, parametrize, run
 
@@ -45,14 +45,12 @@ def pyengine_decode(case, b):
     name, prompt = case.spec
     pyengine.manual_seed(0)
     model = GPT(SHAPES[name]).eval()
-    cache = KVCache(model.config, 1)
-    with pyengine.no_grad():
-        _forward_cached(model, b.prompt, cache)
+    cache = model.new_cache(1, model.config.block_size)
+    model.decode_step(b.prompt, cache)
 
     def step():
         cache.length = prompt  # the same prompt-filled cache every call
-        with pyengine.no_grad():
-            _forward_cached(model, b.token, cache)
+        model.decode_step(b.token, cache)
 
     return step, None
 

@@ -11,6 +11,8 @@ finite-difference problems of the core kernels are tests/reference_cases.py
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pyengine import _C, registry
@@ -40,6 +42,15 @@ def _gelu_grad(x):
     return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * _C0 * (1 + 3 * _C1 * x**2)
 
 
+def _gelu_erf(x):
+    return 0.5 * x * np.vectorize(math.erfc)(-np.asarray(x, np.float64) / math.sqrt(2))
+
+
+def _gelu_erf_grad(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * np.vectorize(math.erfc)(-x / math.sqrt(2)) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
 def _torch():
     import torch
     return torch
@@ -51,6 +62,7 @@ UNARY = {
     "relu": (lambda x: np.maximum(x, 0), lambda x: (x > 0) * 1.0, lambda x: _torch().relu(x)),
     "gelu": (_gelu, _gelu_grad,
              lambda x: _torch().nn.functional.gelu(x, approximate="tanh")),
+    "gelu_erf": (_gelu_erf, _gelu_erf_grad, lambda x: _torch().nn.functional.gelu(x)),
     "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2, lambda x: _torch().tanh(x)),
     "exp": (np.exp, np.exp, lambda x: _torch().exp(x)),
     "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2,
@@ -103,7 +115,8 @@ EXAMPLES = {
     "attention": (dict(q=_normal(2, 3, 5, 4), k=_normal(2, 3, 6, 4, seed=1), v=_normal(2, 3, 6, 4, seed=2),
                        mask=_normal(1, 3, 5, 6), rng=np.array([7, 1], np.int64)),
                   dict(is_causal=True, scale=0.5, dropout_p=0.25)),
-    "qkv_attention": (dict(qkv=_normal(2, 5, 3, 2, 4), rng=np.array([7, 2], np.int64)),
+    "qkv_attention": (dict(qkv=_normal(2, 5, 3, 2, 4), mask=_normal(2, 1, 1, 5, seed=3),
+                           rng=np.array([7, 2], np.int64)),
                       dict(is_causal=True, scale=0.5, dropout_p=0.25)),
     "dropout": (dict(x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
     "dropout_add": (dict(residual=_positive(3, 4), x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
@@ -122,6 +135,10 @@ UPDATES = {
     "vector_norm": (dict(norm=np.zeros((), F32), x=_normal(12)), dict(norm_type=2.0)),
     "clip_coefficient": (dict(total=np.zeros((), F32), coef=np.zeros((), F32), norms=_positive(5)),
                          dict(norm_type=2.0, max_norm=1.0)),
+    # ---- decoding with a key/value cache (helper hfgpt2): 2 new positions after 3 cached, a padding mask
+    "cached_attention": (dict(out=np.zeros((2, 2, 3, 4), F32), k_cache=_normal(2, 3, 7, 4), v_cache=_normal(2, 3, 7, 4),
+                              qkv=_normal(2, 2, 3, 3, 4), mask=np.zeros((2, 1, 1, 5), F32)),
+                         dict(start=3, scale=0.5)),
 }
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pyengine import functional as F
-from pyengine import nn
+from pyengine import kernels, nn
 from pyengine.random import default_generator
 from pyengine.tensor import Tensor
 
@@ -37,6 +37,12 @@ class GPTConfig:
     vocab_size: int = 256
     dropout: float = 0.0
     bias: bool = True
+    layer_norm_eps: float = 1e-5
+    n_inner: int | None = None  # the MLP's width; None: 4 * n_embd
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -47,6 +53,10 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"GPTConfig: layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        if self.n_inner is not None and (not isinstance(self.n_inner, (int, np.integer)) or self.n_inner < 1):
+            raise ValueError(f"GPTConfig: n_inner must be a positive int or None, got {self.n_inner!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,35 +74,56 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask=None) -> Tensor:
+        """attn_mask: None, or an additive float32 padding mask (B, 1, 1, T)
+        applied with the causal mask (then q, k and v are transposed out of
+        the fused projection, as scaled_dot_product_attention reads them)."""
         batch, steps, width = x.shape
         qkv = self.c_attn(x).view(batch, steps, 3, self.n_head, self.head_dim)
-        y = F.qkv_attention(qkv, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = F.qkv_attention(qkv, is_causal=True, dropout_p=dropout_p)
+        else:
+            q, k, v = (qkv[:, :, i].transpose(1, 2).contiguous() for i in range(3))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=True, dropout_p=dropout_p)
+            y = y.transpose(1, 2).contiguous()
         return self.c_proj(y.view(batch, steps, width))
+
+    def decode(self, x: Tensor, keys: np.ndarray, values: np.ndarray, start: int, mask) -> Tensor:
+        """Attention of the positions start.. of x over the cached keys and
+        values (B, H, capacity, D), which get x's own appended in place."""
+        batch, steps, width = x.shape
+        qkv = self.c_attn(x).numpy().reshape(batch, steps, 3, self.n_head, self.head_dim)
+        y = kernels.cached_attention(keys, values, qkv, mask, start=start, scale=1.0 / math.sqrt(self.head_dim))
+        return self.c_proj(Tensor(y.reshape(batch, steps, width)))
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x)))
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self._residual(x, self.attn(self.ln_1(x)))
+    def forward(self, x: Tensor, attn_mask=None) -> Tensor:
+        x = self._residual(x, self.attn(self.ln_1(x), attn_mask))
         return self._residual(x, self.mlp(self.ln_2(x)))
+
+    def decode(self, x: Tensor, keys: np.ndarray, values: np.ndarray, start: int, mask) -> Tensor:
+        x = x + self.attn.decode(self.ln_1(x), keys, values, start, mask)
+        return x + self.mlp(self.ln_2(x))
 
     def _residual(self, x: Tensor, branch: Tensor) -> Tensor:
         if self.dropout and self.training:
@@ -107,7 +138,7 @@ class Transformer(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
 
 
 class GPT(nn.Module):
@@ -134,13 +165,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None):
         idx = self._check_indices(idx, "idx")
         batch, steps = idx.shape
-        tr = self.transformer
-        positions = np.arange(steps, dtype=np.int64)
-        x = tr.drop(tr.wte(idx) + tr.wpe(positions))
-        for block in tr.h:
-            x = block(x)
-        x = tr.ln_f(x)
-        logits = F.linear(x, tr.wte.weight)  # the head tied to the token embedding
+        logits = self.logits(idx)
         if targets is None:
             return logits, None
         targets = self._check_indices(targets, "targets")
@@ -148,6 +173,52 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: targets {targets.shape} must have the shape of idx {idx.shape}")
         loss = F.cross_entropy(logits.view(batch * steps, self.config.vocab_size), targets.reshape(-1))
         return logits, loss
+
+    def logits(self, idx, positions=None, attn_mask=None) -> Tensor:
+        """Logits (B, T, vocab_size) of checked idx (B, T); positions (T,) or
+        (B, T) (default 0..T-1); attn_mask None or additive (B, 1, 1, T)."""
+        tr = self.transformer
+        if positions is None:
+            positions = np.arange(idx.shape[1], dtype=np.int64)
+        x = tr.drop(tr.wte(idx) + tr.wpe(positions))
+        for block in tr.h:
+            x = block(x, attn_mask)
+        return F.linear(tr.ln_f(x), tr.wte.weight)  # the head tied to the token embedding
+
+    # ---- decoding with a key/value cache (the protocol of pyengine.generation)
+    @property
+    def generation_config(self) -> dict:
+        """What pyengine.generation needs to know: no special tokens for a
+        model of pyengine's own (GPT2LMHeadModel reads them from its config)."""
+        return dict(getattr(self, "_generation_config", None) or {
+            "eos_token_id": None, "pad_token_id": None, "bos_token_id": None, "is_encoder_decoder": False,
+            "vocab_size": self.config.vocab_size})
+
+    def new_cache(self, batch: int, capacity: int):
+        """An empty key/value cache for `batch` rows of up to `capacity`
+        positions (<= block_size)."""
+        from pyengine.models.gpt_generate import KVCache
+
+        if not 1 <= capacity <= self.config.block_size:
+            raise ValueError(f"GPT: a cache of {capacity} positions does not fit block_size {self.config.block_size}")
+        c = self.config
+        return KVCache(c.n_layer, batch, c.n_head, capacity, c.n_embd // c.n_head)
+
+    def decode_step(self, ids, cache, attention_mask=None) -> np.ndarray:
+        """Logits (B, V) float32 of the last of ids (B, t), whose keys and
+        values are appended to the cache; attention_mask (B, cache.length + t)
+        of 0/1 marks the padding (positions then count the real tokens only,
+        as transformers' generate computes them)."""
+        from pyengine.models.gpt_generate import decode_step
+
+        return decode_step(self, ids, cache, attention_mask)
+
+    def save_pretrained(self, path) -> None:
+        """Write a Hugging Face GPT-2 folder (config.json, model.safetensors)
+        that transformers' GPT2LMHeadModel.from_pretrained loads."""
+        from pyengine.models.hf_gpt2 import save_pretrained
+
+        save_pretrained(self, path)
 
     def _check_indices(self, ids, name: str):
         """ids checked (an integer (B, T) array within the vocabulary); a

@@ -20,48 +20,99 @@ import numpy as np
 from pyengine import functional as F
 from pyengine.tensor import Tensor, no_grad
 
-__all__ = ["generate", "KVCache", "sample_next"]
+__all__ = ["generate", "decode_step", "KVCache", "sample_next"]
 
 
 class KVCache:
-    """Keys and values of every layer, (B, H, block_size, D) each, filled up
-    to `length` positions."""
+    """Keys and values of every layer, (B, H, capacity, D) each, filled up to
+    `length` positions. Decoding writes each new position in place (the
+    cached_attention kernel), and attention reads the filled prefix in place:
+    a new token costs one position of work, no copy of the cache."""
 
-    def __init__(self, config, batch: int):
-        shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
-        self.keys = [np.zeros(shape, np.float32) for _ in range(config.n_layer)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(config.n_layer)]
+    def __init__(self, n_layer: int, batch: int, n_head: int, capacity: int, head_dim: int):
+        shape = (batch, n_head, capacity, head_dim)
+        self.keys = [np.zeros(shape, np.float32) for _ in range(n_layer)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(n_layer)]
         self.length = 0
 
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0] if self.keys else 0
 
-def _attend_cached(block, x: Tensor, cache: KVCache, layer: int, start: int) -> Tensor:
-    """One block's attention for the positions start.. of x, keys and values
-    of the earlier positions read from the cache (and the new ones added)."""
-    attn = block.attn
-    batch, steps, width = x.shape
-    qkv = attn.c_attn(block.ln_1(x)).numpy().reshape(batch, steps, 3, attn.n_head, attn.head_dim)
-    end = start + steps
-    cache.keys[layer][:, :, start:end] = qkv[:, :, 1].transpose(0, 2, 1, 3)
-    cache.values[layer][:, :, start:end] = qkv[:, :, 2].transpose(0, 2, 1, 3)
-    q = np.ascontiguousarray(qkv[:, :, 0].transpose(0, 2, 1, 3))
-    k = np.ascontiguousarray(cache.keys[layer][:, :, :end])
-    v = np.ascontiguousarray(cache.values[layer][:, :, :end])
-    y = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), is_causal=True).numpy()
-    return attn.c_proj(Tensor(np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(batch, steps, width)))
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def reorder(self, index) -> None:
+        """Keep rows `index` (int64 (B',)), in that order (duplicates allowed):
+        beam search's parents, num_return_sequences' copies. Only the filled
+        prefix is copied; the identity is free."""
+        index = np.asarray(index)
+        if index.ndim != 1 or index.dtype.kind not in "iu" or (index.size and (
+                index.min() < 0 or index.max() >= self.batch)):
+            raise ValueError(f"KVCache.reorder: index must be ints in [0, {self.batch}) (B',), got {index!r}")
+        if index.size == self.batch and np.array_equal(index, np.arange(self.batch)):
+            return
+        filled, same_size = self.length, index.size == self.batch
+        for arrays in (self.keys, self.values):
+            for layer, old in enumerate(arrays):
+                new = old if same_size else np.empty((index.size,) + old.shape[1:], np.float32)
+                new[:, :, :filled] = old[index, :, :filled]
+                arrays[layer] = new
 
 
-def _forward_cached(model, ids: np.ndarray, cache: KVCache) -> np.ndarray:
-    """Logits (B, V) of the last of `ids` (B, t), appended at cache.length."""
+def _positions(cache: KVCache, steps: int, attention_mask) -> np.ndarray:
+    """Position ids of the new positions: cache.length.. without a mask; with
+    one, the real tokens counted (pads at 0), as transformers' generate."""
+    if attention_mask is None:
+        return np.arange(cache.length, cache.length + steps, dtype=np.int64)
+    counted = np.cumsum(attention_mask, axis=1) - 1
+    return np.where(attention_mask == 0, 0, counted)[:, -steps:].astype(np.int64)
+
+
+def _padding_mask(attention_mask) -> np.ndarray | None:
+    """0 / -inf float32 (B, 1, 1, L) of a 0/1 attention_mask (B, L)."""
+    if attention_mask is None:
+        return None
+    return np.where(attention_mask[:, None, None, :] != 0, np.float32(0), np.float32(-np.inf))
+
+
+def check_attention_mask(attention_mask, shape: tuple, caller: str):
+    """attention_mask as an int64 (B, L) array of 0/1 (a Tensor or array), or None."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask.numpy() if isinstance(attention_mask, Tensor) else np.asarray(attention_mask)
+    if mask.shape != tuple(shape) or mask.dtype.kind not in "iub":
+        raise ValueError(f"{caller}: attention_mask must be an integer array {tuple(shape)}, "
+                         f"got {mask.dtype} {mask.shape}")
+    if mask.size and not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"{caller}: attention_mask must hold only 0 and 1")
+    return mask.astype(np.int64)
+
+
+def decode_step(model, ids, cache: KVCache, attention_mask=None) -> np.ndarray:
+    """See GPT.decode_step."""
+    ids = model._check_indices(ids, "ids")
+    if isinstance(ids, Tensor):
+        ids = ids.numpy()
+    batch, steps = ids.shape
+    if steps == 0 or batch != cache.batch:
+        raise ValueError(f"decode_step: ids {ids.shape} must hold >= 1 position for each of the cache's "
+                         f"{cache.batch} rows")
+    if cache.length + steps > cache.capacity:
+        raise ValueError(f"decode_step: {cache.length} cached + {steps} new positions exceed the cache's "
+                         f"{cache.capacity}")
+    attention_mask = check_attention_mask(attention_mask, (batch, cache.length + steps), "decode_step")
     tr = model.transformer
     start = cache.length
-    positions = np.arange(start, start + ids.shape[1], dtype=np.int64)
-    x = tr.wte(ids) + tr.wpe(positions)
-    for layer, block in enumerate(tr.h):
-        x = x + _attend_cached(block, x, cache, layer, start)
-        x = x + block.mlp(block.ln_2(x))
-    cache.length = start + ids.shape[1]
-    last = tr.ln_f(x[:, -1])
-    return F.linear(last, tr.wte.weight).numpy()
+    with no_grad():
+        x = tr.wte(ids) + tr.wpe(_positions(cache, steps, attention_mask))
+        mask = _padding_mask(attention_mask)
+        for layer, block in enumerate(tr.h):
+            x = block.decode(x, cache.keys[layer], cache.values[layer], start, mask)
+        cache.length = start + steps
+        last = tr.ln_f(x[:, -1])
+        return F.linear(last, tr.wte.weight).numpy()
 
 
 def _forward_full(model, ids: np.ndarray) -> np.ndarray:
@@ -119,7 +170,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k=No
     block_size = model.config.block_size
     was_training = model.training
     model.eval()
-    cache = KVCache(model.config, ids.shape[0]) if use_cache else None
+    cache = model.new_cache(ids.shape[0], block_size) if use_cache else None
     try:
         with no_grad():
             for _ in range(max_new_tokens):
@@ -128,9 +179,9 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k=No
                     logits = _forward_full(model, np.ascontiguousarray(context))
                 elif cache.length == 0 or ids.shape[1] > block_size:
                     cache.length = 0  # the prefill, or the window slid: rebuild the cache
-                    logits = _forward_cached(model, np.ascontiguousarray(context), cache)
+                    logits = decode_step(model, np.ascontiguousarray(context), cache)
                 else:
-                    logits = _forward_cached(model, np.ascontiguousarray(ids[:, -1:]), cache)
+                    logits = decode_step(model, np.ascontiguousarray(ids[:, -1:]), cache)
                 token = sample_next(logits, rng, temperature, top_k, top_p).astype(np.int64)
                 ids = np.concatenate([ids, token[:, None]], axis=1)
                 if stream is not None:
