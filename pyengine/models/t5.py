@@ -30,8 +30,13 @@ from pyengine.tensor import Tensor
 
 __all__ = ["T5Config", "T5ForConditionalGeneration", "from_hf", "relative_position_bucket"]
 
-# Activations of the feed-forward, by the name transformers gives them (gelu_new is tanh GELU).
-ACTIVATIONS = {"relu": F.relu, "gelu_new": F.gelu, "gelu_pytorch_tanh": F.gelu, "silu": F.silu}
+def _tanh_gelu(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# Activations of the feed-forward, by the name transformers gives them (gelu_new is tanh GELU, gelu exact).
+ACTIVATIONS = {"relu": F.relu, "gelu_new": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu, "gelu": F.gelu,
+               "silu": F.silu}
 
 
 @dataclass

@@ -145,7 +145,7 @@ def _cached_cross_attention(layer, x: np.ndarray, cache: T5Cache, index: int, ma
 
 
 # transformers' activation name -> (the GEMM epilogue's activation, or the kernel applied after it).
-_EPILOGUE = {"relu": "relu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
+_EPILOGUE = {"relu": "relu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_erf"}
 
 
 def _feed_forward(layer, x: np.ndarray, cache: T5Cache, activation: str) -> np.ndarray:

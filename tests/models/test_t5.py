@@ -30,6 +30,8 @@ CONFIGS = {
                                 num_heads=1, feed_forward_proj="gated-gelu"),
     "relu-square": dict(vocab_size=71, d_model=28, d_kv=8, d_ff=44, num_layers=2, num_heads=3,
                         relative_attention_num_buckets=16, relative_attention_max_distance=24),
+    "exact-gelu": dict(vocab_size=39, d_model=12, d_kv=4, d_ff=20, num_layers=2, num_decoder_layers=2, num_heads=2,
+                       feed_forward_proj="gelu"),
 }
 # transformers 5's generate sizes its cache by num_layers, so it fails on a decoder deeper than the
 # encoder (IndexError in the cache's update): generation is compared on the others.
