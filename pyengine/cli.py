@@ -63,6 +63,7 @@ def _training_parser(models, name, help_text, defaults, run):
 
 def build_parser() -> argparse.ArgumentParser:
     from pyengine import train_cnn
+    from pyengine.cli_embed import add_embed
     from pyengine.cli_gpt import add_generate, add_train_gpt, cmd_generate, cmd_train_gpt
     from pyengine.train import MLPConfig
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cnn.add_parser(models)
     add_train_gpt(models, cmd_train_gpt)
     add_generate(commands, cmd_generate)
+    add_embed(commands)
     return parser
 
 

@@ -17,7 +17,7 @@ from pyengine.tensor import Tensor, apply
 
 __all__ = ["linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "relu", "gelu",
            "tanh", "sigmoid", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "nll_loss", "mse_loss",
-           "l1_loss", "binary_cross_entropy_with_logits", "embedding", "dropout", "dropout_add",
+           "rms_norm", "l1_loss", "binary_cross_entropy_with_logits", "embedding", "dropout", "dropout_add",
            "scaled_dot_product_attention", "qkv_attention"]
 
 
@@ -133,9 +133,10 @@ def relu(x: Tensor) -> Tensor:
     return x.relu()
 
 
-def gelu(x: Tensor) -> Tensor:
-    """GELU, tanh approximation (PyTorch's approximate='tanh')."""
-    return x.gelu()
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """GELU as torch.nn.functional.gelu: x Phi(x) with Phi the normal CDF (approximate='none', the
+    default, BERT's), or 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (approximate='tanh', GPT-2's)."""
+    return x.gelu(approximate)
 
 
 def tanh(x: Tensor) -> Tensor:
@@ -164,6 +165,21 @@ def log_softmax(x: Tensor) -> Tensor:
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
     """Layer norm over the last axis."""
     return apply(O.LayerNorm(eps), x, weight, bias)
+
+
+def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
+    """RMS norm over the last axis, as torch.nn.functional.rms_norm: input * rsqrt(mean(input^2) + eps) * weight
+    (no mean subtracted, no bias; T5's layer norm). normalized_shape: the last dimension (an int or a
+    1-tuple); weight (that dimension,) or None (ones); eps None is float32's machine epsilon, as torch."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"rms_norm: input must be a Tensor, got {type(input).__name__}")
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    if len(shape) != 1 or input.ndim < 1 or input.shape[-1] != shape[0]:
+        raise ValueError(f"rms_norm: normalized_shape {shape} must be the last dimension of input {input.shape} "
+                         f"(one dimension is supported)")
+    eps = float(np.finfo(np.float32).eps) if eps is None else float(eps)
+    weight = Tensor(np.ones(shape, np.float32)) if weight is None else weight
+    return apply(O.RMSNorm(eps), input, weight)
 
 
 def cross_entropy(logits: Tensor, target, ignore_index: int = -100, *, reduction: str = "mean") -> Tensor:
@@ -366,16 +382,22 @@ def _additive_mask(fn: str, mask) -> Tensor:
 
 
 def qkv_attention(qkv: Tensor, is_causal: bool = True, scale: float | None = None,
-                  dropout_p: float = 0.0) -> Tensor:
+                  dropout_p: float = 0.0, attn_mask=None) -> Tensor:
     """Attention straight from a fused QKV projection: qkv (B, T, 3, H, D) (q, k, v along dim 2, as
     ``linear(x, w_qkv).view(B, T, 3, H, D)`` gives them) -> (B, T, H, D), ready for the output
     projection: no transposes. Equals scaled_dot_product_attention on the (B, H, T, D) transposes;
-    causal by default, scale 1 / sqrt(D) by default; the backward writes d(qkv) in place."""
+    causal by default, scale 1 / sqrt(D) by default; the backward writes d(qkv) in place.
+    attn_mask as scaled_dot_product_attention's, broadcast to (B, H, T, T) (a padding mask: (B, 1, 1, T))."""
     if not isinstance(qkv, Tensor):
         raise TypeError(f"qkv_attention: qkv must be a Tensor, got {type(qkv).__name__}")
     if qkv.ndim != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv_attention: qkv must be (B, T, 3, H, D), got shape {qkv.shape}")
     scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
-    inputs = [qkv] + ([R.next_rng_input()] if dropout_p > 0 else [])
-    op = OA.QKVAttention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_rng=dropout_p > 0)
+    inputs = [qkv]
+    if attn_mask is not None:
+        inputs.append(_additive_mask("qkv_attention", attn_mask))
+    if dropout_p > 0:
+        inputs.append(R.next_rng_input())
+    op = OA.QKVAttention(is_causal=is_causal, scale=scale, dropout_p=dropout_p, has_mask=attn_mask is not None,
+                         has_rng=dropout_p > 0)
     return apply(op, *inputs)

@@ -236,6 +236,16 @@ class Unary(KernelOp):
         super().__init__(name)
 
 
+# GELU's kernel for torch's `approximate` argument.
+_GELU_KERNELS = {"none": "gelu_erf", "tanh": "gelu"}
+
+
+def gelu_kernel(approximate: str) -> str:
+    if approximate not in _GELU_KERNELS:
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _GELU_KERNELS[approximate]
+
+
 class Sum(Op):
     """Sum (or mean) over axes. Adjacent axes are one kernel call; others go
     through partial sums, which are extra outputs so the executor plans them."""
@@ -272,6 +282,12 @@ class Sum(Op):
 class LayerNorm(KernelOp):
     def __init__(self, eps: float):
         super().__init__("layer_norm", eps=float(eps))
+        self.eps = float(eps)
+
+
+class RMSNorm(KernelOp):
+    def __init__(self, eps: float):
+        super().__init__("rms_norm", eps=float(eps))
         self.eps = float(eps)
 
 

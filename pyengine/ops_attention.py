@@ -75,9 +75,9 @@ class Attention(_OptionalInputs):
 
 class QKVAttention(_OptionalInputs):
     """Attention over a fused QKV projection (B, T, 3, H, D), output (B, T, H, D);
-    inputs qkv, then the rng pair when given."""
+    inputs qkv, then the mask (additive float32, broadcast to (B, H, T, T)) and the rng pair when given."""
 
-    def __init__(self, *, is_causal: bool, scale: float, dropout_p: float, has_rng: bool):
-        super().__init__("qkv_attention", {"rng": has_rng}, is_causal=bool(is_causal), scale=float(scale),
-                         dropout_p=float(dropout_p))
+    def __init__(self, *, is_causal: bool, scale: float, dropout_p: float, has_rng: bool, has_mask: bool = False):
+        super().__init__("qkv_attention", {"mask": has_mask, "rng": has_rng}, is_causal=bool(is_causal),
+                         scale=float(scale), dropout_p=float(dropout_p))
         self.name = "qkv_attention"

@@ -249,7 +249,7 @@ def _grad_shape_source(info: OpInfo, grad: dict, param: dict) -> str:
 
 
 def _shape_of(x):
-    return np.shape(x) if isinstance(x, np.ndarray) else None
+    return x.shape if isinstance(x, np.ndarray) else None  # not np.shape: a Python-level call per kernel call
 
 
 def _zeros(shape) -> np.ndarray:

@@ -233,7 +233,10 @@ class Tensor:
         return apply(O.MatMul(trans_a, trans_b), self, other)
 
     def relu(self) -> Tensor: return apply(O.Unary("relu"), self)
-    def gelu(self) -> Tensor: return apply(O.Unary("gelu"), self)
+    def gelu(self, approximate: str = "none") -> Tensor:
+        """GELU as torch.Tensor.gelu: exact x Phi(x) ('none', the default) or the tanh form ('tanh')."""
+        return apply(O.Unary(O.gelu_kernel(approximate)), self)
+
     def tanh(self) -> Tensor: return apply(O.Unary("tanh"), self)
     def sigmoid(self) -> Tensor: return apply(O.Unary("sigmoid"), self)
     def silu(self) -> Tensor: return apply(O.Unary("silu"), self)

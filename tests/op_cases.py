@@ -4,12 +4,14 @@ kernels are built through their declarations (pyengine.registry).
 
 The binding-error tests break these calls one argument at a time, the fuzz
 test feeds them bad values, and the coverage test fails when a kernel is
-declared without an example here. The reference and finite-difference cases
-of each op live in tests/test_kernels.py (``*_case`` factories), keyed by
-the same base names.
+declared without an example here. The float64 reference cases, tolerances and
+finite-difference problems of the core kernels are tests/reference_cases.py
+(``*_case`` factories and FD_CASES), keyed by the same base names.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -40,6 +42,15 @@ def _gelu_grad(x):
     return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * _C0 * (1 + 3 * _C1 * x**2)
 
 
+def _gelu_erf(x):
+    return 0.5 * x * np.vectorize(math.erfc)(-np.asarray(x, np.float64) / math.sqrt(2))
+
+
+def _gelu_erf_grad(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * np.vectorize(math.erfc)(-x / math.sqrt(2)) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
 def _torch():
     import torch
     return torch
@@ -51,6 +62,7 @@ UNARY = {
     "relu": (lambda x: np.maximum(x, 0), lambda x: (x > 0) * 1.0, lambda x: _torch().relu(x)),
     "gelu": (_gelu, _gelu_grad,
              lambda x: _torch().nn.functional.gelu(x, approximate="tanh")),
+    "gelu_erf": (_gelu_erf, _gelu_erf_grad, lambda x: _torch().nn.functional.gelu(x)),
     "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2, lambda x: _torch().tanh(x)),
     "exp": (np.exp, np.exp, lambda x: _torch().exp(x)),
     "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2,
@@ -103,10 +115,13 @@ EXAMPLES = {
     "attention": (dict(q=_normal(2, 3, 5, 4), k=_normal(2, 3, 6, 4, seed=1), v=_normal(2, 3, 6, 4, seed=2),
                        mask=_normal(1, 3, 5, 6), rng=np.array([7, 1], np.int64)),
                   dict(is_causal=True, scale=0.5, dropout_p=0.25)),
-    "qkv_attention": (dict(qkv=_normal(2, 5, 3, 2, 4), rng=np.array([7, 2], np.int64)),
+    "qkv_attention": (dict(qkv=_normal(2, 5, 3, 2, 4), mask=_normal(2, 1, 1, 5, seed=3),
+                           rng=np.array([7, 2], np.int64)),
                       dict(is_causal=True, scale=0.5, dropout_p=0.25)),
     "dropout": (dict(x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
     "dropout_add": (dict(residual=_positive(3, 4), x=_normal(3, 4), rng=np.array([7, 3], np.int64)), dict(p=0.25)),
+    # ---- RMS norm (helper hft5, T5's layer norm)
+    "rms_norm": (dict(x=_normal(3, 4), weight=_normal(4)), dict(eps=1e-6)),
 }
 
 # Kernels that are not a forward/backward pair: their arguments by name.

@@ -420,3 +420,23 @@ def test_replay_equals_eager_bit_for_bit():
     np.testing.assert_array_equal(replayed.data, eager.data)
     for p, w in zip(params, want):
         np.testing.assert_array_equal(p.grad.data, w)
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 1, 1, 9), (2, 3, 9, 9), (9,)], ids=["padding", "full", "keys"])
+def test_qkv_layout_with_an_additive_mask(mask_shape, isa):
+    """qkv_attention's mask (a BERT padding mask is (B, 1, 1, T)) as the (B, H, T, D) layout's, with dmask."""
+    b, t, h, d = 2, 9, 3, 8
+    rng = np.random.default_rng(13)
+    qkv, g = normal(rng, b, t, 3, h, d), normal(rng, b, t, h, d)
+    mask = normal(rng, *mask_shape)
+    if mask_shape[0] == 2:
+        mask[1, ..., 6:] = np.finfo(F32).min  # padded keys of the second sequence
+    x, m = Tensor(qkv, requires_grad=True), Tensor(mask, requires_grad=True)
+    out = F.qkv_attention(x, is_causal=False, attn_mask=m)
+    (out * Tensor(g)).sum().backward()
+    q, k, v = (np.ascontiguousarray(qkv[:, :, i].transpose(0, 2, 1, 3)) for i in range(3))
+    want = reference(q, k, v, mask, False, 1 / np.sqrt(d), g.transpose(0, 2, 1, 3))
+    assert_close(out.data, want[0].transpose(0, 2, 1, 3), atol=3e-5, rtol=1e-4, what="out")
+    dqkv = np.stack([w.transpose(0, 2, 1, 3) for w in want[1:4]], axis=2)
+    assert_close(x.grad.data, dqkv, atol=3e-5, rtol=1e-4, what="dqkv")
+    assert_close(m.grad.data, want[4], atol=3e-5, rtol=1e-4, what="dmask")

@@ -1,6 +1,7 @@
 """conv2d at every ISA level (the reference loops included): forward and the three gradients
 against a float64 numpy reference and PyTorch autograd in float64, gradient accumulation,
-finite differences, partial gradient requests and thread-count independence.
+partial gradient requests (the finite differences are FD_CASES of
+reference_cases.py, run by test_kernels.py) and thread-count independence.
 
 The cases cover odd shapes, every kernel path (the 1x1 stride-1 unpadded image read in place,
 images cut into blocks of output rows, small images batched into one GEMM in even chunks, chunks
@@ -11,53 +12,15 @@ threads) and the geometry (kernel 1x1 to 7x7 and rectangular, stride 1 to
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
-from helpers import F32, check_finite_differences, helper_test_op, randn, torch
+from helpers import F32, helper_test_op, randn
+from reference_cases import Conv, conv_case, conv_tol, rng_for
 
 import pyengine
 from pyengine import kernels as K
 
 pytestmark = pytest.mark.usefixtures("isa")  # every test runs once per available ISA level
-
-
-def rng_for(*key) -> np.random.Generator:
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def pair(v) -> tuple:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-@dataclass(frozen=True)
-class Conv:
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    r: int
-    s: int
-    stride: object = 1
-    padding: object = 0
-    dilation: object = 1
-    groups: int = 1
-
-    @property
-    def geometry(self) -> dict:
-        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
-
-    @property
-    def weight_shape(self) -> tuple:
-        return (self.k, self.c // self.groups, self.r, self.s)
-
-    def out_hw(self) -> tuple:
-        (sh, sw), (ph, pw), (dh, dw) = pair(self.stride), pair(self.padding), pair(self.dilation)
-        return ((self.h + 2 * ph - dh * (self.r - 1) - 1) // sh + 1,
-                (self.w + 2 * pw - dw * (self.s - 1) - 1) // sw + 1)
 
 
 # The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
@@ -104,74 +67,6 @@ CASES = {
 }
 
 
-def np_windows(x, conv: Conv):
-    """(N, C, OH, OW, R, S) windows of the zero-padded x, strided and dilated."""
-    (sh, sw), (ph, pw), (dh, dw) = pair(conv.stride), pair(conv.padding), pair(conv.dilation)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    extent = (dh * (conv.r - 1) + 1, dw * (conv.s - 1) + 1)
-    view = np.lib.stride_tricks.sliding_window_view(xp, extent, axis=(2, 3))
-    return view[:, :, ::sh, ::sw, ::dh, ::dw]
-
-
-def _grouped(windows, w, groups):
-    """(N, G, Cg, ...) windows and (G, Kg, Cg, R, S) weights of a grouped convolution."""
-    n, c = windows.shape[:2]
-    return windows.reshape(n, groups, c // groups, *windows.shape[2:]), w.reshape(groups, -1, *w.shape[1:])
-
-
-def np_conv(x, w, bias=None, *, conv: Conv):
-    windows, wg = _grouped(np_windows(x, conv), w, conv.groups)
-    y = np.einsum("ngcpqrs,gkcrs->ngkpq", windows, wg).reshape(x.shape[0], w.shape[0], *windows.shape[3:5])
-    return y if bias is None else y + bias[None, :, None, None]
-
-
-def np_conv_grads(g, x, w, bias=None, *, conv: Conv):
-    (sh, sw), (ph, pw), (dh, dw) = pair(conv.stride), pair(conv.padding), pair(conv.dilation)
-    oh, ow = g.shape[2:]
-    groups = conv.groups
-    windows, wg = _grouped(np_windows(x, conv), w, groups)
-    gg = g.reshape(g.shape[0], groups, -1, oh, ow)
-    gw = np.einsum("ngkpq,ngcpqrs->gkcrs", gg, windows).reshape(w.shape)
-    gxp = np.zeros((x.shape[0], groups, x.shape[1] // groups, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
-    for r in range(conv.r):  # tap (r, s) of output (p, q) reads padded input (p sh + r dh, q sw + s dw)
-        for s in range(conv.s):
-            gxp[..., r * dh:r * dh + sh * (oh - 1) + 1:sh, s * dw:s * dw + sw * (ow - 1) + 1:sw] += \
-                np.einsum("ngkpq,gkc->ngcpq", gg, wg[:, :, :, r, s])
-    gxp = gxp.reshape(x.shape[0], x.shape[1], *gxp.shape[3:])
-    gx = gxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
-    return (gx, gw) + (() if bias is None else (g.sum(axis=(0, 2, 3)),))
-
-
-def conv_case(rng, conv: Conv, with_bias: bool):
-    x = randn(rng, conv.n, conv.c, conv.h, conv.w)
-    w = randn(rng, *conv.weight_shape)
-    inputs = [x, w] + ([randn(rng, conv.k)] if with_bias else [])
-
-    def pe_fwd(x, w, bias=None):
-        return K.conv2d(x, w, bias, **conv.geometry)
-
-    def torch_fwd(x, w, bias=None):
-        return torch.nn.functional.conv2d(x, w, bias, **conv.geometry)
-
-    def pe_bwd(g, xs, outs, grads):
-        gx, gw, gb = (None,) * 3 if grads is None else tuple(grads) + (None,) * (3 - len(grads))
-        res = K.conv2d_backward(g, xs[0], xs[1], **conv.geometry, needs_bias=with_bias,
-                                grad_x=gx, grad_weight=gw, grad_bias=gb)
-        return res[:len(xs)]
-
-    return {"inputs": inputs, "pe_fwd": pe_fwd, "np_fwd": lambda *a: np_conv(*a, conv=conv),
-            "torch_fwd": torch_fwd, "pe_bwd": pe_bwd,
-            "np_bwd": lambda g, *a: np_conv_grads(g, *a, conv=conv)}
-
-
-def conv_tol(conv: Conv) -> dict:
-    # float32 sums of L products of O(1) values err by ~sqrt(L) ulps typically, L at worst: the
-    # forward sums C*R*S products, grad_x K*R*S, grad_weight N*OH*OW, grad_bias N*OH*OW.
-    oh, ow = conv.out_hw()
-    length = max(conv.c // conv.groups * conv.r * conv.s, conv.k * conv.r * conv.s, conv.n * oh * ow)
-    return {"atol": 3e-6 * length + 1e-5, "rtol": 1e-4}
-
-
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_conv2d(name, with_bias):
@@ -180,17 +75,6 @@ def test_conv2d(name, with_bias):
     out, grads = helper_test_op(**conv_case(rng_for(name, with_bias), conv, with_bias), **tol)
     assert out[0].shape == (conv.n, conv.k, *conv.out_hw())
     assert all(np.abs(g).max() > 0 for g in grads)
-
-
-@pytest.mark.parametrize("name", ["3x5-rect", "1x1-direct", "groups2", "depthwise"])
-def test_conv2d_finite_differences(name):
-    conv = {"3x5-rect": Conv(2, 2, 5, 6, 3, 3, 2, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
-            "1x1-direct": Conv(1, 3, 3, 2, 2, 1, 1),  # one 1x1 image: read in place
-            "groups2": Conv(2, 4, 5, 4, 2, 3, 2, stride=(1, 2), padding=1, groups=2),
-            "depthwise": Conv(2, 2, 5, 5, 4, 3, 3, stride=2, padding=1, dilation=(1, 2), groups=2)}[name]
-    case = conv_case(rng_for("fd", name), conv, with_bias=True)
-    analytic = check_finite_differences(case["inputs"], case["pe_fwd"], case["pe_bwd"], eps=1e-2)
-    assert all(np.abs(g).max() > 1e-3 for g in analytic)
 
 
 @pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",

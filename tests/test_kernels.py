@@ -1,30 +1,39 @@
 """Every kernel at every ISA level: forward and backward against float64 numpy references and
 PyTorch autograd (when installed), gradient accumulation, and finite differences.
 
-Each ``*_case`` factory returns the keyword arguments of ``helpers.helper_test_op`` for one
-op and problem; the tests run them with explicit tolerances, and ``test_finite_differences``
-reuses the same factories on small problems.
+The ``*_case`` factories (tests/reference_cases.py) return the keyword arguments of
+``helpers.helper_test_op`` for one op and problem; the tests run them with explicit tolerances, and
+``test_finite_differences`` runs ``FD_CASES``, small problems through the same factories, the
+convolution's included.
 """
 
 from __future__ import annotations
 
-import operator
-import zlib
-
 import numpy as np
 import pytest
-from helpers import (
-    F32,
-    F64,
-    assert_close,
-    away_from_zero,
-    check_finite_differences,
-    helper_test_op,
-    randn,
-    torch,
-    unbroadcast,
+from helpers import F32, F64, assert_close, check_finite_differences, helper_test_op, randn, torch
+from op_cases import UNARY
+from reference_cases import (
+    BINARY,
+    FD_CASES,
+    SCALAR_CASES,
+    TRANS,
+    _np_log_softmax,
+    _np_softmax,
+    binary_case,
+    clamp_case,
+    cross_entropy_case,
+    layer_norm_case,
+    make_targets,
+    matmul_case,
+    matmul_tol,
+    nll_case,
+    reduce_case,
+    rng_for,
+    scalar_case,
+    softmax_case,
+    unary_case,
 )
-from op_cases import POSITIVE_DOMAIN, UNARY
 
 from pyengine import _C, registry
 from pyengine import kernels as K
@@ -32,67 +41,26 @@ from pyengine import kernels as K
 pytestmark = pytest.mark.usefixtures("isa")  # every test runs once per available ISA level
 
 if torch is not None:
-    import torch.nn.functional as TF
+    pass
 
 
-def rng_for(*key) -> np.random.Generator:
-    """A generator seeded from the test parameters (stable across runs and processes)."""
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
-def _grads(grads, count):
-    return (None,) * count if grads is None else tuple(grads) + (None,) * (count - len(grads))
 
 
 # ---------------------------------------------------------------- matmul
 
 
-def _t(x, flag):  # numpy and torch alike
-    return x.swapaxes(-1, -2) if flag else x
 
 
-def matmul_case(rng, m, n, k, trans_a, trans_b, with_bias, batch_a=(), batch_b=()):
-    a = randn(rng, *batch_a, *((k, m) if trans_a else (m, k)))
-    b = randn(rng, *batch_b, *((n, k) if trans_b else (k, n)))
-    inputs = [a, b] + ([randn(rng, n)] if with_bias else [])
-
-    def pe_fwd(a, b, bias=None):
-        return K.matmul(a, b, bias, trans_a=trans_a, trans_b=trans_b)
-
-    def ref_fwd(a, b, bias=None):  # numpy arrays or torch tensors
-        c = _t(a, trans_a) @ _t(b, trans_b)
-        return c if bias is None else c + bias
-
-    def pe_bwd(g, xs, outs, grads):
-        ga, gb, gbias = _grads(grads, 3)
-        res = K.matmul_backward(g, xs[0], xs[1], trans_a=trans_a, trans_b=trans_b,
-                                needs_bias=with_bias, grad_a=ga, grad_b=gb, grad_bias=gbias)
-        return res[:len(xs)]
-
-    def np_bwd(g, a, b, bias=None):
-        op_a, op_b = _t(a, trans_a), _t(b, trans_b)
-        ga = unbroadcast(_t(g @ op_b.swapaxes(-1, -2), trans_a), a.shape)
-        gb = unbroadcast(_t(op_a.swapaxes(-1, -2) @ g, trans_b), b.shape)
-        return (ga, gb) + (() if bias is None else (g.reshape(-1, n).sum(0),))
-
-    return dict(inputs=inputs, pe_fwd=pe_fwd, np_fwd=ref_fwd, torch_fwd=ref_fwd, pe_bwd=pe_bwd,
-                np_bwd=np_bwd)
 
 
-def matmul_tol(m, n, k, batch=1):
-    # float32 dot products of length L err by ~sqrt(L) ulps typically, L ulps at worst; the
-    # gradients sum over n (grad_a), batch * m (grad_b, shared) and batch * m (grad_bias).
-    length = max(k, n, m * batch)
-    return dict(atol=3e-6 * length + 1e-5, rtol=1e-4)
 
 
 _MM_RNG = np.random.default_rng(2024)
 MATMUL_SIZES = [(1, 1, 1), (1, 1, 37), (1, 45, 1), (63, 1, 1)] + [
     tuple(int(v) for v in 2 * _MM_RNG.integers(0, 150, size=3) + 1) for _ in range(4)
 ] + [(299, 131, 257), (7, 1031, 401)]
-# Odd sizes in 1..300: partial micro-tiles everywhere, several row tasks and k blocks; the last
-# one crosses the packed-B column block (1024) and the baseline k block (384).
-TRANS = [(False, False), (True, False), (False, True), (True, True)]
 
 
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
@@ -120,29 +88,8 @@ def test_matmul_batched(batch_a, batch_b, trans_a, trans_b, with_bias):
 
 # ---------------------------------------------------------------- broadcasting binary ops
 
-BINARY = {  # name: (forward, d/da, d/db), on numpy arrays (forward also on torch tensors)
-    "add": (operator.add, lambda a, b: np.ones_like(a * b), lambda a, b: np.ones_like(a * b)),
-    "sub": (operator.sub, lambda a, b: np.ones_like(a * b), lambda a, b: -np.ones_like(a * b)),
-    "mul": (operator.mul, lambda a, b: b + 0 * a, lambda a, b: a + 0 * b),
-    "div": (operator.truediv, lambda a, b: 1 / b + 0 * a, lambda a, b: -a / b**2),
-}
 
 
-def binary_case(rng, op, shape_a, shape_b):
-    fwd, da, db = BINARY[op]
-    a = randn(rng, *shape_a)
-    b = away_from_zero(rng, *shape_b) if op == "div" else randn(rng, *shape_b)
-    pe_fwd, pe_back = getattr(K, op), getattr(K, op + "_backward")
-
-    def pe_bwd(g, xs, outs, grads):
-        ga, gb = _grads(grads, 2)
-        return pe_back(g, xs[0], xs[1], grad_a=ga, grad_b=gb)
-
-    def np_bwd(g, a, b):
-        return unbroadcast(g * da(a, b), a.shape), unbroadcast(g * db(a, b), b.shape)
-
-    return dict(inputs=[a, b], pe_fwd=pe_fwd, np_fwd=fwd, torch_fwd=fwd, pe_bwd=pe_bwd,
-                np_bwd=np_bwd)
 
 
 SHAPE_PAIRS = [
@@ -173,33 +120,8 @@ def test_binary(op, shape_a, shape_b):
 
 # ---------------------------------------------------------------- scalar ops
 
-SCALAR = {  # name: (forward, d/da) on arrays or tensors
-    "add": (lambda a, s: a + s, lambda a, s: 1 + 0 * a),
-    "sub": (lambda a, s: a - s, lambda a, s: 1 + 0 * a),
-    "rsub": (lambda a, s: s - a, lambda a, s: -1 + 0 * a),
-    "mul": (lambda a, s: a * s, lambda a, s: s + 0 * a),
-    "div": (lambda a, s: a / s, lambda a, s: 1 / s + 0 * a),
-    "rdiv": (lambda a, s: s / a, lambda a, s: -s / a**2),
-    "pow": (lambda a, s: a**s, lambda a, s: s * a ** (s - 1) if s else 0 * a),
-}
-SCALAR_CASES = [("add", 1.5), ("sub", 0.75), ("rsub", 2.0), ("mul", -1.25), ("div", 0.8),
-                ("rdiv", 1.5), ("pow", 2.0), ("pow", 3.0), ("pow", 1.0), ("pow", 0.0),
-                ("pow", 0.5), ("pow", -1.5)]
 
 
-def scalar_case(rng, op, s, shape):
-    fwd, grad = SCALAR[op]
-    a = away_from_zero(rng, *shape)
-    if op == "pow" and s != int(s):
-        a = np.abs(a)  # fractional powers of positive numbers only
-    pe_fwd = getattr(K, op + "_scalar")
-
-    def pe_bwd(g, xs, outs, grads):
-        return (K.scalar_backward(g, xs[0], op=op, s=s, grad_a=_grads(grads, 1)[0]),)
-
-    return dict(inputs=[a], pe_fwd=lambda a: pe_fwd(a, s), np_fwd=lambda a: fwd(a, s),
-                torch_fwd=lambda a: fwd(a, s), pe_bwd=pe_bwd,
-                np_bwd=lambda g, a: (g * grad(a, s),))
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (256, 300)], ids=["small", "large"])
@@ -211,19 +133,6 @@ def test_scalar(op, s, shape):
 
 # ---------------------------------------------------------------- activations
 
-def unary_case(rng, op, shape, scale=3.0):
-    np_fwd, np_grad, torch_fwd = UNARY[op]
-    takes_y = "y" in registry.op(op + "_backward").inputs  # what its declaration reads
-    x = away_from_zero(rng, *shape, margin=0.1) * F32(scale)
-    if op in POSITIVE_DOMAIN:
-        x = np.abs(x) + F32(0.5)
-    fwd, back = getattr(K, op), getattr(K, op + "_backward")
-
-    def pe_bwd(g, xs, outs, grads):
-        return (back(g, outs[0] if takes_y else xs[0], grad_x=_grads(grads, 1)[0]),)
-
-    return dict(inputs=[x], pe_fwd=fwd, np_fwd=np_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd,
-                np_bwd=lambda g, x: (g * np_grad(x),))
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (256, 300)], ids=["small", "large"])
@@ -236,19 +145,6 @@ def test_unary(op, shape):
 CLAMPS = [(-0.5, 0.75), (0.0, float("inf")), (-float("inf"), -0.25), (0.3, 0.3)]
 
 
-def clamp_case(rng, shape, lo, hi):
-    # Inputs kept 0.05 away from the bounds: the derivative jumps there.
-    x = randn(rng, *shape)
-    for bound in (lo, hi):
-        near = np.abs(x - bound) < 0.05
-        x[near] += F32(0.1)
-
-    def pe_bwd(g, xs, outs, grads):
-        return (K.clamp_backward(g, xs[0], min=lo, max=hi, grad_x=_grads(grads, 1)[0]),)
-
-    return dict(inputs=[x], pe_fwd=lambda x: K.clamp(x, min=lo, max=hi),
-                np_fwd=lambda x: np.clip(x, lo, hi), torch_fwd=lambda x: torch.clamp(x, lo, hi),
-                pe_bwd=pe_bwd, np_bwd=lambda g, x: (g * ((x >= lo) & (x <= hi)),))
 
 
 @pytest.mark.parametrize("lo,hi", CLAMPS)
@@ -298,27 +194,6 @@ def test_exp_near_float32_overflow(isa):
 # ---------------------------------------------------------------- reductions
 
 
-def reduce_case(rng, op, shape, axis, keepdims):
-    x = randn(rng, *shape)
-    fwd, back = getattr(K, op), getattr(K, op + "_backward")
-    np_fwd = getattr(np, op)
-    axes = tuple(range(len(shape))) if axis is None else (
-        (axis,) if isinstance(axis, int) else axis)
-    count = int(np.prod([shape[a] for a in axes]))
-
-    def pe_bwd(g, xs, outs, grads):
-        return (back(g, xs[0].shape, axis, keepdims, grad_x=_grads(grads, 1)[0]),)
-
-    def np_bwd(g, x):
-        g = g if keepdims else np.expand_dims(g, tuple(a % x.ndim for a in axes))
-        return (np.broadcast_to(g / (count if op == "mean" else 1), x.shape),)
-
-    def torch_fwd(x):
-        return getattr(torch, op)(x, dim=axis, keepdim=keepdims)
-
-    return dict(inputs=[x], pe_fwd=lambda x: fwd(x, axis, keepdims),
-                np_fwd=lambda x: np_fwd(x, axis=axis, keepdims=keepdims), torch_fwd=torch_fwd,
-                pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
 AXES = [None, 0, 2, -1, -3, (0, 1), (1, 3), (0, 2, 3), (-1, -3), (3, 0), (0, 1, 2, 3)]
@@ -346,30 +221,10 @@ def test_reduce_large(op, shape, axis):
 # ---------------------------------------------------------------- softmax / log-softmax
 
 
-def _np_softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
-def _np_log_softmax(x):
-    z = x - x.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def softmax_case(op, x):
-    fwd, back = getattr(K, op), getattr(K, op + "_backward")
-
-    def pe_bwd(g, xs, outs, grads):
-        return (back(g, outs[0], grad_x=_grads(grads, 1)[0]),)
-
-    def np_bwd(g, x):
-        if op == "softmax":
-            y = _np_softmax(x)
-            return (y * (g - (g * y).sum(-1, keepdims=True)),)
-        return (g - np.exp(_np_log_softmax(x)) * g.sum(-1, keepdims=True),)
-
-    return dict(inputs=[x], pe_fwd=fwd, np_fwd=_np_softmax if op == "softmax" else _np_log_softmax,
-                torch_fwd=lambda x: getattr(torch, op)(x, dim=-1), pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
 SOFTMAX_SHAPES = [(1, 1), (1, 7), (3, 5), (4, 33), (2, 3, 17), (64, 768)]
@@ -433,34 +288,6 @@ def test_log_softmax_large_offset_precision(op, offset, isa):
 # ---------------------------------------------------------------- layer norm
 
 
-def layer_norm_case(rng, shape, eps=1e-5):
-    cols = shape[-1]
-    x, w, b = randn(rng, *shape, scale=2.0, shift=3.0), randn(rng, cols), randn(rng, cols)
-
-    def ref_fwd(x, w, b):  # numpy arrays or torch tensors
-        mean = x.mean(-1)
-        var = ((x - mean[..., None]) ** 2).mean(-1)
-        rstd = 1 / (var + eps) ** 0.5
-        return (x - mean[..., None]) * rstd[..., None] * w + b, mean, rstd
-
-    def torch_fwd(x, w, b):
-        return (TF.layer_norm(x, (cols,), w, b, eps),) + ref_fwd(x, w, b)[1:]
-
-    def pe_bwd(g, xs, outs, grads):
-        gx, gw, gb = _grads(grads, 3)
-        return K.layer_norm_backward(g, xs[0], xs[1], outs[1], outs[2], grad_x=gx, grad_weight=gw,
-                                     grad_bias=gb)
-
-    def np_bwd(g, x, w, b):
-        _, mean, rstd = ref_fwd(x, w, b)
-        xhat = (x - mean[..., None]) * rstd[..., None]
-        gw = g * w
-        dx = rstd[..., None] * (gw - gw.mean(-1, keepdims=True)
-                                - xhat * (gw * xhat).mean(-1, keepdims=True))
-        return dx, (g * xhat).reshape(-1, cols).sum(0), g.reshape(-1, cols).sum(0)
-
-    return dict(inputs=[x, w, b], pe_fwd=lambda x, w, b: K.layer_norm(x, w, b, eps=eps),
-                np_fwd=ref_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
 @pytest.mark.parametrize("cols", [1, 5, 33, 768])
@@ -481,39 +308,8 @@ def test_layer_norm_batched_rows():
 # ---------------------------------------------------------------- cross-entropy
 
 
-def cross_entropy_case(logits, target, ignore_index):
-    valid = target != ignore_index
-
-    def np_fwd(x):
-        lse = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
-        picked = x[np.arange(len(x)), np.where(valid, target, 0)]
-        return np.array(np.nan) if not valid.any() else np.mean((lse - picked)[valid])
-
-    def np_bwd(g, x):
-        onehot = np.zeros_like(x)
-        onehot[np.arange(len(x))[valid], target[valid]] = 1
-        grad = (_np_softmax(x) - onehot) * valid[:, None]
-        return (g * grad / max(1, valid.sum()),)
-
-    def torch_fwd(x):
-        return TF.cross_entropy(x, torch.from_numpy(target.astype(np.int64)),
-                                ignore_index=ignore_index)
-
-    def pe_bwd(g, xs, outs, grads):
-        return (K.cross_entropy_backward(g, xs[0], target, ignore_index=ignore_index,
-                                         grad_logits=_grads(grads, 1)[0]),)
-
-    return dict(inputs=[logits], pe_fwd=lambda x: K.cross_entropy(x, target, ignore_index=ignore_index),
-                np_fwd=np_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
-def make_targets(rng, rows, classes, dtype, ignore, ignore_index):
-    target = rng.integers(0, classes, size=rows).astype(dtype)
-    if ignore == "some":
-        target[::3] = ignore_index
-    elif ignore == "all":
-        target[:] = ignore_index
-    return target
 
 
 @pytest.mark.parametrize("ignore", ["none", "some", "all"])
@@ -722,27 +518,6 @@ def test_zero_size_inputs():
 # ---------------------------------------------------------------- nll loss
 
 
-def nll_case(logp, target, ignore_index):
-    def pe_bwd(g, xs, outs, grads):
-        return (K.nll_loss_backward(g, xs[0], target, ignore_index=ignore_index,
-                                    grad_logp=_grads(grads, 1)[0]),)
-
-    def np_fwd(logp):
-        keep = target != ignore_index
-        return -logp[np.flatnonzero(keep), target[keep]].mean() if keep.any() else np.nan
-
-    def np_bwd(g, logp):
-        keep = target != ignore_index
-        grad = np.zeros_like(logp)
-        grad[np.flatnonzero(keep), target[keep]] = -g / max(keep.sum(), 1)
-        return (grad,)
-
-    def torch_fwd(logp):
-        return TF.nll_loss(logp, torch.from_numpy(target.astype(np.int64)),
-                           ignore_index=ignore_index)
-
-    return dict(inputs=[logp], pe_fwd=lambda x: K.nll_loss(x, target, ignore_index=ignore_index),
-                np_fwd=np_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int32])
@@ -760,27 +535,26 @@ def test_nll_loss(rows, classes, dtype):
 
 # ---------------------------------------------------------------- finite differences
 
-FD_CASES = {
-    **{f"matmul-{t}": (lambda r, ta=ta, tb=tb: matmul_case(r, 3, 4, 5, ta, tb, True))
-       for t, (ta, tb) in zip(["nn", "tn", "nt", "tt"], TRANS)},
-    "matmul-shared_b": lambda r: matmul_case(r, 2, 3, 4, False, True, False, (2,), ()),
-    "matmul-shared_a": lambda r: matmul_case(r, 2, 3, 4, True, False, False, (), (2,)),
-    **{f"{op}-broadcast": (lambda r, op=op: binary_case(r, op, (2, 1, 3), (4, 1)))
-       for op in BINARY},
-    **{f"{op}-scalar-{s}": (lambda r, op=op, s=s: scalar_case(r, op, s, (3, 4)))
-       for op, s in SCALAR_CASES},
-    **{op: (lambda r, op=op: unary_case(r, op, (3, 5), scale=1.5)) for op in UNARY},
-    "sum-nonadjacent": lambda r: reduce_case(r, "sum", (2, 3, 4), (0, 2), False),
-    "mean-all": lambda r: reduce_case(r, "mean", (2, 3, 4), None, True),
-    "mean-last": lambda r: reduce_case(r, "mean", (2, 3, 4), -1, False),
-    "softmax": lambda r: softmax_case("softmax", randn(r, 3, 6)),
-    "log_softmax": lambda r: softmax_case("log_softmax", randn(r, 3, 6)),
-    "layer_norm": lambda r: layer_norm_case(r, (3, 6)),
-    "cross_entropy": lambda r: cross_entropy_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]),
-                                                  -100),
-    "clamp": lambda r: clamp_case(r, (3, 5), -0.5, 0.75),
-    "nll_loss": lambda r: nll_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]), -100),
-}
+
+
+CORE_FAMILIES = ("matmul", "elementwise", "reduce", "softmax", "layernorm", "loss", "conv")
+
+
+def _fd_op(case_name: str) -> str:
+    """The declared op (its forward's base name) an FD_CASES entry exercises."""
+    head, _, variant = case_name.partition("-")
+    if variant == "broadcast":
+        return "binary"
+    if variant.startswith("scalar"):
+        return "scalar"
+    return "sum" if head == "mean" else head  # mean is the sum kernel's scaled form
+
+
+def test_every_core_kernel_has_a_finite_difference_case():
+    """The core families' kernels are all in FD_CASES; the newer families (attention, pooling, batch
+    norm, embedding, dropout) run their finite differences in their own test files."""
+    declared = {base for base, (forward, _) in registry.pairs().items() if forward.family in CORE_FAMILIES}
+    assert declared - {_fd_op(name) for name in FD_CASES} == set()
 
 
 @pytest.mark.parametrize("name", list(FD_CASES))
@@ -788,7 +562,7 @@ def test_finite_differences(name):
     case = FD_CASES[name](rng_for("fd", name))
     analytic = check_finite_differences(case["inputs"], case["pe_fwd"], case["pe_bwd"], eps=1e-2)
     if name != "pow-scalar-0.0":  # d(a**0)/da = 0
-        assert any(g is not None and np.abs(g).max() > 1e-3 for g in analytic)
+        assert all(g is not None and np.abs(g).max() > 1e-3 for g in analytic)
 
 
 def test_sigmoid_extremes():

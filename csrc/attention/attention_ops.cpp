@@ -99,6 +99,7 @@ AttentionProblem qkv_problem(const Call& c) {
   AttentionProblem p = problem(c, B, H, T, T);
   for (int64_t* s : {p.q_stride, p.k_stride, p.v_stride}) set_strides(s, T * 3 * H * D, D, 3 * H * D);
   set_strides(p.o_stride, T * H * D, D, H * D);
+  set_mask_strides(c, p);
   return p;
 }
 
@@ -134,7 +135,10 @@ void bhtd_rule(Resolution& r) {
   check_rng_and_three(r);
 }
 
-void qkv_rule(Resolution& r) { check_rng_and_three(r); }
+void qkv_rule(Resolution& r) {
+  mask_rule(r, "T", "T");  // the fused layout: Tq = Tk = T
+  check_rng_and_three(r);
+}
 
 PYENGINE_OP("attention_forward", "attention",
             "Fused attention: out = softmax(scale q k^T + mask) v per (batch, head), with causal masking "
@@ -181,20 +185,23 @@ PYENGINE_OP("qkv_attention_forward", "attention",
     .output("out", "(B, T, H, D)")
     .output("lse", "(B, H, T)")
     .input("qkv", "(B, T, three, H, D)")
+    .optional_input("mask")  // additive, broadcast to (B, H, T, T)
     .apply(qkv_options)
     .kernel([](const Call& c) {
       const AttentionProblem p = qkv_problem(c);
       const int64_t hd = c.dim("H") * c.dim("D");
       const float* qkv = c.f32("qkv");
-      PYENGINE_DISPATCH(attention_forward)(c.f32("out"), c.f32("lse"), qkv, qkv + hd, qkv + 2 * hd, nullptr,
-                                           p);
+      PYENGINE_DISPATCH(attention_forward)(c.f32("out"), c.f32("lse"), qkv, qkv + hd, qkv + 2 * hd,
+                                           c.f32("mask"), p);
     });
 
 PYENGINE_OP("qkv_attention_backward", "attention",
             "Gradient of qkv_attention_forward: dqkv (B, T, 3, H, D) accumulates dq, dk and dv in place.")
     .optional_grad("dqkv", "(B, T, three, H, D)")
+    .optional_grad("dmask")  // like mask
     .grad_input("dout", "(B, T, H, D)")
     .input("qkv", "(B, T, three, H, D)")
+    .optional_input("mask")
     .apply(qkv_options)
     .input("out", "(B, T, H, D)")
     .input("lse", "(B, H, T)")
@@ -202,10 +209,14 @@ PYENGINE_OP("qkv_attention_backward", "attention",
       const AttentionProblem p = qkv_problem(c);
       const int64_t hd = c.dim("H") * c.dim("D");
       float* dqkv = c.f32("dqkv");
-      if (!dqkv) return;
+      float* dmask = c.f32("dmask");
+      if (!dqkv && !dmask) return;
       const float* qkv = c.f32("qkv");
-      PYENGINE_DISPATCH(attention_backward)(dqkv, dqkv + hd, dqkv + 2 * hd, nullptr, c.f32("dout"), qkv,
-                                            qkv + hd, qkv + 2 * hd, nullptr, c.f32("out"), c.f32("lse"), p);
+      float* dq = dqkv;
+      float* dk = dqkv ? dqkv + hd : nullptr;
+      float* dv = dqkv ? dqkv + 2 * hd : nullptr;
+      PYENGINE_DISPATCH(attention_backward)(dq, dk, dv, dmask, c.f32("dout"), qkv, qkv + hd, qkv + 2 * hd,
+                                            c.f32("mask"), c.f32("out"), c.f32("lse"), p);
     });
 
 // ---------------------------------------------------------------- decoding with a key/value cache

@@ -16,8 +16,9 @@ static_assert(std::size(kScalarOpNames) == static_cast<size_t>(ScalarOp::count))
 
 // The activation a GEMM epilogue applies to its output tile. Every member
 // but `none` is an activation the executor may fuse into a preceding matmul.
-enum class Activation : int { none = 0, relu = 1, gelu = 2, count };
-inline constexpr const char* kActivationNames[] = {"none", "relu", "gelu"};
+// gelu is the tanh form, gelu_erf the exact one (PyTorch's approximate='none').
+enum class Activation : int { none = 0, relu = 1, gelu = 2, gelu_erf = 3, count };
+inline constexpr const char* kActivationNames[] = {"none", "relu", "gelu", "gelu_erf"};
 static_assert(std::size(kActivationNames) == static_cast<size_t>(Activation::count));
 
 // The scalars of one Adam step, shared by every variant of adam_update.

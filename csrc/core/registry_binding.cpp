@@ -138,8 +138,9 @@ Attr convert_attr(const OpDecl& op, const AttrDecl& decl, const py::handle& obj)
   Attr a{decl.kind};
   switch (decl.kind) {
     case AttrKind::flag: {
-      const bool is_np_bool = std::string(Py_TYPE(obj.ptr())->tp_name) == "numpy.bool" ||
-                              std::string(Py_TYPE(obj.ptr())->tp_name) == "numpy.bool_";
+      // A Python bool first: the type-name comparison for numpy's bool costs more than the rest.
+      const bool is_np_bool = !PyBool_Check(obj.ptr()) && (std::strcmp(Py_TYPE(obj.ptr())->tp_name, "numpy.bool") == 0 ||
+                                                           std::strcmp(Py_TYPE(obj.ptr())->tp_name, "numpy.bool_") == 0);
       if (!PyBool_Check(obj.ptr()) && !is_np_bool)
         type_error(op, cat("'", decl.name, "' must be a bool, got ", Py_TYPE(obj.ptr())->tp_name));
       a.flag = PyObject_IsTrue(obj.ptr()) == 1;
@@ -201,14 +202,17 @@ Attr convert_attr(const OpDecl& op, const AttrDecl& decl, const py::handle& obj)
   return a;
 }
 
-bool overlaps(const py::array& x, const py::array& y) {
-  const char* x0 = static_cast<const char*>(x.data());
-  const char* y0 = static_cast<const char*>(y.data());
-  return x.nbytes() && y.nbytes() && x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
-}
+// The bytes an array argument spans: [begin, end), empty for an empty array.
+struct Span {
+  const char* begin = nullptr;
+  const char* end = nullptr;
+  bool overlaps(const Span& o) const { return begin != end && o.begin != o.end && begin < o.end && o.begin < end; }
+  bool operator==(const Span& o) const { return begin == o.begin && end == o.end; }
+};
 
-bool identical(const py::array& x, const py::array& y) {
-  return x.data() == y.data() && x.nbytes() == y.nbytes();
+Span span_of(const py::array& a) {
+  const char* begin = static_cast<const char*>(a.data());
+  return {begin, begin + a.nbytes()};
 }
 
 bool alias_allowed(const OpDecl& op, const std::string& a, const std::string& b) {
@@ -338,11 +342,13 @@ py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, Py
     arrays[i] = allocate_output(op, op.args[i], s);
     shapes[i].fill() = s;  // the kernel sees it like a given one
   }
+  InlineVec<Span, kMaxArgs> spans;  // once per argument: nbytes asks numpy for the itemsize
+  for (size_t i = 0; i < n; ++i) spans.push_back(arrays[i] ? span_of(as_array(arrays[i])) : Span{});
   for (size_t i = 0; i < n; ++i) {
     if (!arrays[i] || !is_written(op.args[i].role)) continue;
     for (size_t j = 0; j < n; ++j) {
-      if (j == i || !arrays[j] || !overlaps(as_array(arrays[i]), as_array(arrays[j]))) continue;
-      if (identical(as_array(arrays[i]), as_array(arrays[j])) && alias_allowed(op, op.args[i].name, op.args[j].name)) continue;
+      if (j == i || !spans[i].overlaps(spans[j])) continue;
+      if (spans[i] == spans[j] && alias_allowed(op, op.args[i].name, op.args[j].name)) continue;
       value_error(op, cat("'", op.args[i].name, "' with shape ", shape_str(*r.expected(i)), " overlaps '",
                           op.args[j].name, "'"));
     }

@@ -268,6 +268,12 @@ void gelu_forward(float* y, const float* x, int64_t n) {
 void gelu_backward(float* dx, const float* dy, const float* x, int64_t n) {
   accumulate_vector_grad(dx, dy, x, n, [](simd::vfloat v) { return simd::gelu_grad(v); });
 }
+void gelu_erf_forward(float* y, const float* x, int64_t n) {
+  map_vector(y, x, n, [](simd::vfloat v) { return simd::gelu_erf(v); });
+}
+void gelu_erf_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  accumulate_vector_grad(dx, dy, x, n, [](simd::vfloat v) { return simd::gelu_erf_grad(v); });
+}
 void tanh_forward(float* y, const float* x, int64_t n) {
   map_unary(y, x, n, [](float v) { return std::tanh(v); });
 }

@@ -79,6 +79,12 @@ inline float gelu_grad(float x) {
   return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * dinner;
 }
 
+// Exact GELU, x Phi(x), with the C library's erfc (no cancellation in the tail).
+inline float gelu_erf(float x) { return 0.5f * x * std::erfc(-x * 0.7071067811865476f); }
+inline float gelu_erf_grad(float x) {
+  return 0.5f * std::erfc(-x * 0.7071067811865476f) + x * 0.3989422804014327f * std::exp(-0.5f * x * x);
+}
+
 // Element offsets of a and b for the flat outer index `o` over shape[0..ndim-1).
 inline void outer_offsets(int64_t o, int64_t ndim, const int64_t* shape, const int64_t* sa,
                           const int64_t* sb, int64_t* off_a, int64_t* off_b) {

@@ -181,6 +181,7 @@ PYENGINE_OP("scalar_backward", "elementwise", "Gradient of scalar_forward: da +=
 
 PYENGINE_UNARY_OP(relu, "max(x, 0), elementwise.", "x")
 PYENGINE_UNARY_OP(gelu, "GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), elementwise.", "x")
+PYENGINE_UNARY_OP(gelu_erf, "GELU, exact form: x Phi(x) = 0.5 x erfc(-x / sqrt(2)), elementwise.", "x")
 PYENGINE_UNARY_OP(tanh, "tanh(x), elementwise.", "y")
 PYENGINE_UNARY_OP(exp, "exp(x), elementwise.", "y")
 PYENGINE_UNARY_OP(sigmoid, "1 / (1 + exp(-x)), elementwise.", "y")

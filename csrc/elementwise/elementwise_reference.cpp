@@ -59,6 +59,12 @@ void gelu_forward(float* y, const float* x, int64_t n) {
 void gelu_backward(float* dx, const float* dy, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * ew::gelu_grad(x[i]);
 }
+void gelu_erf_forward(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = ew::gelu_erf(x[i]);
+}
+void gelu_erf_backward(float* dx, const float* dy, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * ew::gelu_erf_grad(x[i]);
+}
 void tanh_forward(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
 }

@@ -86,6 +86,7 @@ inline vfloat activate(vfloat v, Activation activation) {
   switch (activation) {
     case Activation::relu: return v < vfloat{} ? vfloat{} : v;  // NaN stays NaN
     case Activation::gelu: return simd::gelu(v);
+    case Activation::gelu_erf: return simd::gelu_erf(v);
     case Activation::none: break;
   }
   return v;

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from pyengine import functional as F
+from pyengine import ops as O
 from pyengine.nn.module import Module, Parameter
 from pyengine.random import default_generator
 
@@ -102,13 +103,18 @@ class ReLU(Module):
 
 
 class GELU(Module):
-    """GELU with the tanh approximation."""
+    """GELU as torch.nn.GELU: exact (approximate='none', the default) or the tanh form ('tanh')."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        O.gelu_kernel(approximate)  # checked here, not at the first call
+        self.approximate = approximate
 
     def forward(self, x):
-        return F.gelu(x)
+        return F.gelu(x, approximate=self.approximate)
 
     def extra_repr(self) -> str:
-        return "approximate='tanh'"  # what torch's GELU(approximate='tanh') prints
+        return f"approximate={self.approximate!r}"  # as torch prints it
 
 
 class Tanh(Module):

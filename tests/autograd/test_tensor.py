@@ -113,9 +113,17 @@ def test_unary(name):
     _tf()
     t_fn = UNARY[name][2]
     kind = "positive" if name in POSITIVE_DOMAIN else "away" if name in ("relu", "abs") else "normal"
-    check_tensor_op([(4, 33)], lambda x: getattr(x, name)(), t_fn, kinds=kind, atol=1e-5, rtol=1e-5)
-    if hasattr(F, name):
-        check_tensor_op([(4, 33)], getattr(F, name), t_fn, kinds=kind, atol=1e-5, rtol=1e-5)
+    method, functional = name, name
+    if name.startswith("gelu"):  # the kernels gelu (tanh form) and gelu_erf are x.gelu's `approximate`
+        approximate = "none" if name == "gelu_erf" else "tanh"
+        method = functional = "gelu"
+    else:
+        approximate = None
+    args = () if approximate is None else (approximate,)
+    check_tensor_op([(4, 33)], lambda x: getattr(x, method)(*args), t_fn, kinds=kind, atol=1e-5, rtol=1e-5)
+    if hasattr(F, functional):
+        check_tensor_op([(4, 33)], lambda x: getattr(F, functional)(x, *args), t_fn, kinds=kind, atol=1e-5,
+                        rtol=1e-5)
 
 
 @pytest.mark.parametrize("lo,hi", [(-0.5, 0.5), (0.0, None), (None, 0.25)])
@@ -279,7 +287,7 @@ def test_composite_mlp_expression():
     target = np.array([1, 0, 2, 2, 1], dtype=np.int64)
 
     def pe_fn(x, w1, b1, g, beta, w2):
-        h = F.gelu(F.linear(x, w1, b1))
+        h = F.gelu(F.linear(x, w1, b1), approximate="tanh")
         h = F.layer_norm(h, g, beta)
         logits = (h @ w2).tanh() * 3.0
         return F.cross_entropy(logits, target) + (w1 ** 2).sum() * 0.01
@@ -541,7 +549,7 @@ def test_gradients_agree_across_isa_levels(level):
     # the same composite expression at each ISA level against PyTorch
     with pe.use_isa(level):
         test_composite_mlp_expression()
-        check_tensor_op([(3, 37), (37,)], lambda a, b: ((a - b) * (a / (b * b + 1.0))).gelu(),
+        check_tensor_op([(3, 37), (37,)], lambda a, b: ((a - b) * (a / (b * b + 1.0))).gelu("tanh"),
                         lambda a, b: __import__("torch").nn.functional.gelu(
                            (a - b) * (a / (b * b + 1.0)), approximate="tanh"),
                         atol=1e-5, rtol=1e-4)

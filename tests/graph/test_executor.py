@@ -23,7 +23,7 @@ STEPS = 5
 
 def _mlp(seed, d_in=8, hidden=32, classes=4):
     pe.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.GELU(),
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.GELU(approximate="tanh"),
                          nn.LayerNorm(hidden), nn.Linear(hidden, classes))
 
 
@@ -39,7 +39,7 @@ class _TokenModel(nn.Module):
         self.classes = classes
 
     def forward(self, x):
-        h = F.gelu(F.linear(x, self.up.weight, self.up.bias))  # (B, T, hidden)
+        h = F.gelu(F.linear(x, self.up.weight, self.up.bias), approximate="tanh")  # (B, T, hidden)
         h = h + self.norm(h).tanh()                              # residual: h used twice
         logits = self.down(h)                                    # (B, T, classes)
         return logits.reshape(-1, self.classes)
@@ -291,8 +291,8 @@ def test_replay_of_non_adjacent_sum_has_no_transient_allocations():
 
 def _bigger_model_graph():
     pe.manual_seed(15)
-    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64),
-                          nn.ReLU(), nn.LayerNorm(64), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.GELU("tanh"), nn.Linear(64, 64),
+                          nn.ReLU(), nn.LayerNorm(64), nn.Linear(64, 64), nn.GELU("tanh"), nn.Linear(64, 10))
     xs, ys = _mlp_data(seed=16, steps=1, batch=32, d_in=16, classes=10)
     return _capture_training(model, _sgd(model), xs[0], ys[0]), model
 
@@ -471,7 +471,7 @@ def test_replay_does_not_apply_stale_grads_of_unused_parameters():
 
 def _fusion_model(seed):
     pe.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 4))
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU("tanh"), nn.Linear(32, 4))
 
 
 def test_matmul_and_its_only_activation_run_as_one_fused_step():

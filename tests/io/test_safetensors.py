@@ -9,7 +9,7 @@ from pyengine import Tensor, io, nn
 
 def _model(seed):
     pyengine.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.LayerNorm(7), nn.Linear(7, 3))
+    return nn.Sequential(nn.Linear(5, 7), nn.GELU("tanh"), nn.LayerNorm(7), nn.Linear(7, 3))
 
 
 def test_round_trip_restores_every_parameter(tmp_path):

@@ -18,7 +18,7 @@ F32 = np.float32
 
 def _model(seed: int):
     pe.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.LayerNorm(7), nn.Linear(7, 3))
+    return nn.Sequential(nn.Linear(5, 7), nn.GELU("tanh"), nn.LayerNorm(7), nn.Linear(7, 3))
 
 
 def _trained_optimizer(model):

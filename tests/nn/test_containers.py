@@ -26,7 +26,7 @@ def _convs(lib):
 
 
 def _gelu_tanh(lib):
-    return lib.GELU(approximate="tanh") if lib is tnn else lib.GELU()
+    return lib.GELU(approximate="tanh")
 
 
 def _nested(lib):

@@ -113,7 +113,7 @@ def _data(seed=4):
 
 def _model(seed=5):
     pe.manual_seed(seed)
-    return nn.Sequential(nn.Linear(10, 32), nn.GELU(), nn.Linear(32, 4))
+    return nn.Sequential(nn.Linear(10, 32), nn.GELU("tanh"), nn.Linear(32, 4))
 
 
 def _torch_model(model):
