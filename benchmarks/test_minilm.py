@@ -23,9 +23,13 @@ STEPS = 128
 BATCHES = (1, 64)
 IMPLS = ("pyengine", "torch", "onnxruntime")
 
+HIDDEN, INTERMEDIATE, LAYERS = 384, 1536, 6
+# Multiply-adds x 2 of one sentence: the four projections, the two feed-forward GEMMs, q k^T and p v.
+FLOPS_PER_SENTENCE = LAYERS * (2 * STEPS * (4 * HIDDEN**2 + 2 * HIDDEN * INTERMEDIATE) + 4 * STEPS**2 * HIDDEN)
+
 CASES = [Case("minilm_encode", "step", f"minilm embed batch {batch} x seq {STEPS}", (batch, STEPS),
               spec=batch, rounds=50 if batch == 1 else 7, warmup_rounds=3 if batch == 1 else 1,
-              info=(("sentences", batch),))
+              flops=batch * FLOPS_PER_SENTENCE, info=(("sentences", batch),))
          for batch in BATCHES]
 
 _STATE = {}  # the models, loaded once per session, and pyengine's embeddings per batch (the reference)
