@@ -12,10 +12,7 @@ state (dropout streams), the model configuration and the vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -23,9 +20,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 import pyengine
-from pyengine import optim
+from pyengine import optim, train_state
 from pyengine.data.text import CharVocab, WindowSampler, load_text_corpus
 from pyengine.models.gpt import GPT, GPTConfig
+from pyengine.train_state import CheckpointError
 
 __all__ = ["GPTTrainConfig", "train_gpt", "load_checkpoint", "CheckpointError"]
 
@@ -58,10 +56,6 @@ class GPTTrainConfig:
     checkpoint: str | None = "checkpoints/gpt.safetensors"
     resume: bool = False
     progress: bool = True
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, foreign, or of another configuration."""
 
 
 def learning_rate(config: GPTTrainConfig, step: int) -> float:
@@ -98,36 +92,16 @@ class Run:
 
     def save(self, path: str) -> None:
         pyengine.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                       "step": self.step, "sampler": _json_state(self.sampler.state()),
+                       "step": self.step, "sampler": train_state.json_state(self.sampler.state()),
                        "random": pyengine.random.get_rng_state(),
                        "model_config": self.model.config.to_dict(), "vocab": "".join(self.vocab.chars),
                        "train_config": {k: v for k, v in asdict(self.config).items() if k != "resume"}}, path)
 
 
-def _json_state(state: dict) -> dict:
-    """A generator's state with its big integers as strings (JSON keeps 64-bit at most)."""
-    return {k: (_json_state(v) if isinstance(v, dict) else str(v) if isinstance(v, int) else v)
-            for k, v in state.items()}
-
-
-def _from_json_state(state: dict) -> dict:
-    return {k: (_from_json_state(v) if isinstance(v, dict) else int(v) if isinstance(v, str) and v.lstrip("-")
-                .isdigit() else v) for k, v in state.items()}
-
-
 def load_checkpoint(path: str) -> dict:
     """The saved dict of a `pyengine train gpt` checkpoint; CheckpointError
     (one line) for a missing file or a file that is not such a checkpoint."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        saved = pyengine.load(path)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    missing = [k for k in ("model", "model_config", "vocab") if k not in saved]
-    if missing:
-        raise CheckpointError(f"{path} is not a pyengine GPT checkpoint (no {', '.join(missing)})")
-    return saved
+    return train_state.load_run(path, ("model", "model_config", "vocab"), "pyengine GPT")
 
 
 def model_from_checkpoint(saved: dict, path: str) -> tuple:
@@ -162,7 +136,7 @@ def _resume(run: Run, path: str) -> None:
         raise CheckpointError(f"{path} was trained on another vocabulary (another text)")
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
-    run.sampler.set_state(_from_json_state(saved["sampler"]))
+    run.sampler.set_state(train_state.from_json_state(saved["sampler"]))
     pyengine.random.set_rng_state(saved["random"])
     run.step = int(saved["step"])
 
@@ -199,7 +173,7 @@ def train_gpt(config: GPTTrainConfig, log=print, on_step=None) -> dict:
     losses by step. Ctrl-C (or a KeyboardInterrupt raised by
     `on_step(step, loss)`) stops at the end of the current step, saves a
     checkpoint there and returns with "interrupted": True."""
-    with _sigint_stops() as stop:  # from here on, Ctrl-C ends the run at a step boundary
+    with train_state.sigint_stops() as stop:  # from here on, Ctrl-C ends the run at a step boundary
         corpus = load_text_corpus(config.data)
         run = _new_run(config, corpus)
         if config.resume:
@@ -245,36 +219,13 @@ def _loop(run: Run, graph, metrics: dict, progress, stop: threading.Event, on_st
             progress.write(f"step {run.step}: train loss {loss:.4f}, val loss {metrics['val_loss']:.4f}")
             if config.checkpoint:
                 run.save(config.checkpoint)
-        try:
-            if on_step is not None:
-                on_step(run.step, loss)
-        except KeyboardInterrupt:
-            stop.set()
-        if stop.is_set() and run.step < config.max_steps:
+        if train_state.stop_requested(stop, on_step, run.step, loss) and run.step < config.max_steps:
             return True
     return False
 
 
-@contextlib.contextmanager
-def _sigint_stops():
-    """An event that SIGINT sets (instead of raising KeyboardInterrupt
-    inside a kernel call), in the main thread; elsewhere signals are not ours."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _progress(config: GPTTrainConfig, start: int):
-    from tqdm import tqdm
-
-    return tqdm(total=config.max_steps, initial=start, disable=not config.progress, unit="step",
-                desc="train gpt", dynamic_ncols=True)
+    return train_state.progress_bar(config.max_steps, start, config.progress, "train gpt")
 
 
 def config_from_args(args) -> GPTTrainConfig:

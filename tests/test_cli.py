@@ -11,6 +11,7 @@ from pyengine import io
 from pyengine.cli import main
 from pyengine.models import CNN, MLP
 from pyengine.train import MLPConfig, train_mlp
+from pyengine.train_cnn import model_from_checkpoint
 
 
 def test_info_reports_version_isa_threads_and_cuda(capsys):
@@ -64,7 +65,8 @@ def test_train_cnn_command_reaches_97_percent_and_saves_a_checkpoint(tmp_path, c
     assert len(accuracy_lines) == 1
     value = float(accuracy_lines[0].split(": ")[1])
     assert value >= 0.97
-    model = io.load_into(CNN(), checkpoint)
+    model = model_from_checkpoint(str(checkpoint))
+    assert isinstance(model, CNN)
     from pyengine.data import load_digits
     from pyengine.train import accuracy
 

@@ -16,6 +16,7 @@ from pyengine import functional as F
 from pyengine import io, nn, optim
 from pyengine.cli import main
 from pyengine.models import LeNet5, ResNet
+from pyengine.train_cnn import model_from_checkpoint
 
 pytestmark = pytest.mark.skipif(torch is None, reason="needs torch")
 
@@ -210,8 +211,8 @@ def test_train_cnn_command_runs_and_checkpoints(model, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("test accuracy: 0.") and len(lines[-1]) == len("test accuracy: 0.xxxx")
     assert 0.0 <= float(lines[-1].split(": ")[1]) <= 1.0  # one epoch: the recipe's accuracy is the slow test's
-    net = LeNet5() if model == "lenet" else ResNet((1, 1), (4, 8))
-    io.load_into(net, checkpoint)
+    net = model_from_checkpoint(str(checkpoint))
+    assert isinstance(net, LeNet5 if model == "lenet" else ResNet)
     if model == "resnet":
         assert net.bn1.num_batches_tracked.item() == 1437 // 32
 
