@@ -1,6 +1,6 @@
 """The activations, unary math and the Adam step added with the op registry, beside their peers.
 
-- each one-input kernel (sigmoid, silu, sqrt, rsqrt, log, abs, square, clamp) on (4096, 3072):
+- each one-input kernel (sigmoid, silu, sqrt, rsqrt, log, abs, square, clamp, exact GELU) on (4096, 3072):
   forward, and forward+backward for sigmoid and silu (the gated feed-forwards' activations);
 - ``adam_update`` (AdamW, decoupled decay) on a 10M-element parameter.
 
@@ -21,6 +21,13 @@ import pyengine.kernels as K
 from base import Case, kernel, parametrize, run
 
 _f32 = np.float32
+
+
+def _erf(x):
+    from scipy.special import erf  # scipy comes with scikit-learn
+
+    return erf(x)
+
 ROWS = (4096, 3072)
 PARAMS = (10_000_000,)
 LR, STEP, BETAS, EPS, DECAY = 1e-3, 10, (0.9, 0.999), 1e-8, 0.01
@@ -36,6 +43,7 @@ UNARY = {
     "abs": (lambda x, y: np.abs(x, out=y), "abs"),
     "square": (lambda x, y: np.multiply(x, x, out=y), "square"),
     "clamp": (lambda x, y: np.clip(x, *CLAMP, out=y), "clamp"),
+    "gelu_erf": (lambda x, y: np.multiply(0.5 * x, 1 + _erf(x / np.sqrt(_f32(2))), out=y), "gelu"),  # exact GELU
 }
 WITH_BACKWARD = ("sigmoid", "silu")
 
