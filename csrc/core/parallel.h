@@ -72,8 +72,13 @@ inline void parallel_for(bool parallel, int64_t count, Fn&& fn) {
 }
 
 // fn(begin, end) over [0, n) in chunks of `chunk` (the last may be shorter).
+// Nothing to do (n <= 0) makes no call; a chunk below one counts as one, so a
+// width computed from an empty dimension (embedding rows of width 0) cannot
+// divide by zero.
 template <typename Fn>
 inline void parallel_chunks(bool parallel, int64_t n, int64_t chunk, Fn&& fn) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(chunk, 1);
   parallel_for(parallel, (n + chunk - 1) / chunk, [&](int64_t c) {
     const int64_t begin = c * chunk;
     fn(begin, std::min(n, begin + chunk));

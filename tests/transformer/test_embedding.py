@@ -67,6 +67,17 @@ def test_repeated_indices_sum_in_row_order(isa):
     assert not dweight[[0, 1, 3]].any()
 
 
+@pytest.mark.parametrize("vocab,dim,rows", [(5, 0, 7), (5, 3, 0), (5, 0, 0)])
+def test_empty_rows_and_zero_width_embeddings(isa, vocab, dim, rows):
+    # A width of 0 once made the column split of the backward a chunk of 0,
+    # and parallel_chunks divided by it (SIGFPE): found by the Tensor fuzzing.
+    weight, idx, dout = _case(5, vocab, dim, (rows,))
+    assert _C.embedding_forward(None, weight, idx).shape == (rows, dim)
+    dweight = np.full((vocab, dim), 0.5, F32)
+    _C.embedding_backward(dweight, dout, weight, idx)
+    np.testing.assert_array_equal(dweight, np.full((vocab, dim), 0.5, F32))
+
+
 def test_results_do_not_depend_on_thread_count(restore_threads):
     weight, idx, dout = _case(4, 97, 200, (2048,))
     idx[::3] = 5  # many repeats
