@@ -9,48 +9,13 @@ long run). `pytest -s` prints the cases run per op.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import fuzz_cases
-
-CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_child.py")
-
-
-def _run_children(names: list, max_examples: int, progress: str) -> tuple[dict, list]:
-    results, failures = {}, []
-    remaining = list(names)
-    while remaining:
-        proc = subprocess.run([sys.executable, CHILD, progress, str(max_examples), *remaining],
-                              capture_output=True, text=True, timeout=1200)
-        for line in proc.stdout.splitlines():
-            if line.startswith("{"):
-                entry = json.loads(line)
-                results[entry["op"]] = entry
-                if entry["failure"]:
-                    failures.append(f"{entry['op']}: {entry['failure']}")
-        remaining = [n for n in remaining if n not in results]
-        if proc.returncode != 0 or remaining:
-            with open(progress) as file:
-                last = file.read().strip()
-            crashed = remaining.pop(0) if remaining else "?"
-            failures.append(f"{crashed}: the child died (exit {proc.returncode}) in case {last}; "
-                            f"stderr: {proc.stderr[-1500:]}")
-            results[crashed] = {"op": crashed, "cases": "crashed"}
-    return results, failures
+from fuzz_child import print_counts, run_children
 
 
 def test_every_kernel_survives_fuzzing(tmp_path, request):
     max_examples = request.config.getoption("--fuzz-examples")
     names = fuzz_cases.Valid.ops()
-    results, failures = _run_children(names, max_examples, str(tmp_path / "progress.json"))
-    print(f"\nfuzz cases per op ({max_examples} drawn each): ok / clear error / MemoryError")
-    for name in names:
-        r = results[name]
-        print(f"  {name:32s} {r['cases']!s:>6} cases: {r.get('ok', '-')} ok, {r.get('error', '-')} errors, "
-              f"{r.get('memory', '-')} MemoryError")
-    total = sum(r["cases"] for r in results.values() if isinstance(r["cases"], int))
-    print(f"  total: {total} cases over {len(names)} kernels")
+    results, failures = run_children("fuzz_cases", names, max_examples, str(tmp_path / "progress.json"))
+    print_counts("kernels", names, results, max_examples)
     assert not failures, "\n".join(failures)
