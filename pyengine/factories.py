@@ -99,6 +99,11 @@ def _dims(fn: str, sizes) -> tuple:
                             f"got {type(dim).__name__} in {tuple(sizes)}")
         if dim < 0:
             raise ValueError(f"{fn}: size must be non-negative, got {tuple(sizes)}")
+    # numpy cannot even describe a shape whose non-zero dims multiply past 2^63 (empty or not): say so here
+    # rather than let its bare "Maximum allowed dimension exceeded" (or an OverflowError) through
+    if int(np.prod([int(d) for d in sizes if d], dtype=object)) >= 2**63:
+        raise ValueError(f"{fn}: size {tuple(int(d) for d in sizes)} is beyond what an array can describe "
+                         f"(the non-zero dims multiply past 2^63)")
     return tuple(int(dim) for dim in sizes)
 
 

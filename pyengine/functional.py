@@ -27,8 +27,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     Leading dims of x are folded into one matrix (a view), so the whole batch
     is a single GEMM with the bias added in its epilogue.
     """
+    for what, t in (("input", x), ("weight", weight)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"linear: {what} must be a Tensor, got {type(t).__name__}")
+    if x.ndim < 1 or weight.ndim != 2:  # a 0-d input had x.shape[-1] raise a bare IndexError
+        raise ValueError(f"linear: input {x.shape} needs at least one dim and weight {weight.shape} must be "
+                         f"(out_features, in_features)")
     lead = x.shape[:-1]
-    flat = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+    # the row count spelled out: reshape(-1, 0) of an empty input is ambiguous
+    flat = x if x.ndim == 2 else x.reshape(int(np.prod(lead, dtype=np.int64)), x.shape[-1])
     inputs = (flat, weight) if bias is None else (flat, weight, bias)
     y = apply(O.MatMul(trans_b=True), *inputs)
     return y if x.ndim == 2 else y.reshape(*lead, weight.shape[0])
@@ -218,6 +225,11 @@ def _operands(fn: str, input, target, broadcast: bool) -> Tensor:
     if target.shape != input.shape:
         if not broadcast:
             raise ValueError(f"{fn}: target size {target.shape} must be the same as input size {input.shape}")
+        try:
+            np.broadcast_shapes(input.shape, target.shape)
+        except ValueError:
+            raise ValueError(f"{fn}: target size {target.shape} does not broadcast with input size "
+                             f"{input.shape}") from None
         warnings.warn(f"{fn}: using a target size ({target.shape}) that is different to the input size "
                       f"({input.shape}); they will broadcast", UserWarning, stacklevel=3)
     return target

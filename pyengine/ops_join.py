@@ -168,6 +168,17 @@ def narrow_op(shape: tuple, dim: int, start: int, length: int) -> Narrow:
     return (NarrowView if contiguous else Narrow)(dim, start, length)
 
 
+# The most pieces split/chunk hand back: each is a Tensor object, so a count such as 2^31 (torch's
+# answer for chunk(2**31) of an empty dim) would run for hours and fill memory before returning.
+MAX_PIECES = 1 << 20
+
+
+def _check_pieces(fn: str, count: int, size: int) -> None:
+    if count > MAX_PIECES:
+        raise ValueError(f"{fn}: {count} pieces of a dim of size {size} is more than the {MAX_PIECES} "
+                         f"pyengine hands back (each piece is a Tensor)")
+
+
 def split_sizes(fn: str, size: int, split_size_or_sections) -> list:
     """The lengths of the pieces of a dim of `size`, as torch.split: an int
     gives pieces of that length (the last shorter), a list the lengths."""
@@ -177,11 +188,13 @@ def split_sizes(fn: str, size: int, split_size_or_sections) -> list:
             raise ValueError(f"{fn}: split_size must be positive for a dim of size {size}, got {step}")
         if size == 0:
             return [0]
+        _check_pieces(fn, -(-size // step), size)
         return [min(step, size - start) for start in range(0, size, step)]
     if not isinstance(split_size_or_sections, (list, tuple)) or \
             not all(_is_int(s) for s in split_size_or_sections):
         raise TypeError(f"{fn}: split_size_or_sections must be an int or a list of ints, got "
                         f"{split_size_or_sections!r}")
+    _check_pieces(fn, len(split_size_or_sections), size)
     sections = [int(s) for s in split_size_or_sections]
     if any(s < 0 for s in sections) or sum(sections) != size:
         raise ValueError(f"{fn}: split_with_sizes expects split_sizes to sum exactly to {size} (the size of "
@@ -196,6 +209,7 @@ def chunk_sizes(size: int, chunks) -> list:
     if chunks <= 0:
         raise ValueError(f"chunk: chunks must be greater than 0, got {chunks}")
     if size == 0:
+        _check_pieces("chunk", int(chunks), size)
         return [0] * int(chunks)  # as torch: that many empty pieces
     return split_sizes("chunk", size, -(-size // int(chunks)))
 

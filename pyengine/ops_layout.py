@@ -260,7 +260,7 @@ class Getitem(O.Op):
         probe = np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)  # no memory: checks the index
         try:
             shape = probe[self.index].shape
-        except IndexError as error:
+        except (IndexError, OverflowError) as error:  # x[2**63]: numpy cannot even hold the int
             raise IndexError(f"Tensor.__getitem__: {error} (tensor of shape {tuple(x.shape)})") from None
         return [O.Spec(shape, x.dtype)]
 

@@ -190,7 +190,8 @@ def var_setup(fn: str, shape: tuple, dim, unbiased, correction) -> tuple:
         raise TypeError(f"{fn}: correction must be a number, got {type(correction).__name__}")
     axes = normalize_dims(dim, len(shape), fn)
     count = int(np.prod([shape[a] for a in axes], dtype=np.int64))
-    divisor = max(0.0, count - float(correction))
+    # no elements: NaN whatever the correction (a negative one must not turn 0 / 0 into 0 / 1), as torch
+    divisor = max(0.0, count - float(correction)) if count else 0.0
     if divisor == 0:
         warnings.warn(f"{fn}(): degrees of freedom is <= 0 (N = {count}, correction = {correction})",
                       RuntimeWarning, stacklevel=3)

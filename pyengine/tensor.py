@@ -182,6 +182,9 @@ class Tensor:
             seed = np.ones(self.shape, dtype=np.float32)
         else:
             seed = np.array(grad.data if isinstance(grad, Tensor) else grad, dtype=np.float32).reshape(self.shape)
+        if self._node is None:  # backward of a leaf (x.contiguous() of a contiguous x is x): its grad is seed
+            _grad_buffer(self, {})[...] += seed
+            return
         order = topological_order([self], _differentiable_parents)
         grads = {id(self): seed}
         for tensor in reversed(order):
@@ -412,13 +415,20 @@ def apply(op: O.Op, *inputs: Tensor) -> Tensor:
     for t in inputs:
         if not isinstance(t, Tensor):
             raise TypeError(f"{op.name}: expected Tensor inputs, got {type(t).__name__}")
-    specs = [O.Spec(t.shape, t.dtype) for t in inputs]
-    out_specs = op.infer(*specs)
-    if op.is_view:
-        outputs = [op.view_of(inputs[0].data, out_specs[0])]
-    else:
-        outputs = [np.empty(s.shape, dtype=s.dtype) for s in out_specs]
-        op.forward(outputs, [t.data for t in inputs])
+    try:
+        specs = [O.Spec(t.shape, t.dtype) for t in inputs]
+        out_specs = op.infer(*specs)
+        if op.is_view:
+            outputs = [op.view_of(inputs[0].data, out_specs[0])]
+        else:
+            outputs = [np.empty(s.shape, dtype=s.dtype) for s in out_specs]
+            op.forward(outputs, [t.data for t in inputs])
+    except (ValueError, TypeError) as error:
+        # every error says which Tensor-level op it came from, not only the kernel below it
+        # (a failed broadcast in `x + y` said "binary_forward: ...", never "add")
+        if str(error).startswith(op.name):
+            raise
+        raise type(error)(f"{op.name}: {error}") from error
     # Integer results (indices) never require grad, whatever their inputs do.
     requires_grad = (_state.grad_enabled and out_specs[0].dtype == O.F32
                      and any(t.requires_grad for t in inputs))

@@ -2,6 +2,7 @@
 // vectorizes them for the variant's ISA; exp uses the SIMD polynomial.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "core/kernel_list.inc"
@@ -329,9 +330,14 @@ void square_forward(float* y, const float* x, int64_t n) {
 void square_backward(float* dx, const float* dy, const float* x, int64_t n) {
   accumulate_vector_grad(dx, dy, x, n, [](simd::vfloat v) { return simd::splat(2.0f) * v; });
 }
-// NaN stays NaN; the gradient passes where lo <= x <= hi, as in PyTorch.
+// min(max(x, lo), hi) as PyTorch: NaN stays NaN, a NaN bound gives NaN everywhere, and lo > hi
+// gives hi everywhere; the gradient passes where lo <= x <= hi (nowhere for a NaN bound).
 void clamp_forward(float* y, const float* x, float lo, float hi, int64_t n) {
-  map_unary(y, x, n, [lo, hi](float v) { return v < lo ? lo : v > hi ? hi : v; });
+  const bool nan_bound = std::isnan(lo) || std::isnan(hi);
+  map_unary(y, x, n, [lo, hi, nan_bound](float v) {
+    const float above_lo = v < lo ? lo : v;
+    return nan_bound ? std::numeric_limits<float>::quiet_NaN() : above_lo > hi ? hi : above_lo;
+  });
 }
 void clamp_backward(float* dx, const float* dy, const float* x, float lo, float hi, int64_t n) {
   accumulate_grad(dx, dy, x, n, [lo, hi](float v) { return v >= lo && v <= hi ? 1.0f : 0.0f; });
