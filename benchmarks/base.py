@@ -43,7 +43,7 @@ import pyengine.kernels as K
 from pyengine import registry
 
 IMPLS = ("pyengine", "numpy", "torch", "numba")
-REQUIRES = {"torch": "torch", "numba": "numba"}  # impl -> module it needs, skipped without
+REQUIRES = {"torch": "torch", "torch-cl": "torch", "numba": "numba"}  # impl -> module it needs, skipped without
 REFERENCE = "pyengine"  # every peer's outputs are checked against its
 RTOL = 1e-3  # loose: the check only guards against timing a wrong kernel
 BACKWARD_PASSES = ("backward", "forward+backward")
