@@ -49,6 +49,12 @@ constexpr int64_t kPoints = kInput * kInput;
 // Tiles a chunk: its V and M stay in L2 (3x3 64->64 at 56x56, batch 8, one
 // thread, a loaded host: 64 tiles 11.8 ms, 128 13.3, 256 18.9, 512 18.5).
 constexpr int64_t kChunkTiles = 64;
+// The weight gradient sums its chunks in up to kRanges runs, each into its
+// own dU partial, within kPartialBudget floats (16 MiB) of partials; as in
+// conv2d.cpp's backward, a fixed number so that the sums do not depend on the
+// thread count.
+constexpr int64_t kRanges = 4;
+constexpr int64_t kPartialBudget = int64_t(1) << 22;
 
 // z (6 values, a stride apart) -> BT z, the input transform of one line.
 template <typename T>
@@ -427,20 +433,15 @@ void winograd_conv(float* out, const float* in, const float* w, const float* bia
 
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const WinogradProblem& p) {
   const Tiling t(p);
-  ScratchFrame frame;  // dU, then each chunk's V and A dY AT
-  float* du = frame.floats(static_cast<size_t>(kPoints * p.Ko * p.Ci));
+  const int64_t size = kPoints * p.Ko * p.Ci;  // dU
   const bool threads = !in_parallel_region();
-  parallel_chunks(threads && kPoints * p.Ko * p.Ci >= PYENGINE_PARALLEL_MIN_WORK, kPoints * p.Ko * p.Ci, 16384,
-                  [&](int64_t begin, int64_t end) { std::fill(du + begin, du + end, 0.0f); });
-  // The chunks go in order, the threads splitting each pass: the 36 sums
-  // dU[e] each belong to one thread, so no partial sums and any thread count
-  // gives the same bits.
-  for (int64_t index = 0; index < t.chunks; ++index) {
+  // dU_into += the chunk's sums; `split`: the threads share each pass.
+  auto chunk = [&](int64_t index, float* du_into, bool split) {
     const int64_t row0 = t.first_row(index), row1 = t.first_row(index + 1), columns = (row1 - row0) * t.TW;
-    ScratchFrame scratch;
+    ScratchFrame scratch;  // the chunk's V and A dY AT
     float* v = scratch.floats(static_cast<size_t>(kPoints * p.Ci * columns));
     float* g = scratch.floats(static_cast<size_t>(kPoints * p.Ko * columns));
-    const bool split = threads && p.Ci * columns * kPoints >= PYENGINE_PARALLEL_MIN_WORK;
+    split = split && p.Ci * columns * kPoints >= PYENGINE_PARALLEL_MIN_WORK;
     transform_input_chunk(v, x, p, t, row0, row1, split);
     parallel_for(split, p.Ko, [&](int64_t ko) {
       ScratchFrame own;  // the rows and phases, on the thread taking this channel
@@ -455,8 +456,31 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Wino
     });
     parallel_for(split, kPoints, [&](int64_t e) {  // dU[e] (Ko, Ci) += G[e] (Ko, columns) . V[e]^T
       const float* ve = v + e * p.Ci * columns;
-      matmul_backward(du + e * p.Ko * p.Ci, nullptr, nullptr, g + e * p.Ko * columns, ve, ve, 1, p.Ko, columns,
-                      p.Ci, false, false, 0, 0);
+      matmul_backward(du_into + e * p.Ko * p.Ci, nullptr, nullptr, g + e * p.Ko * columns, ve, ve, 1, p.Ko,
+                      columns, p.Ci, false, false, 0, 0);
+    });
+  };
+  // In `ranges` runs of consecutive chunks, each summing into its own dU
+  // partial, the runs spread over the threads (no barrier inside a chunk),
+  // then the partials summed in order; with too little room for partials
+  // the chunks go in order, the threads splitting each pass (dU[e] each
+  // one thread's). `ranges` depends on the shapes only: any thread count
+  // gives the same bits.
+  const int64_t ranges = std::min({t.chunks, kRanges, std::max<int64_t>(1, kPartialBudget / size)});
+  ScratchFrame frame;  // dU, or its partials
+  float* du = frame.floats(static_cast<size_t>(ranges * size));
+  parallel_chunks(threads && ranges * size >= PYENGINE_PARALLEL_MIN_WORK, ranges * size, 16384,
+                  [&](int64_t begin, int64_t end) { std::fill(du + begin, du + end, 0.0f); });
+  if (ranges < 2) {
+    for (int64_t index = 0; index < t.chunks; ++index) chunk(index, du, threads);
+  } else {
+    parallel_for(threads && thread_count() > 1, ranges, [&](int64_t r) {
+      for (int64_t index = r * t.chunks / ranges; index < (r + 1) * t.chunks / ranges; ++index)
+        chunk(index, du + r * size, false);
+    });
+    parallel_chunks(threads && size >= PYENGINE_PARALLEL_MIN_WORK, size, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t r = 1; r < ranges; ++r)
+        for (int64_t i = begin; i < end; ++i) du[i] += du[r * size + i];
     });
   }
   weight_from_points(dw, du, p);
