@@ -20,75 +20,17 @@ from pyengine.train_cnn import model_from_checkpoint
 
 pytestmark = pytest.mark.skipif(torch is None, reason="needs torch")
 
-# ---------------------------------------------------------------- the same networks in torch
-
-
-def torch_lenet(size=8):
-    tnn = torch.nn
-
-    class LeNet(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            pad2 = 0 if size >= 20 else 2
-            self.conv1, self.conv2 = tnn.Conv2d(1, 6, 5, padding=2), tnn.Conv2d(6, 16, 5, padding=pad2)
-            side = (size // 2 + 2 * pad2 - 4) // 2
-            self.fc1, self.fc2, self.fc3 = tnn.Linear(16 * side * side, 120), tnn.Linear(120, 84), tnn.Linear(84, 10)
-
-        def forward(self, x):
-            f = torch.nn.functional
-            h = f.max_pool2d(f.relu(self.conv2(f.max_pool2d(f.relu(self.conv1(x)), 2))), 2)
-            return self.fc3(f.relu(self.fc2(f.relu(self.fc1(h.flatten(1))))))
-
-    return LeNet()
-
-
-def torch_resnet(blocks, widths):
-    tnn = torch.nn
-
-    class Block(tnn.Module):
-        def __init__(self, cin, c, stride):
-            super().__init__()
-            self.conv1, self.bn1 = tnn.Conv2d(cin, c, 3, stride, 1, bias=False), tnn.BatchNorm2d(c)
-            self.conv2, self.bn2 = tnn.Conv2d(c, c, 3, 1, 1, bias=False), tnn.BatchNorm2d(c)
-            self.downsample = None
-            if stride != 1 or cin != c:
-                self.downsample = tnn.Sequential(tnn.Conv2d(cin, c, 1, stride, bias=False), tnn.BatchNorm2d(c))
-
-        def forward(self, x):
-            h = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(h + (x if self.downsample is None else self.downsample(x)))
-
-    class Net(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn1 = tnn.Conv2d(1, widths[0], 3, 1, 1, bias=False), tnn.BatchNorm2d(widths[0])
-            c = widths[0]
-            for i, (n, w) in enumerate(zip(blocks, widths), 1):
-                layers = [Block(c, w, 1 if i == 1 else 2)] + [Block(w, w, 1) for _ in range(n - 1)]
-                setattr(self, f"layer{i}", tnn.Sequential(*layers))
-                c = w
-            self.fc = tnn.Linear(c, 10)
-
-        def forward(self, x):
-            h = torch.relu(self.bn1(self.conv1(x)))
-            for i in range(1, len(blocks) + 1):
-                h = getattr(self, f"layer{i}")(h)
-            return self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
-
-    return Net()
-
-
 def build_pair(name):
+    from pyengine.models.cnn_torch import to_torch
+
     pyengine.manual_seed(0)
     if name == "lenet":
-        ours, theirs = LeNet5(), torch_lenet()
-    else:  # projection shortcuts in stages 2 and 3, an identity block in stage 2
-        blocks, widths = (1, 2, 1), (4, 8, 12)
-        ours, theirs = ResNet(blocks, widths), torch_resnet(blocks, widths)
-    state = ours.state_dict()
-    assert list(state) == list(theirs.state_dict())
-    theirs.load_state_dict({k: torch.tensor(np.array(v)) for k, v in state.items()})
-    return ours, theirs
+        ours = LeNet5()
+        return ours, to_torch(ours)
+    # projection shortcuts in stages 2 and 3, an identity block in stage 2
+    blocks, widths = (1, 2, 1), (4, 8, 12)
+    ours = ResNet(blocks, widths)
+    return ours, to_torch(ours, blocks=blocks, widths=widths)
 
 
 def digits_batches(count, batch=16, seed=0):
