@@ -25,9 +25,10 @@ The protocol a model implements for ``generate(model, input_ids, ...)``:
   hidden states (B, S, d) float32 numpy; ``model.decode_step(decoder_ids,
   cache, None, encoder_hidden=..., encoder_attention_mask=...)`` -> logits
   (B, V); the cache keeps the cross-attention keys and values computed at its
-  first step (``reorder`` reorders them too). The generator repeats the
-  encoder rows itself (num_beams or num_return_sequences copies per prompt)
-  before the first decoder step.
+  first step (``reorder`` reorders them too). The encoder rows and their mask
+  are passed once per prompt (B' = B / expand rows): the cache's B rows are
+  num_beams or num_return_sequences consecutive copies of each prompt, which
+  share their prompt's cross-attention keys and values.
 
 A decoder-only prompt is run once for the B prompts (the prefill), and the
 cache is then duplicated for the beams (``reorder``); with no padding the

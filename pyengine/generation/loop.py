@@ -100,8 +100,8 @@ class Stepper:
         if self.encoder_decoder:
             hidden = model.encode(input_ids, attention_mask)
             hidden = hidden.numpy() if isinstance(hidden, Tensor) else np.asarray(hidden)
-            self.encoder_hidden = np.ascontiguousarray(hidden[rows])
-            self.encoder_mask = attention_mask[rows]
+            self.encoder_hidden = np.ascontiguousarray(hidden)  # one row per input, for its `expand` rows
+            self.encoder_mask = attention_mask
             self.prompt = decoder_prompt[rows]
             self.cache = model.new_cache(batch * expand, capacity)
             self.mask = None
