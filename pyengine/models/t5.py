@@ -294,6 +294,15 @@ class T5ForConditionalGeneration(nn.Module):
                 "decoder_start_token_id": c.decoder_start_token_id, "is_encoder_decoder": True,
                 "vocab_size": c.vocab_size}
 
+    def use_generation_config(self, settings: dict) -> None:
+        """A generation_config.json's contents: its token ids replace the config's, its other settings
+        become the defaults of generate (``generation_defaults``; see pyengine.generation.config)."""
+        from pyengine.generation.config import split_generation_config
+
+        tokens, self.generation_defaults = split_generation_config(settings)
+        for key, value in tokens.items():
+            setattr(self.config, key, value)
+
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 labels=None):
         if decoder_input_ids is None:
