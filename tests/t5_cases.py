@@ -65,3 +65,9 @@ def padded_batch(vocab: int, seed: int = 1):
     mask[2, :3] = 0
     decoder_mask[0, 5:] = 0
     return ids, mask, decoder_ids, decoder_mask
+
+
+def pyengine_t5(folder, name: str, seed: int = 0):
+    """pyengine's model of a folder that write_t5 wrote."""
+    write_t5(folder, name, seed=seed)
+    return pretrained.from_pretrained(folder)

@@ -11,18 +11,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pyengine.models import pretrained
-
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from t5_cases import padded_batch, relative_error, write_t5  # noqa: E402 - needs transformers
+from t5_cases import padded_batch, pyengine_t5, relative_error  # noqa: E402 - needs transformers
 
 
 @pytest.fixture(scope="module", params=["relu-square", "gated-untied"])
 def model(request, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cache-" + request.param)
-    write_t5(folder, request.param, seed=4)
-    return pretrained.from_pretrained(folder)
+    return pyengine_t5(tmp_path_factory.mktemp("cache-" + request.param), request.param, seed=4)
 
 
 def _pointer(array: np.ndarray) -> int:
