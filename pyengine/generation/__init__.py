@@ -13,6 +13,9 @@ The protocol a model implements for ``generate(model, input_ids, ...)``:
   optionally ``max_length`` (the default when neither max_length nor
   max_new_tokens is given) and ``max_position_embeddings`` (else the default
   is 20 new tokens, at most max_position_embeddings in all, as transformers).
+- optionally ``model.generation_defaults``: the settings of the folder's
+  generation_config.json (``num_beams``, ``max_length``, ...), the defaults
+  of the arguments left at None (pyengine.generation.config).
 - ``model.new_cache(batch, capacity)``: a cache with ``.length`` (positions
   held) and ``.reorder(index)`` (index int64 (B',): rows selected or
   duplicated, for beam search and num_return_sequences).
