@@ -87,8 +87,9 @@ def cmd_train_gpt(args) -> int:
 
 
 # Options both forms of `pyengine generate` take, with their defaults per form: (--checkpoint, --model).
-_SHARED_DEFAULTS = {"max_new_tokens": (200, None), "temperature": (0.8, 1.0), "top_k": (None, 50),
-                    "top_p": (None, 1.0), "seed": (0, None)}
+# --model's None: generate's default (the folder's generation_config.json, else transformers').
+_SHARED_DEFAULTS = {"max_new_tokens": (200, None), "temperature": (0.8, None), "top_k": (None, None),
+                    "top_p": (None, None), "seed": (0, None)}
 
 
 def add_generate(commands, run) -> argparse.ArgumentParser:
@@ -105,9 +106,11 @@ def add_generate(commands, run) -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=shared,
                         help="characters (--checkpoint, default 200) or tokens (--model) to generate")
     parser.add_argument("--temperature", type=float, default=shared,
-                        help="softmax temperature (--checkpoint: default 0.8, 0 is greedy; --model: default 1.0)")
+                        help="softmax temperature (--checkpoint: default 0.8, 0 is greedy; --model: the folder's "
+                             "generation_config.json, else 1.0)")
     parser.add_argument("--top-k", type=int, default=shared,
-                        help="sample among the k most likely (--checkpoint: default all; --model: default 50)")
+                        help="sample among the k most likely (--checkpoint: default all; --model: the folder's "
+                             "generation_config.json, else 50)")
     parser.add_argument("--top-p", type=float, default=shared, help="nucleus sampling mass (default: off)")
     parser.add_argument("--seed", type=int, default=shared,
                         help="seed of the sampling (--checkpoint: default 0; --model: default fresh entropy)")
@@ -119,7 +122,7 @@ def add_generate(commands, run) -> argparse.ArgumentParser:
 
 
 def _given(args, form: int):
-    return lambda name, _default=None: getattr(args, name, _SHARED_DEFAULTS[name][form])
+    return lambda name: getattr(args, name, _SHARED_DEFAULTS[name][form])
 
 
 def cmd_generate(args) -> int:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-# option -> (default, help); shown in --help, applied to the --model form only.
+# option -> (transformers' default, help), applied to the --model form only. An option not given is
+# left to generate: the folder's generation_config.json, else that default.
 MODEL_OPTIONS = {
-    "max_length": (None, "total length of the output in tokens (default: 20 new tokens)"),
+    "max_length": ("20 new tokens", "total length of the output in tokens"),
     "num_beams": (1, "beam search with this many beams (1: greedy, or sampling)"),
     "do_sample": (False, "sample instead of taking the most likely token"),
     "length_penalty": (1.0, "beam search: scores are divided by length ** this"),
@@ -25,21 +26,21 @@ def add_model_options(parser) -> None:
                              "with, instead of --checkpoint")
     for name, (default, text) in MODEL_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
+        shown = f"--model: {text}; default: the folder's generation_config.json, else {default}"
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=f"--model: {text}")
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=shown)
         elif name == "early_stopping":
-            parser.add_argument(flag, choices=("true", "false", "never"), default=default, help=f"--model: {text}")
+            parser.add_argument(flag, choices=("true", "false", "never"), default=argparse.SUPPRESS, help=shown)
         else:
             kind = {int: int, float: float}.get(type(default), int)
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS if default is None else default,
-                                help=f"--model: {text}")
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=shown)
 
 
 _EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
 
 
 def cmd_generate_model(args, given) -> int:
-    """Run the --model form; `given(name, default)` reads an option shared with
+    """Run the --model form; `given(name)` reads an option shared with
     --checkpoint (their defaults differ)."""
     from pyengine.models import from_pretrained
     from pyengine.tokenizer import Tokenizer
@@ -54,14 +55,11 @@ def cmd_generate_model(args, given) -> int:
         prompts = getattr(args, "prompt", ["\n"])
         encoder_decoder = bool(config.get("is_encoder_decoder"))
         batch = tokenizer(prompts, padding=True, padding_side="right" if encoder_decoder else "left")
+        options = {name: getattr(args, name, None) for name in MODEL_OPTIONS}  # None: generate's default
+        options["early_stopping"] = _EARLY_STOPPING.get(options["early_stopping"])
         out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
-                             max_length=getattr(args, "max_length", None), max_new_tokens=given("max_new_tokens", None),
-                             do_sample=args.do_sample, num_beams=args.num_beams,
-                             temperature=given("temperature", 1.0), top_k=given("top_k", 50),
-                             top_p=given("top_p", 1.0), length_penalty=args.length_penalty,
-                             early_stopping=_EARLY_STOPPING[args.early_stopping],
-                             num_return_sequences=args.num_return_sequences,
-                             no_repeat_ngram_size=args.no_repeat_ngram_size, seed=given("seed", None))
+                             max_new_tokens=given("max_new_tokens"), temperature=given("temperature"),
+                             top_k=given("top_k"), top_p=given("top_p"), seed=given("seed"), **options)
     except (FileNotFoundError, ValueError, TypeError, KeyError) as error:
         print(f"pyengine generate: {error}".replace("\n", " "), file=sys.stderr)
         return 2

@@ -13,6 +13,9 @@ The protocol a model implements for ``generate(model, input_ids, ...)``:
   optionally ``max_length`` (the default when neither max_length nor
   max_new_tokens is given) and ``max_position_embeddings`` (else the default
   is 20 new tokens, at most max_position_embeddings in all, as transformers).
+- optionally ``model.generation_defaults``: the settings of the folder's
+  generation_config.json (``num_beams``, ``max_length``, ...), the defaults
+  of the arguments left at None (pyengine.generation.config).
 - ``model.new_cache(batch, capacity)``: a cache with ``.length`` (positions
   held) and ``.reorder(index)`` (index int64 (B',): rows selected or
   duplicated, for beam search and num_return_sequences).
@@ -25,9 +28,10 @@ The protocol a model implements for ``generate(model, input_ids, ...)``:
   hidden states (B, S, d) float32 numpy; ``model.decode_step(decoder_ids,
   cache, None, encoder_hidden=..., encoder_attention_mask=...)`` -> logits
   (B, V); the cache keeps the cross-attention keys and values computed at its
-  first step (``reorder`` reorders them too). The generator repeats the
-  encoder rows itself (num_beams or num_return_sequences copies per prompt)
-  before the first decoder step.
+  first step (``reorder`` reorders them too). The encoder rows and their mask
+  are passed once per prompt (B' = B / expand rows): the cache's B rows are
+  num_beams or num_return_sequences consecutive copies of each prompt, which
+  share their prompt's cross-attention keys and values.
 
 A decoder-only prompt is run once for the B prompts (the prefill), and the
 cache is then duplicated for the beams (``reorder``); with no padding the

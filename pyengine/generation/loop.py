@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyengine.generation.beam import beam_search
+from pyengine.generation.config import resolve_settings
 from pyengine.generation.logits import Processors, sample
 from pyengine.tensor import Tensor, no_grad
 
@@ -100,8 +101,8 @@ class Stepper:
         if self.encoder_decoder:
             hidden = model.encode(input_ids, attention_mask)
             hidden = hidden.numpy() if isinstance(hidden, Tensor) else np.asarray(hidden)
-            self.encoder_hidden = np.ascontiguousarray(hidden[rows])
-            self.encoder_mask = attention_mask[rows]
+            self.encoder_hidden = np.ascontiguousarray(hidden)  # one row per input, for its `expand` rows
+            self.encoder_mask = attention_mask
             self.prompt = decoder_prompt[rows]
             self.cache = model.new_cache(batch * expand, capacity)
             self.mask = None
@@ -157,16 +158,31 @@ def _greedy_or_sample(stepper: Stepper, ids: np.ndarray, settings: Settings, pro
         logits = stepper.next(tokens)
 
 
-def generate(model, input_ids, attention_mask=None, max_length=None, max_new_tokens=None, do_sample=False,
-             num_beams=1, temperature=1.0, top_k=50, top_p=1.0, length_penalty=1.0, early_stopping=False,
-             num_return_sequences=1, no_repeat_ngram_size=0, seed=None) -> np.ndarray:
+def generate(model, input_ids, attention_mask=None, max_length=None, max_new_tokens=None, do_sample=None,
+             num_beams=None, temperature=None, top_k=None, top_p=None, length_penalty=None, early_stopping=None,
+             num_return_sequences=None, no_repeat_ngram_size=None, seed=None) -> np.ndarray:
     """Token ids as transformers' ``model.generate`` returns them (int64
     numpy): the prompt and the new tokens for a decoder-only model, the
     decoder's ids (from decoder_start_token_id) for an encoder-decoder.
     Greedy by default; ``do_sample`` samples (temperature, top_k, top_p,
     seeded by ``seed``); ``num_beams`` > 1 runs beam search. max_new_tokens,
     when given, wins over max_length (default: the model's generation_config
-    max_length, else 20 new tokens within max_position_embeddings)."""
+    max_length, else 20 new tokens within max_position_embeddings).
+    A setting left at None takes the model's ``generation_defaults`` (the
+    folder's generation_config.json, see pyengine.generation.config), else
+    transformers' default (do_sample False, num_beams 1, temperature 1.0,
+    top_k 50, top_p 1.0, length_penalty 1.0, early_stopping False,
+    num_return_sequences 1, no_repeat_ngram_size 0)."""
+    options = resolve_settings(model, dict(
+        max_length=max_length, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
+        temperature=temperature, top_k=top_k, top_p=top_p, length_penalty=length_penalty,
+        early_stopping=early_stopping, num_return_sequences=num_return_sequences,
+        no_repeat_ngram_size=no_repeat_ngram_size))
+    return _generate(model, input_ids, attention_mask, seed, **options)
+
+
+def _generate(model, input_ids, attention_mask, seed, max_length, max_new_tokens, do_sample, num_beams, temperature,
+              top_k, top_p, length_penalty, early_stopping, num_return_sequences, no_repeat_ngram_size):
     _check_options(do_sample, num_beams, temperature, top_k, top_p, length_penalty, early_stopping,
                    num_return_sequences, no_repeat_ngram_size)
     config = model.generation_config

@@ -58,6 +58,14 @@ class GPT2LMHeadModel(GPT):
         if self.hf_config.get("max_length"):
             self._generation_config["max_length"] = self.hf_config["max_length"]
 
+    def use_generation_config(self, settings: dict) -> None:
+        """A generation_config.json's contents: its token ids replace the config's, its other settings
+        become the defaults of generate (``generation_defaults``; see pyengine.generation.config)."""
+        from pyengine.generation.config import split_generation_config
+
+        tokens, self.generation_defaults = split_generation_config(settings)
+        self._generation_config.update({k: v for k, v in tokens.items() if k in _GENERATION_KEYS})
+
     def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None):
         ids = self._check_indices(input_ids, "input_ids")
         mask = check_attention_mask(attention_mask, ids.shape, "GPT2LMHeadModel")

@@ -20,9 +20,11 @@ import numpy as np
 
 from pyengine.io import safe_file
 
-__all__ = ["ARCHITECTURES", "from_pretrained", "read_config", "read_folder", "assign_state", "write_folder"]
+__all__ = ["ARCHITECTURES", "from_pretrained", "read_config", "read_generation_config", "read_folder", "assign_state",
+           "write_folder"]
 
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -35,13 +37,27 @@ ARCHITECTURES = {
 
 
 def from_pretrained(path: str | os.PathLike):
-    """The pyengine model for the Hugging Face folder at `path`, with its weights."""
+    """The pyengine model for the Hugging Face folder at `path`, with its weights; a model that generates
+    also gets the folder's generation_config.json, where there is one, as the defaults of its generate
+    (``model.use_generation_config``, see pyengine.generation.config)."""
     config, tensors = read_folder(path)
     model_type = config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ValueError(f"from_pretrained: {os.fspath(path)} holds a model of type {model_type!r}; "
                          f"pyengine knows {', '.join(sorted(ARCHITECTURES))}")
-    return importlib.import_module(ARCHITECTURES[model_type]).from_hf(config, tensors)
+    model = importlib.import_module(ARCHITECTURES[model_type]).from_hf(config, tensors)
+    settings = read_generation_config(path)
+    if settings is not None and hasattr(model, "use_generation_config"):
+        model.use_generation_config(settings)
+    return model
+
+
+def read_generation_config(path: str | os.PathLike) -> dict | None:
+    """The parsed generation_config.json of the folder at `path`, or None when it has none."""
+    file_path = os.path.join(_folder(path), GENERATION_CONFIG_FILE)
+    if not os.path.isfile(file_path):
+        return None
+    return _read_json(file_path)
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -50,14 +66,18 @@ def read_config(path: str | os.PathLike) -> dict:
     config_path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"from_pretrained: {folder} has no {CONFIG_FILE}")
+    return _read_json(config_path)
+
+
+def _read_json(path: str) -> dict:
     try:
-        with open(config_path, encoding="utf-8") as file:
-            config = json.load(file)
+        with open(path, encoding="utf-8") as file:
+            content = json.load(file)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"from_pretrained: {config_path} is not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"from_pretrained: {config_path} does not hold a JSON object")
-    return config
+        raise ValueError(f"from_pretrained: {path} is not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"from_pretrained: {path} does not hold a JSON object")
+    return content
 
 
 def read_folder(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:

@@ -26,7 +26,7 @@ import numpy as np
 from pyengine import functional as F
 from pyengine import nn
 from pyengine.models import pretrained
-from pyengine.tensor import Tensor
+from pyengine.tensor import Tensor, _state
 
 __all__ = ["T5Config", "T5ForConditionalGeneration", "from_hf", "relative_position_bucket"]
 
@@ -127,6 +127,27 @@ def additive_padding_mask(mask, caller: str) -> np.ndarray | None:
     if mask.ndim != 2:
         raise ValueError(f"{caller}: an attention mask must be (B, S), got shape {mask.shape}")
     return np.where(mask[:, None, None, :] != 0, np.float32(0), np.float32(-np.inf))
+
+
+# The additive value of each attention-mask entry, looked up by it: row 0 (padding) -inf, row 1 (attend) 0.
+_PADDING_TABLE = np.array([[-np.inf], [0.0]], np.float32)
+
+
+def padding_tensor(mask: Tensor, caller: str) -> Tensor:
+    """A 0/1 integer mask Tensor (B, S) as the additive (B, 1, 1, S) Tensor that a graph computes from it
+    (a lookup of each entry in (-inf, 0)): under capture the mask is a graph input, not a constant, so
+    a replay reads each call's padding."""
+    if mask.ndim != 2:
+        raise ValueError(f"{caller}: an attention mask must be (B, S), got shape {mask.shape}")
+    if mask.dtype.kind not in "iu":
+        if _state.capturing:
+            raise ValueError(f"{caller}: under capture the attention mask must be an integer 0/1 Tensor (it is "
+                             f"then a graph input), got {mask.dtype} {mask.shape}")
+        return Tensor(additive_padding_mask(mask, caller))
+    if mask.size and not np.isin(mask.numpy(), (0, 1)).all():
+        raise ValueError(f"{caller}: an attention mask Tensor must hold only 0 and 1")
+    batch, steps = mask.shape
+    return F.embedding(mask, Tensor(_PADDING_TABLE)).view(batch, 1, 1, steps)
 
 
 class T5Attention(nn.Module):
@@ -261,22 +282,29 @@ class T5Stack(nn.Module):
     def attention_mask(self, steps: int, padding) -> Tensor:
         """The stack's shared additive mask: position bias (1, H, T, T), plus the padding (B, 1, 1, T)."""
         bias = self.bias_attention.position_bias(steps, steps)
-        return bias if padding is None else bias + Tensor(padding)
+        return bias if padding is None else bias + _as_tensor(padding)
 
     def forward(self, embeddings: Tensor, padding=None, encoder_hidden=None, encoder_padding=None) -> Tensor:
+        """padding, encoder_padding: additive (B, 1, 1, T) masks (arrays or Tensors), or None."""
         mask = self.attention_mask(embeddings.shape[1], padding)
-        encoder_mask = None if encoder_padding is None else Tensor(encoder_padding)
+        encoder_mask = None if encoder_padding is None else _as_tensor(encoder_padding)
         x = self.dropout(embeddings)
         for block in self.block:
             x = block(x, mask, encoder_hidden, encoder_mask)
         return self.dropout(self.final_layer_norm(x))
 
 
+def _as_tensor(value) -> Tensor:
+    return value if isinstance(value, Tensor) else Tensor(value)
+
+
 class T5ForConditionalGeneration(nn.Module):
     """``model(input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
     labels=None)`` -> logits (B, T, vocab_size), or (logits, loss) with labels (int64 (B, T), -100
     ignored; the decoder inputs are then the labels shifted right behind decoder_start_token_id
-    unless given). Ids are int64 numpy arrays or Tensors; masks 1 (attend) / 0 (padding)."""
+    unless given). Ids are int64 numpy arrays or Tensors; masks 1 (attend) / 0 (padding). Under
+    pyengine.graph.capture, masks given as integer Tensors (the graph's inputs) stay inputs of the
+    graph: a replay reads each call's padding."""
 
     def __init__(self, config: T5Config, tied: bool = True):
         super().__init__()
@@ -294,16 +322,31 @@ class T5ForConditionalGeneration(nn.Module):
                 "decoder_start_token_id": c.decoder_start_token_id, "is_encoder_decoder": True,
                 "vocab_size": c.vocab_size}
 
+    def use_generation_config(self, settings: dict) -> None:
+        """A generation_config.json's contents: its token ids replace the config's, its other settings
+        become the defaults of generate (``generation_defaults``; see pyengine.generation.config)."""
+        from pyengine.generation.config import split_generation_config
+
+        tokens, self.generation_defaults = split_generation_config(settings)
+        for key, value in tokens.items():
+            setattr(self.config, key, value)
+
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 labels=None):
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("T5ForConditionalGeneration: give decoder_input_ids or labels")
+            if _state.capturing:
+                raise ValueError("T5ForConditionalGeneration: under capture, give decoder_input_ids (e.g. "
+                                 "model.shift_right(labels)) as a graph input: the labels shifted inside would be "
+                                 "frozen into the graph")
             decoder_input_ids = self.shift_right(labels)
-        encoder_hidden = self.run_encoder(input_ids, attention_mask)
+        ids = self.check_ids(input_ids, "input_ids")
+        encoder_padding = self.padding(attention_mask, ids)
+        encoder_hidden = self.encoder(self.shared(ids), encoder_padding)
         decoder_ids = self.check_ids(decoder_input_ids, "decoder_input_ids")
         hidden = self.decoder(self.shared(decoder_ids), self.padding(decoder_attention_mask, decoder_ids),
-                              encoder_hidden, additive_padding_mask(attention_mask, "T5ForConditionalGeneration"))
+                              encoder_hidden, encoder_padding)
         logits = self.head(hidden)
         if labels is None:
             return logits
@@ -336,14 +379,17 @@ class T5ForConditionalGeneration(nn.Module):
         shifted[shifted == -100] = self.config.pad_token_id
         return shifted
 
-    def padding(self, mask, ids) -> np.ndarray | None:
+    def padding(self, mask, ids):
+        """The additive (B, 1, 1, T) mask of a 0/1 mask matching ids: a Tensor computed from a Tensor
+        mask (see padding_tensor), a constant array from an array, None for None."""
         if mask is None:
             return None
-        array = additive_padding_mask(mask, "T5ForConditionalGeneration")
-        if array.shape[0] != ids.shape[0] or array.shape[-1] != ids.shape[1]:
-            raise ValueError(f"T5ForConditionalGeneration: attention mask {np.shape(mask)} does not match ids "
-                             f"{tuple(ids.shape)}")
-        return array
+        caller = "T5ForConditionalGeneration"
+        padding = padding_tensor(mask, caller) if isinstance(mask, Tensor) else additive_padding_mask(mask, caller)
+        if padding.shape[0] != ids.shape[0] or padding.shape[-1] != ids.shape[1]:
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else np.shape(mask)
+            raise ValueError(f"{caller}: attention mask {shape} does not match ids {tuple(ids.shape)}")
+        return padding
 
     def check_ids(self, ids, name: str, allow_ignored: bool = False):
         """ids checked (an integer (B, T) array within the vocabulary, -100 too where allowed); a Tensor

@@ -1,11 +1,15 @@
 """T5's side of the generation protocol (pyengine.generation drives it): ``encode``, a key/value
 cache, and ``decode_step``, which costs one position of work per new token.
 
-The cache holds each decoder layer's self-attention keys and values, (B, H, capacity, D), filled
-up to ``length``, and the cross-attention keys and values of the encoder output, computed once, at
-the first step. A step runs the new positions only: their queries attend over the cached keys
-(causal masking aligned to the end), with the decoder's relative position bias of the new
-positions only (queries length.., keys 0..length + t - 1).
+The cache holds each decoder layer's self-attention keys and values in preallocated (B, H, capacity, D)
+buffers, filled up to ``length``: a step's new keys and values are written into them in place and its
+queries attend over the filled prefix in place (the cached_attention kernel, T5's relative position
+bias of the new positions as its additive mask, no scaling), so no step copies the cache. The
+cross-attention keys and values of the encoder output are computed once, at the first step, for each
+input: the rows of the cache come in consecutive groups (the beams, or the returned sequences, of one
+input) that share their input's cross-attention keys and values, the group's queries attending
+together. ``reorder`` (beam search) moves the filled prefix of the self-attention buffers in place and
+keeps the shared cross-attention rows while each row stays in its group.
 """
 
 from __future__ import annotations
@@ -19,35 +23,67 @@ from pyengine.tensor import Tensor, no_grad
 __all__ = ["T5Cache", "encode", "decode_step"]
 
 
+def _positive(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"T5Cache: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 class T5Cache:
     """Self-attention keys/values of every decoder layer, (B, H, capacity, D) each, filled up to
-    `length` positions; the cross-attention keys/values (B, H, S, D), None until the first step."""
+    `length` positions (written in place by each step); the cross-attention keys/values (B / group,
+    H, S, D), one row per input, None until the first step: ``group`` consecutive cache rows share
+    one, ``cross_rows`` names the input of each."""
 
     def __init__(self, config, batch: int, capacity: int):
-        for name, value in (("batch", batch), ("capacity", capacity)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"T5Cache: {name} must be a positive int, got {value!r}")
-        shape = (int(batch), config.num_heads, int(capacity), config.d_kv)
+        batch, capacity = _positive("batch", batch), _positive("capacity", capacity)
+        shape = (batch, config.num_heads, capacity, config.d_kv)
         self.keys = [np.zeros(shape, np.float32) for _ in range(config.num_decoder_layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(config.num_decoder_layers)]
-        self.weights: dict = {}  # layer -> its weight transposed (in, out), taken at the first step
+        self.weights: dict = {}  # layer (or its fused q, k, v) -> its weight transposed (in, out), at first use
         self.cross_keys: list | None = None
         self.cross_values: list | None = None
-        self.batch, self.capacity, self.length = int(batch), int(capacity), 0
+        self.cross_rows: np.ndarray | None = None
+        self.group, self.inputs = 1, batch
+        self.batch, self.capacity, self.length = batch, capacity, 0
 
     def reorder(self, index) -> None:
-        """Keep rows `index` (int64 (B',)), in that order, duplicates allowed (beam search)."""
+        """Keep rows `index` (int64 (B',)), in that order, duplicates allowed (beam search). Only the
+        filled prefix of the rows that change is copied, in place when B' == B; the cross-attention
+        rows are kept while each group of rows still comes from one input (one row per cache row
+        otherwise)."""
         index = np.asarray(index)
         if index.ndim != 1 or index.dtype.kind not in "iu" or (index.size and (index.min() < 0 or
                                                                                  index.max() >= self.batch)):
             raise ValueError(f"T5Cache.reorder: index must be integers (B',) in [0, {self.batch}), got "
                              f"{index.dtype} {index.shape}")
-        self.keys = [k[index] for k in self.keys]
-        self.values = [v[index] for v in self.values]
-        if self.cross_keys is not None:
-            self.cross_keys = [k[index] for k in self.cross_keys]
-            self.cross_values = [v[index] for v in self.cross_values]
+        filled = self.length
+        if index.size == self.batch:
+            changed = np.flatnonzero(index != np.arange(self.batch))
+            for arrays in (self.keys, self.values):
+                for array in arrays if changed.size else ():  # the right side is gathered before any write
+                    array[changed, :, :filled] = array[index[changed], :, :filled]
+        else:
+            for arrays in (self.keys, self.values):
+                for layer, old in enumerate(arrays):
+                    new = np.zeros((index.size,) + old.shape[1:], np.float32)
+                    new[:, :, :filled] = old[index, :, :filled]
+                    arrays[layer] = new
         self.batch = int(index.size)
+        if self.cross_keys is not None:
+            self._reorder_cross(index)
+
+    def _reorder_cross(self, index: np.ndarray) -> None:
+        source = index // self.group  # the cross-attention row of each new cache row
+        group = self.group
+        if self.batch % group or not (source.reshape(-1, group) == source[::group, None]).all():
+            group = 1
+        rows = source[::group]
+        if not np.array_equal(rows, np.arange(self.cross_keys[0].shape[0])):
+            self.cross_keys = [k[rows] for k in self.cross_keys]
+            self.cross_values = [v[rows] for v in self.cross_values]
+        self.cross_rows = self.cross_rows[rows]
+        self.group = group  # inputs stays the first step's count, which cross_rows names
 
 
 def encode(model, input_ids, attention_mask=None) -> np.ndarray:
@@ -71,6 +107,15 @@ def _linear(x: np.ndarray, layer, cache: T5Cache, activation: str = "none") -> n
     return K.matmul(x, weight, activation=activation)
 
 
+def _qkv(x: np.ndarray, attn, cache: T5Cache) -> np.ndarray:
+    """x @ [Wq; Wk; Wv]^T (rows, 3 * H * D): the q, k and v of each row side by side, in one GEMM."""
+    weight = cache.weights.get(attn)
+    if weight is None:
+        fused = np.concatenate([attn.q.weight.data, attn.k.weight.data, attn.v.weight.data])
+        weight = cache.weights[attn] = _transposed(fused)
+    return K.matmul(x, weight)
+
+
 def _transposed(w: np.ndarray, rows: int = 64) -> np.ndarray:
     """w.T, contiguous, copied in blocks of rows that stay in cache (about 4x numpy's whole transpose)."""
     out = np.empty((w.shape[1], w.shape[0]), np.float32)
@@ -90,21 +135,48 @@ def _merge(y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(batch * steps, heads * width)
 
 
+def _encoder_rows(cache: T5Cache, value, name: str, dtype) -> np.ndarray:
+    """An encoder array of one row per input (B / group), or one per cache row (B)."""
+    array = np.ascontiguousarray(value.numpy() if isinstance(value, Tensor) else value, dtype=dtype)
+    if array.ndim < 2 or array.shape[0] < 1 or cache.batch % array.shape[0]:
+        raise ValueError(f"T5 decode_step: {name} of shape {array.shape} must have one row per input, or one "
+                         f"per cache row ({cache.batch})")
+    return array
+
+
 def _fill_cross_attention(model, cache: T5Cache, encoder_hidden) -> None:
     if encoder_hidden is None:
         raise ValueError("T5 decode_step: the first step needs encoder_hidden (B, S, d_model)")
-    hidden = np.ascontiguousarray(encoder_hidden.numpy() if isinstance(encoder_hidden, Tensor) else encoder_hidden,
-                                  dtype=np.float32)
-    if hidden.ndim != 3 or hidden.shape[0] != cache.batch or hidden.shape[2] != model.config.d_model:
-        raise ValueError(f"T5 decode_step: encoder_hidden must be ({cache.batch}, S, {model.config.d_model}), "
-                         f"got {hidden.shape}")
-    rows = hidden.reshape(-1, hidden.shape[2])
+    hidden = _encoder_rows(cache, encoder_hidden, "encoder_hidden", np.float32)
+    if hidden.ndim != 3 or hidden.shape[2] != model.config.d_model:
+        raise ValueError(f"T5 decode_step: encoder_hidden must be (B, S, {model.config.d_model}) with B "
+                         f"dividing the cache's {cache.batch} rows, got {hidden.shape}")
+    rows, inputs = hidden.reshape(-1, hidden.shape[2]), hidden.shape[0]
     heads = model.config.num_heads
     cache.cross_keys, cache.cross_values = [], []
     for block in model.decoder.block:
         attn = block.layer[1].EncDecAttention
-        cache.cross_keys.append(_heads(K.matmul(rows, attn.k.weight.data, trans_b=True), cache.batch, heads))
-        cache.cross_values.append(_heads(K.matmul(rows, attn.v.weight.data, trans_b=True), cache.batch, heads))
+        cache.cross_keys.append(_heads(K.matmul(rows, attn.k.weight.data, trans_b=True), inputs, heads))
+        cache.cross_values.append(_heads(K.matmul(rows, attn.v.weight.data, trans_b=True), inputs, heads))
+    cache.group, cache.inputs, cache.cross_rows = cache.batch // inputs, inputs, np.arange(inputs)
+
+
+def _encoder_mask(cache: T5Cache, encoder_attention_mask) -> np.ndarray | None:
+    """The additive encoder padding of each cross-attention row (B / group, 1, 1, S), from a mask of one
+    row per cache row (read at the first row of each group: the rows of a group share their input) or
+    one per input of the first step."""
+    if encoder_attention_mask is None:
+        return None
+    mask = additive_padding_mask(encoder_attention_mask, "T5 decode_step")
+    inputs, length = cache.cross_keys[0].shape[0], cache.cross_keys[0].shape[2]
+    if mask.shape[0] == cache.batch:
+        mask = mask[::cache.group]
+    elif mask.shape[0] == cache.inputs:
+        mask = mask[cache.cross_rows]
+    if mask.shape != (inputs, 1, 1, length):
+        raise ValueError(f"T5 decode_step: encoder_attention_mask {np.shape(encoder_attention_mask)} does not "
+                         f"match the encoder output ({inputs} inputs, {length} positions)")
+    return mask
 
 
 def _self_attention_mask(model, cache: T5Cache, steps: int, attention_mask) -> np.ndarray:
@@ -125,21 +197,20 @@ def _self_attention_mask(model, cache: T5Cache, steps: int, attention_mask) -> n
 
 
 def _cached_self_attention(layer, x: np.ndarray, cache: T5Cache, index: int, mask: np.ndarray) -> np.ndarray:
+    """The new positions' keys and values appended to the layer's buffers, and attention over the filled
+    prefix, both in place (cached_attention)."""
     attn, batch = layer.SelfAttention, cache.batch
-    h = _rms(layer.layer_norm, x)
-    start, end = cache.length, cache.length + x.shape[0] // batch
-    cache.keys[index][:, :, start:end] = _heads(_linear(h, attn.k, cache), batch, attn.n_heads)
-    cache.values[index][:, :, start:end] = _heads(_linear(h, attn.v, cache), batch, attn.n_heads)
-    keys = np.ascontiguousarray(cache.keys[index][:, :, :end])
-    values = np.ascontiguousarray(cache.values[index][:, :, :end])
-    y, _ = K.attention(_heads(_linear(h, attn.q, cache), batch, attn.n_heads), keys, values, mask, is_causal=True,
-                       scale=1.0)
-    return x + _linear(_merge(y), attn.o, cache)
+    steps = x.shape[0] // batch
+    qkv = _qkv(_rms(layer.layer_norm, x), attn, cache).reshape(batch, steps, 3, attn.n_heads, attn.d_kv)
+    y = K.cached_attention(cache.keys[index], cache.values[index], qkv, mask, start=cache.length, scale=1.0)
+    return x + _linear(y.reshape(batch * steps, -1), attn.o, cache)
 
 
 def _cached_cross_attention(layer, x: np.ndarray, cache: T5Cache, index: int, mask) -> np.ndarray:
+    """The queries of each group's rows (and new positions) attend together over their input's keys."""
     attn = layer.EncDecAttention
-    q = _heads(_linear(_rms(layer.layer_norm, x), attn.q, cache), cache.batch, attn.n_heads)
+    inputs = cache.cross_keys[index].shape[0]
+    q = _heads(_linear(_rms(layer.layer_norm, x), attn.q, cache), inputs, attn.n_heads)
     y, _ = K.attention(q, cache.cross_keys[index], cache.cross_values[index], mask, scale=1.0)
     return x + _linear(_merge(y), attn.o, cache)
 
@@ -163,9 +234,10 @@ def _feed_forward(layer, x: np.ndarray, cache: T5Cache, activation: str) -> np.n
 def decode_step(model, decoder_ids, cache: T5Cache, attention_mask=None, encoder_hidden=None,
                 encoder_attention_mask=None) -> np.ndarray:
     """Logits (B, V) of the last of the new decoder tokens `decoder_ids` (B, t), appended to `cache`.
-    attention_mask: the decoder's (B, cache.length + t) 1/0 mask, or None; encoder_hidden (B, S, d)
-    is read at the first step only (the cross-attention keys and values are cached);
-    encoder_attention_mask (B, S) masks the encoder's padding at every step."""
+    attention_mask: the decoder's (B, cache.length + t) 1/0 mask, or None; encoder_hidden (B', S, d),
+    one row per input (B' dividing B: each serves B / B' consecutive rows) or per row, is read at the
+    first step only (the cross-attention keys and values are cached); encoder_attention_mask (B', S)
+    or (B, S) masks the encoder's padding at every step."""
     ids = model.check_ids(decoder_ids, "decoder_ids")
     batch, steps = ids.shape
     if batch != cache.batch:
@@ -175,10 +247,7 @@ def decode_step(model, decoder_ids, cache: T5Cache, attention_mask=None, encoder
                          f"capacity {cache.capacity}")
     if cache.cross_keys is None:
         _fill_cross_attention(model, cache, encoder_hidden)
-    encoder_mask = additive_padding_mask(encoder_attention_mask, "T5 decode_step")
-    if encoder_mask is not None and encoder_mask.shape != (batch, 1, 1, cache.cross_keys[0].shape[2]):
-        raise ValueError(f"T5 decode_step: encoder_attention_mask {np.shape(encoder_attention_mask)} does not "
-                         f"match the encoder output ({batch}, {cache.cross_keys[0].shape[2]})")
+    encoder_mask = _encoder_mask(cache, encoder_attention_mask)
     mask = _self_attention_mask(model, cache, steps, attention_mask)
     ids = ids.numpy() if isinstance(ids, Tensor) else ids
     x = K.embedding(model.shared.weight.data, ids.reshape(-1))

@@ -55,6 +55,21 @@ def test_generate_model_prints_transformers_text(folder, capsys, flags, options)
     assert capsys.readouterr().out.splitlines() == _expected(folder, **options)
 
 
+def test_options_not_given_are_the_folders_generation_config(folder, tmp_path, capsys):
+    import json
+    import shutil
+
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    settings = json.loads((tmp_path / "generation_config.json").read_text())
+    settings.update(num_beams=3, max_new_tokens=5, length_penalty=0.5, early_stopping=True)
+    (tmp_path / "generation_config.json").write_text(json.dumps(settings))
+    prompts = [arg for text in PROMPTS for arg in ("--prompt", text)]
+    assert main(["generate", "--model", str(tmp_path), *prompts]) == 0
+    assert capsys.readouterr().out.splitlines() == _expected(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), *prompts, "--num-beams", "1", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == _expected(tmp_path, num_beams=1, max_new_tokens=3)
+
+
 def test_generate_model_errors_are_one_line(folder, tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "absent")]) == 2
     error = capsys.readouterr().err
