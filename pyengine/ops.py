@@ -23,6 +23,17 @@ from pyengine import kernels as K
 F32 = np.dtype(np.float32)
 
 
+# How many times pyengine has written parameters or buffers in place (an
+# optimizer step, load_state_dict, batch norm's running statistics). A
+# captured graph that holds values computed from them (batch norm folded into
+# a convolution) computes them again at its next run when this has moved.
+PARAMETER_WRITES = [0]
+
+
+def parameters_written() -> None:
+    PARAMETER_WRITES[0] += 1
+
+
 @dataclass(frozen=True)
 class Spec:
     """Shape and dtype of a value."""
@@ -74,12 +85,16 @@ class _KernelPair:
         self.inputs, self.outputs = forward.inputs, forward.outputs
         self.float_inputs = [a["name"] for a in forward.args
                              if a["name"] in self.inputs and a["dtype"] == "float32"]
-        # Forward arguments in kernel order: ("out", j), ("in", i), or None
-        # (an optional output the plain op does not produce).
+        # Forward arguments in kernel order: ("out", j), ("in", i), or None.
+        # Optional outputs (matmul's preact) come after the plain ones: an op
+        # given that many output buffers has them written, else None.
+        optional = forward.names("optional_output")
         self.forward_sources = []
         for a in forward.args:
             if a["name"] in self.outputs:
                 self.forward_sources.append(("out", self.outputs.index(a["name"])))
+            elif a["name"] in optional:
+                self.forward_sources.append(("out", len(self.outputs) + optional.index(a["name"])))
             elif a["name"] in self.inputs:
                 self.forward_sources.append(("in", self.inputs.index(a["name"])))
             else:
@@ -105,7 +120,9 @@ def _pick(source, outs: list, ins: list):
     if source is None:
         return None
     kind, index = source
-    return outs[index] if kind == "out" else ins[index]
+    if kind == "out":
+        return outs[index] if index < len(outs) else None  # an optional output not asked for
+    return ins[index]
 
 
 class KernelOp(Op):
@@ -116,7 +133,7 @@ class KernelOp(Op):
     attributes (those the backward does not declare are not passed to it)."""
 
     def __init__(self, base: str, **options):
-        self.name = base
+        self.name = self.base = base
         self.pair = _pair(base)
         self.options = options
         self._forward_kernel = self.pair.forward.kernel
@@ -190,32 +207,40 @@ class MatMul(KernelOp):
 FUSIBLE_ACTIVATIONS = tuple(name for name in registry.ENUMS["Activation"] if name != "none")
 
 
-class MatMulActivation(Op):
-    """A matmul whose output feeds only an activation, fused by the executor:
-    one GEMM writes the activation's output (outs[0]) and, when a backward
-    step needs it, the matmul's own output (outs[1]) from its epilogue. Forward only: the backward steps
-    stay those of the two original ops, which read the same buffers."""
+class WithActivation(KernelOp):
+    """A matmul or convolution whose output feeds only an activation, fused by
+    the executor: the producer's own kernel with the activation in its
+    epilogue (its `activation` attribute), writing the activation's output
+    (outs[0]) and, when a backward step reads it and the kernel has a
+    `preact` output (matmul), its own output (outs[1]). Forward only: the
+    backward steps stay those of the two original ops, which read the same
+    buffers."""
 
-    def __init__(self, matmul: MatMul, activation: str):
+    def __init__(self, producer: KernelOp, activation: str, in_specs=()):
         if activation not in FUSIBLE_ACTIVATIONS:
-            raise ValueError(f"matmul: no epilogue for activation {activation!r}")
-        self.matmul, self.activation = matmul, activation
-        self.name = f"matmul+{activation}"
-
-    def forward(self, outs, ins):
-        bias = ins[2] if len(ins) > 2 else None
-        preact = outs[1] if len(outs) > 1 else None  # absent when no backward reads it
-        _C.matmul_forward(outs[0], preact, ins[0], ins[1], bias, self.matmul.trans_a,
-                          self.matmul.trans_b, self.activation)
+            raise ValueError(f"{producer.name}: no epilogue for activation {activation!r}")
+        super().__init__(producer.base, **producer.options, activation=activation)
+        self.producer, self.activation = producer, activation
+        self.name = f"{producer.name}+{activation}"
 
     def label(self):
-        return f"{self.matmul.label()}+{self.activation}"
+        return f"{self.producer.label()}+{self.activation}"
 
 
 class Binary(KernelOp):
     def __init__(self, op: str):
         super().__init__("binary", op=op)
         self.name = op
+
+
+class AddReLU(KernelOp):
+    """relu(a + b) of two same-shape arrays in one pass (a residual block's
+    end), and its backward: da += db += dy where y > 0. The executor fuses an
+    add and the ReLU that alone reads it into this op, forward and backward."""
+
+    def __init__(self):
+        super().__init__("add_relu")
+        self.name = "add+relu"
 
 
 class Scalar(KernelOp):
@@ -304,6 +329,32 @@ class Conv2d(KernelOp):
     def label(self):
         groups = f", groups={self.groups}" if self.groups != 1 else ""
         return f"conv2d(stride={self.stride}, padding={self.padding}, dilation={self.dilation}{groups})"
+
+
+def _add_relu(op: Binary, activation: str, in_specs) -> Op | None:
+    """add_relu for an add of two operands of one shape (no broadcasting)."""
+    if op.name != "add" or len(in_specs) != 2 or in_specs[0].shape != in_specs[1].shape:
+        return None
+    return AddReLU()
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A producer op the executor fuses with the activation that alone reads its output."""
+
+    producer: type  # the producer's Op class
+    activations: tuple  # the activations it takes
+    writes_preact: bool  # it can also write its own output, for a backward step that reads it
+    fused: object  # (producer op, activation name, input specs) -> the fused op, or None: not this one
+    fuses_backward: bool = False  # the fused op's backward replaces the two backward steps
+
+
+# The table the executor's one fusion pass reads (pyengine.graph.executor).
+FUSIONS = (
+    Fusion(MatMul, FUSIBLE_ACTIVATIONS, True, WithActivation),
+    Fusion(Conv2d, FUSIBLE_ACTIVATIONS, False, WithActivation),
+    Fusion(Binary, ("relu",), False, _add_relu, fuses_backward=True),
+)
 
 
 class CrossEntropy(KernelOp):

@@ -8,6 +8,8 @@
   replayed training step updates them exactly as eager mode does. While a
   graph is being captured, the forward that records the op works on copies
   of them, so capturing a step does not count as a step.
+- ``fold_batch_norm``: an eval-mode batch norm after a convolution folded
+  into its weight and bias (the executor's folding, nn.utils.fuse_conv_bn_eval).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from pyengine import _C
 from pyengine import ops as O
 
-__all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm", "pair"]
+__all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm", "ConvBatchNorm", "fold_batch_norm", "pair"]
 
 
 def pair(value, name: str, fn: str) -> tuple:
@@ -110,6 +112,8 @@ class BatchNorm(O.Op):
         return float(self.momentum)
 
     def _run(self, outs, ins, running_mean, running_var):
+        if self.updates:
+            O.parameters_written()
         weight, bias = self._affine(ins)
         _C.batch_norm_forward(outs[0], outs[1], outs[2], running_mean, running_var, ins[0], weight, bias,
                               self.batch_stats, self._momentum(), self.eps)
@@ -147,3 +151,35 @@ class BatchNorm(O.Op):
 
     def label(self):
         return f"batch_norm({'batch' if self.batch_stats else 'running'} stats)"
+
+
+def fold_batch_norm(weight, bias, running_mean, running_var, gamma, beta, eps: float, out_weight=None,
+                    out_bias=None) -> tuple:
+    """The convolution that gives batch_norm(conv(x, weight, bias)) with the running statistics:
+    weight' = weight * s[k] and bias' = (bias - mean) * s + beta per output channel k, with
+    s = gamma / sqrt(var + eps) (bias 0, gamma 1, beta 0 when None), in float64 rounded once
+    to float32; into out_weight and out_bias when given. Returns (weight', bias')."""
+    f64 = np.float64
+    scale = 1.0 / np.sqrt(np.asarray(running_var, f64) + float(eps))
+    if gamma is not None:
+        scale = scale * np.asarray(gamma, f64)
+    folded_bias = -np.asarray(running_mean, f64) if bias is None else np.asarray(bias, f64) - running_mean
+    folded_bias = folded_bias * scale + (0.0 if beta is None else np.asarray(beta, f64))
+    folded_weight = np.asarray(weight, f64) * scale.reshape(-1, *(1,) * (np.ndim(weight) - 1))
+    out_weight = np.empty(np.shape(weight), np.float32) if out_weight is None else out_weight
+    out_bias = np.empty(np.shape(running_mean), np.float32) if out_bias is None else out_bias
+    np.copyto(out_weight, folded_weight, casting="same_kind")
+    np.copyto(out_bias, folded_bias, casting="same_kind")
+    return out_weight, out_bias
+
+
+class ConvBatchNorm(O.Conv2d):
+    """A convolution with an eval-mode batch norm folded into its weight and
+    bias (the executor's folding: its inputs are x and the folded weight and bias)."""
+
+    def __init__(self, conv: O.Conv2d):
+        super().__init__(conv.stride, conv.padding, conv.dilation, conv.groups)
+        self.name = "conv2d+batch_norm"
+
+    def label(self):
+        return f"{super().label()}+batch_norm"

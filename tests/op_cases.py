@@ -91,6 +91,7 @@ EXAMPLES = {
     **{name: (dict(x=_positive(3, 4) if name in POSITIVE_DOMAIN else _normal(3, 4)), dict())
        for name in UNARY},
     "clamp": (dict(x=_normal(3, 4)), dict(min=-0.5, max=0.75)),
+    "add_relu": (dict(a=_normal(3, 4), b=_normal(3, 4, seed=1)), dict()),
     "softmax": (dict(x=_normal(3, 4)), dict()),
     "log_softmax": (dict(x=_normal(3, 4)), dict()),
     "sum": (dict(x=_normal(3, 4)), dict(axis_begin=1, axis_end=2, scale=0.5)),

@@ -147,6 +147,20 @@ def unary_case(rng, op, shape, scale=3.0):
                 np_bwd=lambda g, x: (g * np_grad(x),))
 
 
+def add_relu_case(rng, shape):
+    """relu(a + b) of one shape, a + b kept 0.1 away from the kink (finite differences)."""
+    a = randn(rng, *shape)
+    b = away_from_zero(rng, *shape, margin=0.1) - a
+
+    def pe_bwd(g, xs, outs, grads):
+        ga, gb = _grads(grads, 2)
+        return K.add_relu_backward(g, outs[0], grad_a=ga, grad_b=gb)
+
+    return dict(inputs=[a, b], pe_fwd=K.add_relu, np_fwd=lambda a, b: np.maximum(a + b, 0),
+                torch_fwd=lambda a, b: torch.relu(a + b), pe_bwd=pe_bwd,
+                np_bwd=lambda g, a, b: (g * (a + b > 0), g * (a + b > 0)))
+
+
 def clamp_case(rng, shape, lo, hi):
     # Inputs kept 0.05 away from the bounds: the derivative jumps there.
     x = randn(rng, *shape)
@@ -423,6 +437,7 @@ FD_CASES = {
     "cross_entropy": lambda r: cross_entropy_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]),
                                                   -100),
     "clamp": lambda r: clamp_case(r, (3, 5), -0.5, 0.75),
+    "add_relu": lambda r: add_relu_case(r, (3, 5)),
     "nll_loss": lambda r: nll_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]), -100),
     **{f"conv2d-{name}": (lambda r, conv=conv: conv_case(r, conv, with_bias=True)) for name, conv in {
         "3x5-rect": Conv(2, 2, 5, 6, 3, 3, 2, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),

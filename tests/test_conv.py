@@ -191,3 +191,37 @@ def test_conv2d_groups_errors():
         K.conv2d(x, np.ones((6, 6, 3, 3), F32), groups=0)
     with pytest.raises(ValueError, match="groups=4 must be positive and divide in_channels=6"):
         pyengine.nn.Conv2d(6, 8, 3, groups=4)
+
+
+ACTIVATIONS = {"relu": K.relu, "gelu": K.gelu, "gelu_erf": K.gelu_erf}
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_conv2d_activation_is_the_two_kernels_bit_for_bit(name, with_bias):
+    """activation= applies the activation in the pass that writes y (the bias pass, the GEMM's
+    epilogue for a whole image without bias, the depthwise plane): exactly the activation's own
+    kernel on the plain convolution, on every path; relu on every case, the GELUs on a few."""
+    conv = CASES[name]
+    rng = rng_for("activation", name, with_bias)
+    x, w = randn(rng, conv.n, conv.c, conv.h, conv.w), randn(rng, *conv.weight_shape)
+    bias = randn(rng, conv.k) if with_bias else None
+    plain = K.conv2d(x, w, bias, **conv.geometry)
+    chosen = ACTIVATIONS if name in ("1x1-direct", "row-blocks", "many-images", "depthwise-3x3") else ["relu"]
+    for activation in chosen:
+        fused = K.conv2d(x, w, bias, **conv.geometry, activation=activation)
+        np.testing.assert_array_equal(fused, ACTIVATIONS[activation](plain), err_msg=activation)
+    assert (K.conv2d(x, w, bias, **conv.geometry, activation="relu") >= 0).all()
+    assert (plain < 0).any() or name == "pad-exceeds-kernel"  # its few outputs happen to be >= 0
+
+
+def test_conv2d_activation_against_float64():
+    """relu(conv) against float64 numpy through the reference test's tolerances."""
+    conv = CASES["3x3-stride2-pad1"]
+    case = conv_case(rng_for("activation-f64"), conv, True)
+    x, w, b = case["inputs"]
+    expected = np.maximum(case["np_fwd"](*(v.astype(np.float64) for v in (x, w, b))), 0)
+    got = K.conv2d(x, w, b, **conv.geometry, activation="relu")
+    np.testing.assert_allclose(got, expected, **conv_tol(conv))
+    with pytest.raises(ValueError, match="activation"):
+        K.conv2d(x, w, b, **conv.geometry, activation="tanh")

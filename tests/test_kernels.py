@@ -20,6 +20,7 @@ from reference_cases import (
     TRANS,
     _np_log_softmax,
     _np_softmax,
+    add_relu_case,
     binary_case,
     clamp_case,
     cross_entropy_case,
@@ -140,6 +141,36 @@ def test_scalar(op, s, shape):
 def test_unary(op, shape):
     case = unary_case(rng_for(op, shape), op, shape)
     helper_test_op(**case, atol=1e-6, rtol=2e-6, grad_atol=2e-6, grad_rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (256, 300)], ids=["small", "large"])
+def test_add_relu(shape):
+    """relu(a + b) in one pass, at every ISA level against float64 numpy and torch; the same bits
+    as add then relu, forward and backward (large: threaded chunks)."""
+    case = add_relu_case(rng_for("add_relu", shape), shape)
+    (y,), grads = helper_test_op(**case, atol=1e-6, rtol=2e-6)
+    a, b = case["inputs"]
+    np.testing.assert_array_equal(y, K.relu(K.add(a, b)))
+    g = rng_for("add_relu-g", shape).standard_normal(shape).astype(np.float32)
+    ga, gb = K.add_relu_backward(g, y)
+    np.testing.assert_array_equal(ga, K.relu_backward(g, y))
+    np.testing.assert_array_equal(gb, ga)
+    twice = K.add_relu_backward(g, y, grad_a=np.ones(shape, np.float32), needs_b=False)[0]
+    np.testing.assert_array_equal(twice, 1 + ga)  # accumulates
+
+
+def test_add_relu_nan_and_aliased_gradients():
+    """NaN stays NaN and passes the gradient (as relu); x + x gives both gradients into one buffer."""
+    a = np.array([np.nan, -1, 1, 0, -np.inf, np.inf, 2], np.float32)
+    b = np.array([1, 0.5, -2, 0, 1, -1, -2], np.float32)
+    y = K.add_relu(a, b)
+    np.testing.assert_array_equal(y, [np.nan, 0, 0, 0, 0, np.inf, 0])
+    dy = np.arange(1, 8, dtype=np.float32)
+    ga = K.add_relu_backward(dy, y, needs_b=False)[0]
+    np.testing.assert_array_equal(ga, [1, 0, 0, 0, 0, 6, 0])
+    both = np.zeros(7, np.float32)
+    _C.add_relu_backward(both, both, dy, y)
+    np.testing.assert_array_equal(both, 2 * ga)
 
 
 CLAMPS = [(-0.5, 0.75), (0.0, float("inf")), (-float("inf"), -0.25), (0.3, 0.3)]

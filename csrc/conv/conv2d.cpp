@@ -7,7 +7,9 @@
 //
 //   cols (CRS, Q):  column q = (image, oh, ow) of the chunk, row (c, r, s):
 //                   x[image, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 in the padding
-//   forward:        Y (K, Q) = W (K, CRS) . cols, moved to y with bias[k] added on row k
+//   forward:        Y (K, Q) = W (K, CRS) . cols, moved to y with bias[k] added on row k and
+//                   the activation applied in that same pass (without a bias, by the GEMM's
+//                   epilogue where Y is y itself)
 //   backward:       dW += dY . cols^T and dcols = W^T . dY: matmul_backward of that
 //                   product (dcols zeroed first); dx += col2im(dcols)
 //
@@ -211,12 +213,37 @@ void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c, i
   });
 }
 
+// d[p] = act(s[p] + *bias) for p < n (no addition without a bias); in place
+// when d == s. The activation's own kernel's SIMD function, tail included.
+template <Activation act>
+void bias_activate(float* d, const float* s, const float* bias, int64_t n) {
+  const simd::vfloat b = simd::splat(bias ? *bias : 0.0f);
+  int64_t p = 0;
+  for (; p + kWidth <= n; p += kWidth) {
+    const simd::vfloat v = simd::load(s + p);
+    simd::store(d + p, simd::activate(bias ? v + b : v, act));
+  }
+  if (p < n) {
+    const simd::vfloat v = simd::load_partial(s + p, n - p, 0.0f);
+    simd::store_partial(d + p, simd::activate(bias ? v + b : v, act), n - p);
+  }
+}
+
+void bias_activate_run(float* d, const float* s, const float* bias, Activation act, int64_t n) {
+  switch (act) {
+    case Activation::relu: return bias_activate<Activation::relu>(d, s, bias, n);
+    case Activation::gelu: return bias_activate<Activation::gelu>(d, s, bias, n);
+    case Activation::gelu_erf: return bias_activate<Activation::gelu_erf>(d, s, bias, n);
+    default: return bias_activate<Activation::none>(d, s, bias, n);
+  }
+}
+
 // Moves a chunk's runs of block = c.rows * OW floats between the image
 // layout (images, K, P) of y and dy, at the chunk's first image, and the GEMM
 // layout (K, images * block):
-// to_images: image[i, k] = gemm[k, i] + bias[k] (bias may be null; in place
-// when both are one buffer, for a whole image); else gemm[k, i] = image[i, k].
-void move_rows(float* dst, const float* src, const float* bias, const ConvShape& g,
+// to_images: image[i, k] = act(gemm[k, i] + bias[k]) (bias may be null; in
+// place when both are one buffer, for a whole image); else gemm[k, i] = image[i, k].
+void move_rows(float* dst, const float* src, const float* bias, Activation act, const ConvShape& g,
                const Chunk& c, bool to_images) {
   const int64_t block = c.rows * g.OW;
   parallel_for(worth_threads(c.images * g.K * block), c.images * g.K, [&](int64_t row) {
@@ -224,12 +251,11 @@ void move_rows(float* dst, const float* src, const float* bias, const ConvShape&
     const int64_t image_at = row * g.P() + c.oh0 * g.OW, gemm_at = (k * c.images + i) * block;
     float* d = dst + (to_images ? image_at : gemm_at);
     const float* s = src + (to_images ? gemm_at : image_at);
-    if (!bias) {
+    if (!bias && act == Activation::none) {
       std::memmove(d, s, static_cast<size_t>(block) * sizeof(float));
       return;
     }
-    const float b = bias[k];
-    for (int64_t p = 0; p < block; ++p) d[p] = s[p] + b;
+    bias_activate_run(d, s, bias ? bias + k : nullptr, act, block);
   });
 }
 
@@ -299,8 +325,10 @@ void for_each_tap_run(const ConvShape& g, Fn fn) {
 }
 
 // y plane (n, k) reads input plane (n, k / Kg): bias, then every tap in
-// (r, s) order added over its run of outputs.
-void depthwise_forward(float* y, const float* x, const float* w, const float* bias, const ConvShape& g) {
+// (r, s) order added over its run of outputs, then the activation while the
+// plane is in cache.
+void depthwise_forward(float* y, const float* x, const float* w, const float* bias, Activation act,
+                       const ConvShape& g) {
   const int64_t taps = g.R * g.S;
   parallel_for(worth_threads(g.N * g.K * g.P() * taps), g.N * g.K, [&](int64_t plane) {
     const int64_t n = plane / g.K, k = plane % g.K;
@@ -310,6 +338,7 @@ void depthwise_forward(float* y, const float* x, const float* w, const float* bi
     for_each_tap_run(g, [&](int64_t tap, int64_t at_y, int64_t at_x, int64_t count) {
       axpy_run(out + at_y, in + at_x, w[k * taps + tap], count, g.sw);
     });
+    if (act != Activation::none) bias_activate_run(out, out, nullptr, act, g.P());
   });
 }
 
@@ -349,26 +378,30 @@ void depthwise_backward(float* dx, float* dw, const float* dy, const float* x, c
 
 }  // namespace
 
-void conv2d_forward(float* y, const float* x, const float* w, const float* bias, int64_t N,
-                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+void conv2d_forward(float* y, const float* x, const float* w, const float* bias, Activation activation,
+                    int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                     int64_t dilation_h, int64_t dilation_w, int64_t groups) {
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
-  if (g.Cg() == 1) return depthwise_forward(y, x, w, bias, g);
-  if (winograd_fits(g)) return winograd_conv(y, x, w, bias, {N, C, H, W, K, g.OH, g.OW, g.ph, g.pw, false}, false);
+  if (g.Cg() == 1) return depthwise_forward(y, x, w, bias, activation, g);
+  if (winograd_fits(g))
+    return winograd_conv(y, x, w, bias, activation, {N, C, H, W, K, g.OH, g.OW, g.ph, g.pw, false}, false);
   const int64_t image_x = C * H * W, image_y = K * g.P(), Kg = g.Kg();
   auto forward = [&](const Chunk& c) {
     const int64_t columns = c.images * c.rows * g.OW, size = direct(g, c) ? 0 : g.CRS() * columns;
     ScratchFrame scratch;  // a chunk's cols (one group's) and Y, on the thread running it
     float* work = scratch.floats(static_cast<size_t>(size + K * columns));
     float* out = whole_image(g, c) ? y + c.n * image_y : work + size;
+    // Y is y and there is no bias to add: the GEMM's epilogue applies the
+    // activation; otherwise the pass that moves Y to y (and adds the bias) does.
+    const bool in_gemm = whole_image(g, c) && !bias;
     for (int64_t group = 0; group < g.G; ++group) {
       if (size) im2col(work, x + c.n * image_x, g, c, group);
       const float* cols = size ? work : x + c.n * image_x + group * g.Cg() * H * W;
       matmul_forward(out + group * Kg * columns, nullptr, w + group * Kg * g.CRS(), cols, nullptr,
-                     Activation::none, 1, Kg, columns, g.CRS(), false, false, 0, 0);
+                     in_gemm ? activation : Activation::none, 1, Kg, columns, g.CRS(), false, false, 0, 0);
     }
-    if (!whole_image(g, c) || bias) move_rows(y + c.n * image_y, out, bias, g, c, /*to_images=*/true);
+    if (!in_gemm) move_rows(y + c.n * image_y, out, bias, activation, g, c, /*to_images=*/true);
   };
   // The chunks write disjoint parts of y. With two or more a thread, each
   // thread takes whole chunks (its own scratch, a single-threaded GEMM: no
@@ -393,7 +426,7 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   if ((!dx && !dw) || N == 0) return;
   if (g.Cg() == 1) return depthwise_backward(dx, dw, dy, x, w, g);
   if (winograd_fits(g)) {  // dx += the full correlation of dy with the flipped weight
-    if (dx) winograd_conv(dx, dy, w, nullptr, {N, K, g.OH, g.OW, C, H, W, 2 - g.ph, 2 - g.pw, true}, true);
+    if (dx) winograd_conv(dx, dy, w, nullptr, Activation::none, {N, K, g.OH, g.OW, C, H, W, 2 - g.ph, 2 - g.pw, true}, true);
     if (dw) winograd_weight_grad(dw, x, dy, {N, C, H, W, K, g.OH, g.OW, g.ph, g.pw, false});
     return;
   }
@@ -405,7 +438,7 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
     float* work = scratch.floats(static_cast<size_t>(2 * size + K * columns));
     const float* dy_gemm = dy + c.n * image_y;
     if (!whole_image(g, c)) {
-      move_rows(work + 2 * size, dy_gemm, nullptr, g, c, /*to_images=*/false);
+      move_rows(work + 2 * size, dy_gemm, nullptr, Activation::none, g, c, /*to_images=*/false);
       dy_gemm = work + 2 * size;
     }
     for (int64_t group = 0; group < g.G; ++group) {

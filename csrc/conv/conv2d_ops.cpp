@@ -63,20 +63,23 @@ registry::OpBuilder& conv_geometry(registry::OpBuilder& op) {
 }
 
 PYENGINE_OP("conv2d_forward", "conv",
-            "2-D convolution (cross-correlation, as in PyTorch), NCHW, zero padding, in groups: y[n, k] = bias[k] + "
-            "sum over c < C / groups, r, s of weight[k, c, r, s] * x[n, g * C / groups + c, oh*stride - pad + "
-            "r*dilation, ...] for k in group g.")
+            "2-D convolution (cross-correlation, as in PyTorch), NCHW, zero padding, in groups: y[n, k] = "
+            "activation(bias[k] + sum over c < C / groups, r, s of weight[k, c, r, s] * x[n, g * C / groups + c, "
+            "oh*stride - pad + r*dilation, ...]) for k in group g; the activation is applied in the pass that "
+            "writes y.")
     .output("y")                            // (N, K, OH, OW)
     .input("x", "(N, C, H, W)")
     .input("weight", "(K, CG, R, S)")
     .optional_input("bias", "(K)")
     .apply(conv_geometry)
+    .code("activation", registry::activation_enum(), 0, "applied with the bias, in the pass that writes y")
     .shape_rule([](Resolution& r) { conv_rule(r, "y"); })
     .kernel([](const Call& c) {
       int64_t d[14];
       conv_kernel_args(c, d);
-      PYENGINE_DISPATCH(conv2d_forward)(c.f32("y"), c.f32("x"), c.f32("weight"), c.f32("bias"), d[0], d[1], d[2],
-                                        d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13]);
+      PYENGINE_DISPATCH(conv2d_forward)(c.f32("y"), c.f32("x"), c.f32("weight"), c.f32("bias"),
+                                        static_cast<Activation>(c.code("activation")), d[0], d[1], d[2], d[3],
+                                        d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13]);
     });
 
 PYENGINE_OP("conv2d_backward", "conv", "Gradients of conv2d_forward.")

@@ -5,6 +5,7 @@
 
 #include "conv/conv_shape.h"
 #include "core/kernel_list.inc"
+#include "elementwise/elementwise_common.h"
 
 namespace pyengine {
 namespace reference {
@@ -38,7 +39,7 @@ void add_rounded(float* out, const double* sums, int64_t count) {
 
 }  // namespace
 
-void conv2d_forward(float* y, const float* x, const float* w, const float* bias, int64_t N,
+void conv2d_forward(float* y, const float* x, const float* w, const float* bias, Activation activation, int64_t N,
                     int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                     int64_t dilation_h, int64_t dilation_w, int64_t groups) {
@@ -47,7 +48,7 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
   auto sums = zeros(count);
   for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) { sums[yi] += double(x[xi]) * w[wi]; });
   for (int64_t i = 0; i < count; ++i)
-    y[i] = static_cast<float>(sums[i] + (bias ? bias[i / g.P() % K] : 0.0));
+    y[i] = ew::activate(activation, static_cast<float>(sums[i] + (bias ? bias[i / g.P() % K] : 0.0)));
 }
 
 void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const float* x,

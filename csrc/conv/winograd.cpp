@@ -234,9 +234,9 @@ struct Weave {
 
 // The output transform of output channel ko and one tile row from M (36,
 // Ko, columns) at column `at`, into the plane of y (OH, OW).
-void transform_output_row(float* plane, const Weave& weave, const float* m, float bias, const WinogradProblem& p,
-                          const Tiling& t, int64_t th, int64_t ko, int64_t columns, int64_t at,
-                          bool accumulate) {
+void transform_output_row(float* plane, const Weave& weave, const float* m, float bias, Activation act,
+                          const WinogradProblem& p, const Tiling& t, int64_t th, int64_t ko, int64_t columns,
+                          int64_t at, bool accumulate) {
   static constexpr float kAT[4][6] = {
       {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
   const int64_t plane_stride = p.Ko * columns;
@@ -264,15 +264,13 @@ void transform_output_row(float* plane, const Weave& weave, const float* m, floa
       for (int k = 0; k < 4 && k * kWidth < count; ++k) {
         const vfloat low = __builtin_shuffle(out[r][0], out[r][1], weave.low[k]);
         const vfloat high = __builtin_shuffle(out[r][2], out[r][3], weave.high[k]);
-        vfloat pixels = __builtin_shuffle(low, high, weave.merge);
+        const vfloat pixels = simd::activate(__builtin_shuffle(low, high, weave.merge) + b, act);
         const int64_t n = std::min<int64_t>(kWidth, count - k * kWidth);
         float* at = d + k * kWidth;
-        if (n == kWidth) {
-          simd::store(at, (accumulate ? simd::load(at) : vfloat{}) + pixels + b);
-        } else {
-          pixels += b + (accumulate ? simd::load_partial(at, n, 0.0f) : vfloat{});
-          simd::store_partial(at, pixels, n);
-        }
+        if (n == kWidth)
+          simd::store(at, (accumulate ? simd::load(at) : vfloat{}) + pixels);
+        else
+          simd::store_partial(at, (accumulate ? simd::load_partial(at, n, 0.0f) : vfloat{}) + pixels, n);
       }
     }
   }
@@ -394,8 +392,8 @@ bool winograd_fits(const ConvShape& g) {
          g.OW >= 4 && g.N * ((g.OH + kTile - 1) / kTile) * ((g.OW + kTile - 1) / kTile) >= 32;
 }
 
-void winograd_conv(float* out, const float* in, const float* w, const float* bias, const WinogradProblem& p,
-                   bool accumulate) {
+void winograd_conv(float* out, const float* in, const float* w, const float* bias, Activation act,
+                   const WinogradProblem& p, bool accumulate) {
   const Tiling t(p);
   const Weave weave;
   ScratchFrame frame;  // U, shared read-only by the chunks' threads
@@ -418,8 +416,8 @@ void winograd_conv(float* out, const float* in, const float* w, const float* bia
     parallel_for(threads, p.Ko, [&](int64_t ko) {
       for (int64_t row = row0; row < row1; ++row) {
         const int64_t n = row / t.TH, th = row % t.TH;
-        transform_output_row(out + (n * p.Ko + ko) * p.OH * p.OW, weave, m, bias ? bias[ko] : 0.0f, p, t, th, ko,
-                             columns, (row - row0) * t.TW, accumulate);
+        transform_output_row(out + (n * p.Ko + ko) * p.OH * p.OW, weave, m, bias ? bias[ko] : 0.0f, act, p, t,
+                             th, ko, columns, (row - row0) * t.TW, accumulate);
       }
     });
   };

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "conv/conv_shape.h"
+#include "core/ops.h"
 
 namespace pyengine {
 namespace PYENGINE_KERNEL_NS {
@@ -23,12 +24,13 @@ struct WinogradProblem {
 // input gradient alike (see the measurements in winograd.cpp).
 bool winograd_fits(const ConvShape& g);
 
-// out = (accumulate ? out : 0) + the correlation + bias[ko] (bias may be null).
+// out = (accumulate ? out : 0) + act(the correlation + bias[ko]) (bias may
+// be null; act is none when accumulating).
 void winograd_conv(float* out,          // (N, Ko, OH, OW)
                    const float* in,     // (N, Ci, IH, IW)
                    const float* w,      // (Ko, Ci, 3, 3), or (Ci, Ko, 3, 3) for input_grad
                    const float* bias,   // (Ko,) or nullptr
-                   const WinogradProblem& p, bool accumulate);
+                   Activation act, const WinogradProblem& p, bool accumulate);
 
 // dw (Ko, Ci, 3, 3) += the weight gradient of the forward problem p (not
 // input_grad), from its input x and output gradient dy.

@@ -151,6 +151,9 @@ struct EnumDecl {
   std::vector<std::string> members;  // code i is members[i]
 };
 const EnumDecl& declare_enum(std::string name, std::vector<std::string> members);
+// The Activation enum of core/ops.h, declared once (matmul/matmul_ops.cpp)
+// for the ops that apply one in their epilogue (matmul, conv2d).
+const EnumDecl& activation_enum();
 
 struct ArgDecl {
   std::string name;

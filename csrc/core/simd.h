@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+
+#include "core/ops.h"
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -225,6 +227,20 @@ inline vfloat gelu_erf(vfloat x) { return x * gelu_erf_cdf(x); }
 inline vfloat gelu_erf_grad(vfloat x) {
   const vfloat density = splat(0.3989422804014327f) * exp(splat(-0.5f) * x * x);
   return gelu_erf_cdf(x) + x * density;
+}
+
+// The activation an epilogue applies (the GEMM's, the convolution's bias
+// pass): the functions of the activations' own kernels, so a fused op gives
+// the bits of the two ops apart.
+inline vfloat activate(vfloat v, Activation activation) {
+  switch (activation) {
+    case Activation::relu: return v < vfloat{} ? vfloat{} : v;  // NaN stays NaN
+    case Activation::gelu: return gelu(v);
+    case Activation::gelu_erf: return gelu_erf(v);
+    case Activation::none:
+    case Activation::count: break;
+  }
+  return v;
 }
 
 }  // namespace simd

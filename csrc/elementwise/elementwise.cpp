@@ -256,9 +256,31 @@ void scalar_backward(float* da, const float* dout, const float* a, ScalarOp op, 
 void relu_forward(float* y, const float* x, int64_t n) {
   map_unary(y, x, n, [](float v) { return v < 0.0f ? 0.0f : v; });  // NaN stays NaN
 }
-// A select, not dy * (x > 0): a NaN dy where x <= 0 gives 0, and a NaN x passes dy, as in PyTorch.
-void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dx[i] += x[i] <= 0.0f ? 0.0f : dy[i];
+// From the output y (y > 0 where x > 0). A select, not dy * (y > 0): a NaN
+// dy where y <= 0 gives 0, and a NaN y passes dy, as in PyTorch.
+void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dx[i] += y[i] <= 0.0f ? 0.0f : dy[i];
+  });
+}
+
+// relu(a + b) in one pass; the backward is relu's, added into both gradients
+// (db may be da: x + x adds it twice, one after the other).
+void add_relu_forward(float* y, const float* a, const float* b, int64_t n) {
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float v = a[i] + b[i];
+      y[i] = v < 0.0f ? 0.0f : v;  // NaN stays NaN
+    }
+  });
+}
+void add_relu_backward(float* da, float* db, const float* dy, const float* y, int64_t n) {
+  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
+    if (da)
+      for (int64_t i = i0; i < i1; ++i) da[i] += y[i] <= 0.0f ? 0.0f : dy[i];
+    if (db)
+      for (int64_t i = i0; i < i1; ++i) db[i] += y[i] <= 0.0f ? 0.0f : dy[i];
+  });
 }
 
 // The same SIMD GELU as the GEMM epilogue: a fused matmul+gelu gives the

@@ -85,6 +85,18 @@ inline float gelu_erf_grad(float x) {
   return 0.5f * std::erfc(-x * 0.7071067811865476f) + x * 0.3989422804014327f * std::exp(-0.5f * x * x);
 }
 
+// The activation of a fused epilogue (matmul, conv2d), element by element.
+inline float activate(Activation activation, float v) {
+  switch (activation) {
+    case Activation::relu: return v < 0.0f ? 0.0f : v;  // NaN stays NaN
+    case Activation::gelu: return gelu(v);
+    case Activation::gelu_erf: return gelu_erf(v);
+    case Activation::none:
+    case Activation::count: break;
+  }
+  return v;
+}
+
 // Element offsets of a and b for the flat outer index `o` over shape[0..ndim-1).
 inline void outer_offsets(int64_t o, int64_t ndim, const int64_t* shape, const int64_t* sa,
                           const int64_t* sb, int64_t* off_a, int64_t* off_b) {

@@ -179,7 +179,10 @@ PYENGINE_OP("scalar_backward", "elementwise", "Gradient of scalar_forward: da +=
   }                                                                                                \
   }
 
-PYENGINE_UNARY_OP(relu, "max(x, 0), elementwise.", "x")
+// relu's backward reads its output: y > 0 exactly where x > 0 (NaN and -0
+// alike), and a matmul or convolution with the ReLU fused in its epilogue
+// then keeps no pre-activation for the backward.
+PYENGINE_UNARY_OP(relu, "max(x, 0), elementwise.", "y")
 PYENGINE_UNARY_OP(gelu, "GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), elementwise.", "x")
 PYENGINE_UNARY_OP(gelu_erf, "GELU, exact form: x Phi(x) = 0.5 x erfc(-x / sqrt(2)), elementwise.", "x")
 PYENGINE_UNARY_OP(tanh, "tanh(x), elementwise.", "y")
@@ -191,6 +194,37 @@ PYENGINE_UNARY_OP(rsqrt, "1 / sqrt(x), elementwise.", "y")
 PYENGINE_UNARY_OP(log, "log(x), natural logarithm, elementwise.", "x")
 PYENGINE_UNARY_OP(abs, "|x|, elementwise.", "x")
 PYENGINE_UNARY_OP(square, "x * x, elementwise.", "x")
+
+// ---------------------------------------------------------------- add + ReLU
+
+namespace pyengine {
+namespace {
+
+PYENGINE_OP("add_relu_forward", "elementwise",
+            "max(a + b, 0) of two arrays of one shape (a residual add and its ReLU) in one pass: the bits of "
+            "add then relu; NaN stays NaN.")
+    .output("y", "(*)")
+    .input("a", "(*)")
+    .input("b", "(*)")
+    .may_alias("y", "a")
+    .may_alias("y", "b")
+    .kernel([](const registry::Call& c) {
+      PYENGINE_DISPATCH(add_relu_forward)(c.f32("y"), c.f32("a"), c.f32("b"), c.dim("*"));
+    });
+
+PYENGINE_OP("add_relu_backward", "elementwise",
+            "Gradients of add_relu_forward from its output: da += dy and db += dy where y > 0 or y is NaN.")
+    .optional_grad("da", "(*)")
+    .optional_grad("db", "(*)")
+    .grad_input("dy", "(*)")
+    .input("y", "(*)")
+    .may_alias("da", "db")  // x + x: both gradients accumulate into x's, one after the other
+    .kernel([](const registry::Call& c) {
+      PYENGINE_DISPATCH(add_relu_backward)(c.f32("da"), c.f32("db"), c.f32("dy"), c.f32("y"), c.dim("*"));
+    });
+
+}  // namespace
+}  // namespace pyengine
 
 // ---------------------------------------------------------------- clamp
 

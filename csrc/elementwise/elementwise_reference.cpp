@@ -50,8 +50,21 @@ void scalar_backward(float* da, const float* dout, const float* a, ScalarOp op, 
 void relu_forward(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.0f ? 0.0f : x[i];  // NaN stays NaN
 }
-void relu_backward(float* dx, const float* dy, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dx[i] += x[i] <= 0.0f ? 0.0f : dy[i];  // NaN x passes dy (PyTorch)
+void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] += y[i] <= 0.0f ? 0.0f : dy[i];  // NaN passes dy (PyTorch)
+}
+void add_relu_forward(float* y, const float* a, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = a[i] + b[i];
+    y[i] = v < 0.0f ? 0.0f : v;
+  }
+}
+void add_relu_backward(float* da, float* db, const float* dy, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = y[i] <= 0.0f ? 0.0f : dy[i];
+    if (da) da[i] += g;
+    if (db) db[i] += g;
+  }
 }
 void gelu_forward(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = ew::gelu(x[i]);

@@ -82,16 +82,6 @@ struct Epilogue {
   Activation activation;
 };
 
-inline vfloat activate(vfloat v, Activation activation) {
-  switch (activation) {
-    case Activation::relu: return v < vfloat{} ? vfloat{} : v;  // NaN stays NaN
-    case Activation::gelu: return simd::gelu(v);
-    case Activation::gelu_erf: return simd::gelu_erf(v);
-    case Activation::none: break;
-  }
-  return v;
-}
-
 inline vfloat load_n(const float* p, int64_t count) {
   return count == kWidth ? simd::load(p) : simd::load_partial(p, count, 0.0f);
 }
@@ -108,7 +98,7 @@ inline void store_row(float* c, float* preact, vfloat acc, int64_t count, const 
   vfloat v = acc + (first ? (bias ? load_n(bias, count) : vfloat{}) : load_n(c, count));
   if (last) {
     if (preact) store_n(preact, v, count);
-    v = activate(v, activation);
+    v = simd::activate(v, activation);
   }
   store_n(c, v, count);
 }

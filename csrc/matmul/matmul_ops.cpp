@@ -8,17 +8,18 @@
 #include "core/registry.h"
 
 namespace pyengine {
+
+const registry::EnumDecl& registry::activation_enum() {
+  static const registry::EnumDecl& values = registry::declare_enum(
+      "Activation", std::vector<std::string>(std::begin(kActivationNames), std::end(kActivationNames)));
+  return values;
+}
+
 namespace {
 
 using registry::Call;
 using registry::Resolution;
 using registry::Shape;
-
-const registry::EnumDecl& activation_enum() {
-  static const registry::EnumDecl& values = registry::declare_enum(
-      "Activation", std::vector<std::string>(std::begin(kActivationNames), std::end(kActivationNames)));
-  return values;
-}
 
 // C[i] = op(A[i]) . op(B[i]): a (..., m, k) or (..., k, m) if trans_a, b
 // (..., k, n) or (..., n, k) if trans_b; either may be 2-D to be shared
@@ -72,7 +73,7 @@ PYENGINE_OP("matmul_forward", "matmul",
     .optional_input("bias")     // (n,)
     .flag("trans_a", false, "use a^T")
     .flag("trans_b", false, "use b^T")
-    .code("activation", activation_enum(), 0, "applied in the epilogue")
+    .code("activation", registry::activation_enum(), 0, "applied in the epilogue")
     .dims({"batch", "m", "n", "k"})
     .work({"batch", "m", "n", "k"})
     .shape_rule([](Resolution& r) { matmul_rule(r, "c", "bias"); })

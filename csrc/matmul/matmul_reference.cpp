@@ -31,10 +31,7 @@ void matmul_forward(float* c, float* preact, const float* a, const float* b, con
         const float v = static_cast<float>(acc);
         const int64_t index = t * m * n + i * n + j;
         if (preact) preact[index] = v;
-        c[index] = activation == Activation::relu       ? (v < 0.0f ? 0.0f : v)
-                   : activation == Activation::gelu     ? ew::gelu(v)
-                   : activation == Activation::gelu_erf ? ew::gelu_erf(v)
-                                                        : v;
+        c[index] = ew::activate(activation, v);
       }
   }
 }

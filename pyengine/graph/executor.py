@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pyengine import ops as O
+from pyengine import ops_cnn as OC
 from pyengine import random as R
 from pyengine.graph.planner import ALIGNMENT, Interval, place
 from pyengine.tensor import Tensor, _capturing, topological_order
@@ -87,9 +88,16 @@ class Step:
         return list(self.outs) if self.kind == "forward" else [g for g in self.grad_ins if g is not None]
 
 
-def capture(fn, *example_inputs, optimizer=None, check_finite: bool = False) -> CompiledGraph:
+def capture(fn, *example_inputs, optimizer=None, check_finite: bool = False, fuse: bool = True,
+            fold_batch_norm: bool = True) -> CompiledGraph:
     """Record `fn(*inputs)` and compile it; with `optimizer`, the graph is a
     full training step (forward, backward of the scalar output, update).
+
+    fuse: run a matmul, convolution or add and the activation that alone
+    reads it as one kernel (CompiledGraph._fuse_activations).
+    fold_batch_norm: without an optimizer (eval), fold a batch norm with
+    running statistics into the convolution before it
+    (CompiledGraph._fold_batch_norms). Either off gives the ops as recorded.
 
     check_finite: after every step of each replay, check what the step wrote
     and raise NonFiniteError at the first inf or NaN, naming the step, its op
@@ -102,7 +110,8 @@ def capture(fn, *example_inputs, optimizer=None, check_finite: bool = False) -> 
         raise TypeError(f"capture: fn must return a Tensor, got {type(output).__name__}")
     if optimizer is not None and (output.size != 1 or not output.requires_grad):
         raise ValueError(f"capture: a training step needs a scalar loss that requires grad, got shape {output.shape}")
-    return CompiledGraph(inputs, output, optimizer, streams, check_finite=check_finite)
+    return CompiledGraph(inputs, output, optimizer, streams, check_finite=check_finite, fuse=fuse,
+                         fold_batch_norm=fold_batch_norm)
 
 
 class NonFiniteError(FloatingPointError):
@@ -114,7 +123,8 @@ class NonFiniteError(FloatingPointError):
 
 
 class CompiledGraph:
-    def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None, check_finite: bool = False):
+    def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None, check_finite: bool = False,
+                 fuse: bool = True, fold_batch_norm: bool = True):
         self.optimizer = optimizer
         self.check_finite = bool(check_finite)
         self._streams = streams  # the random ops' rng buffers, refilled per replay (pyengine.random)
@@ -133,9 +143,14 @@ class CompiledGraph:
             # no gradient, as after zero_grad() in an eager loop.
             reached = {id(tensor) for tensor, _ in self.params}
             self._untouched_params = [p for p in optimizer.params if id(p) not in reached]
-        self._fuse_matmul_activations()
+        self._folds: list = []  # (conv params, batch norm step, folded weight, folded bias): _fold_batch_norms
+        if optimizer is None and fold_batch_norm:
+            self._fold_batch_norms()
+        if fuse:
+            self._fuse_activations()
         self.arena_bytes, self.planned_bytes = self._plan()
         self._program = self._bind()
+        self.refold()
 
     # ---------------------------------------------------------------- building
     def _new_value(self, tensor, kind, name, spec=None, alias_of=None) -> Value:
@@ -222,41 +237,116 @@ class CompiledGraph:
             steps.append(step)
         return steps
 
-    def _fuse_matmul_activations(self) -> None:
-        """Run a matmul and the ReLU/GELU that alone consumes it as one GEMM
-        with the activation in its epilogue (one pass over the output saved).
-        Only forward steps change: the backward steps already hold the
-        buffers they read, and the matmul's output is still written."""
+    def _fold_batch_norms(self) -> None:
+        """Eval mode (no backward): a convolution whose output is read by an
+        eval-mode batch norm alone (running statistics) runs as one
+        convolution with the batch norm folded into its weight and bias
+        (ops_cnn.fold_batch_norm): the batch norm's pass over the activations
+        goes. The folded weight and bias are graph constants, computed from
+        the current parameters and statistics at bind time, and again at the
+        first run() after pyengine writes any parameter or buffer in place
+        (an optimizer step, load_state_dict, a training-mode batch norm);
+        after writing into parameter arrays directly, call refold()."""
         readers: dict = {}
+        for step in self.steps:
+            for value in step.ins:
+                readers.setdefault(id(value.root), []).append(step)
+        steps, removed = [], set()
+        for step in self.steps:
+            if id(step) in removed:
+                continue
+            consumers = readers.get(id(step.outs[0].root), [])
+            bn = consumers[0] if len(consumers) == 1 else None
+            if (type(step.op) is not O.Conv2d or step.outs[0] is self.output or bn is None
+                    or not isinstance(bn.op, OC.BatchNorm) or bn.op.batch_stats or bn.op.running_mean is None
+                    or step.outs[0] is not bn.ins[0]
+                    or any(v.kind not in PERSISTENT_KINDS for v in step.ins[1:] + bn.ins[1:])):  # computed weights
+                steps.append(step)
+                continue
+            weight = step.ins[1]
+            folded_weight = self._new_value(None, "const", f"folded({weight.name})", weight.spec)
+            folded_bias = self._new_value(None, "const", f"folded_bias({bn.outs[0].name})",
+                                          O.Spec((weight.spec.shape[0],)))
+            folded_weight.array = np.empty(weight.spec.shape, np.float32)
+            folded_bias.array = np.empty(folded_bias.spec.shape, np.float32)
+            self._folds.append((step.ins[1:], bn, folded_weight.array, folded_bias.array))
+            steps.append(Step("forward", OC.ConvBatchNorm(step.op), [step.ins[0], folded_weight, folded_bias],
+                              [bn.outs[0]]))
+            removed.add(id(bn))
+        self.steps = steps
+
+    def refold(self) -> None:
+        """Fold the batch norms into their convolutions again from the
+        current parameters and running statistics (see _fold_batch_norms);
+        run() does it by itself after pyengine's own in-place writes."""
+        for conv_params, bn, weight, bias in self._folds:
+            conv_weight = conv_params[0].array
+            conv_bias = conv_params[1].array if len(conv_params) > 1 else None
+            gamma, beta = bn.op._affine([None, *(v.array for v in bn.ins[1:])])
+            OC.fold_batch_norm(conv_weight, conv_bias, bn.op.running_mean, bn.op.running_var, gamma, beta,
+                               bn.op.eps, weight, bias)
+        self._folded_at = O.PARAMETER_WRITES[0]
+
+    def _fuse_activations(self) -> None:
+        """One pass over the steps with the table of fusible producers
+        (ops.FUSIONS): a matmul, a convolution or an add and the activation
+        that alone reads its output run as one kernel, the activation in the
+        producer's epilogue (one pass over the output saved). The producer's
+        output is still written when a backward step reads it (matmul's
+        preact); a producer that cannot write it is then left alone. The
+        backward steps stay those of the two ops (they hold the buffers they
+        read), except where the fused op has its own backward (add+relu): it
+        replaces the add's backward step, in its place in the schedule, and
+        the ReLU's goes."""
+        readers: dict = {}
+        backward_of: dict = {}  # id(forward output 0) -> its backward step
         for step in self.steps:
             if step.kind == "forward":
                 for value in step.ins:
                     readers.setdefault(id(value.root), []).append(step)
+            else:
+                backward_of[id(step.outs[0])] = step
         read_backward = {id(v.root) for step in self.steps if step.kind == "backward" for v in step.reads()}
-        fused, removed = [], set()
+        fused, removed, replaced = [], set(), {}
         for step in self.steps:
             if id(step) in removed:
                 continue
-            act = self._only_activation_after(step, readers)
-            if act is None:
+            if id(step) in replaced:
+                fused.append(replaced[id(step)])
+                continue
+            match = self._fusion_after(step, readers, read_backward)
+            if match is None:
                 fused.append(step)
                 continue
-            keep = [step.outs[0]] if id(step.outs[0].root) in read_backward else []
-            fused.append(Step("forward", O.MatMulActivation(step.op, act.op.name), step.ins,
-                              [act.outs[0], *keep]))
+            fusion, act, op, keep = match
+            fused.append(Step("forward", op, step.ins, [act.outs[0], *keep]))
             removed.add(id(act))
+            act_backward, producer_backward = backward_of.get(id(act.outs[0])), backward_of.get(id(step.outs[0]))
+            if fusion.fuses_backward and act_backward is not None and producer_backward is not None:
+                removed.add(id(act_backward))
+                replaced[id(producer_backward)] = Step(
+                    "backward", op, step.ins, [act.outs[0]], act_backward.grad_out, producer_backward.grad_ins,
+                    producer_backward.zero_first)
         self.steps = fused
 
-    def _only_activation_after(self, step: Step, readers: dict):
-        """The ReLU/GELU step that is the only forward reader of a matmul
-        step's output, or None."""
-        if step.kind != "forward" or not isinstance(step.op, O.MatMul) or step.outs[0] is self.output:
+    def _fusion_after(self, step: Step, readers: dict, read_backward: set):
+        """(fusion, activation step, fused op, kept producer outputs) when a
+        forward step's output is read by one activation step alone and the
+        table fuses the two; else None."""
+        if step.kind != "forward" or step.outs[0] is self.output:
             return None
+        fusion = next((f for f in O.FUSIONS if isinstance(step.op, f.producer)), None)
         consumers = readers.get(id(step.outs[0].root), [])
-        if len(consumers) != 1:
+        if fusion is None or len(consumers) != 1:
             return None
         act = consumers[0]
-        return act if isinstance(act.op, O.Unary) and act.op.name in O.FUSIBLE_ACTIVATIONS else None
+        if not (isinstance(act.op, O.Unary) and act.op.name in fusion.activations):
+            return None
+        keep = [step.outs[0]] if id(step.outs[0].root) in read_backward else []
+        if keep and not fusion.writes_preact:
+            return None
+        op = fusion.fused(step.op, act.op.name, [v.spec for v in step.ins])
+        return None if op is None else (fusion, act, op, keep)
 
     # ---------------------------------------------------------------- planning
     def _lifetimes(self) -> dict:
@@ -361,6 +451,8 @@ class CompiledGraph:
                 raise ValueError(f"run: input {index} has shape {data.shape} and dtype {data.dtype}, "
                                  f"the graph was captured for {value.spec.shape} {value.spec.dtype}")
             np.copyto(value.array, data)
+        if self._folds and self._folded_at != O.PARAMETER_WRITES[0]:
+            self.refold()
         for tensor, grad in self.params:
             tensor._grad = grad.array
         for tensor in self._untouched_params:

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pyengine.ops import parameters_written
 from pyengine.tensor import Tensor
 
 
@@ -152,6 +153,7 @@ class Module:
             raise ValueError(f"{type(self).__name__}.load_state_dict: {'; '.join(wrong)}")
         for name, array in arrays.items():
             np.copyto(params[name].data, array, casting="same_kind")
+        parameters_written()
         return IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self) -> str:

@@ -1,4 +1,5 @@
-"""Gradient clipping, torch.nn.utils.clip_grad_norm_'s semantics, on kernels.
+"""Gradient clipping, torch.nn.utils.clip_grad_norm_'s semantics, on kernels;
+and fuse_conv_bn_eval (torch.nn.utils.fusion's), batch norm folded into a convolution.
 
 The norm of every gradient buffer is one ``vector_norm`` kernel call (in
 double), and ``clip_coefficient`` combines them into the total norm and the
@@ -19,6 +20,7 @@ Two ways to clip:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -26,7 +28,7 @@ import numpy as np
 from pyengine import _C
 from pyengine.tensor import Tensor
 
-__all__ = ["clip_grad_norm_", "GradNormClip"]
+__all__ = ["clip_grad_norm_", "GradNormClip", "fuse_conv_bn_eval"]
 
 F32 = np.float32
 
@@ -90,3 +92,31 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
         for grad in grads:
             _C.scalar_forward(grad, grad, "mul", coef)
     return Tensor(clip.total)
+
+
+def fuse_conv_bn_eval(conv, bn):
+    """A new Conv2d that computes bn(conv(x)) in eval mode, as
+    torch.nn.utils.fusion.fuse_conv_bn_eval: the convolution's weight scaled
+    per output channel by weight / sqrt(running_var + eps) of the batch
+    norm, and a bias (added where the convolution had none) of
+    (bias - running_mean) times that plus the batch norm's bias (folded in
+    float64, rounded once). Both modules must be in eval mode and the batch
+    norm must track running statistics; neither is changed. A captured eval
+    graph folds such pairs by itself (pyengine.capture)."""
+    from pyengine.nn.module import Parameter
+    from pyengine.ops_cnn import fold_batch_norm
+
+    if conv.training or bn.training:
+        raise ValueError("fuse_conv_bn_eval: fusion only for eval (call .eval() on both modules)")
+    if bn.running_mean is None:
+        raise ValueError("fuse_conv_bn_eval: the batch norm has no running statistics (track_running_stats=False)")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"fuse_conv_bn_eval: the batch norm has {bn.num_features} features, the convolution "
+                         f"{conv.out_channels} output channels")
+    fused = copy.deepcopy(conv)
+    weight, bias = fold_batch_norm(conv.weight.data, None if conv.bias is None else conv.bias.data,
+                                   bn.running_mean.data, bn.running_var.data,
+                                   None if bn.weight is None else bn.weight.data,
+                                   None if bn.bias is None else bn.bias.data, bn.eps)
+    fused.weight, fused.bias = Parameter(weight), Parameter(bias)
+    return fused

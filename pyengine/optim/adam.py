@@ -6,6 +6,7 @@ import numpy as np
 
 from pyengine import kernels
 from pyengine.nn.utils import GradNormClip
+from pyengine.ops import parameters_written
 from pyengine.optim.optimizer import Optimizer
 from pyengine.tensor import Tensor
 
@@ -73,6 +74,7 @@ class Adam(Optimizer):
         for group in self.param_groups:
             self._step_group(group, scale)
         self.steps += 1
+        parameters_written()
 
     def _clip_coefficient(self):
         """The clip coefficient of this step's gradients (a 0-d buffer), or None without gradients."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pyengine import kernels
+from pyengine.ops import parameters_written
 from pyengine.optim.optimizer import Optimizer
 
 
@@ -43,6 +44,7 @@ class SGD(Optimizer):
         for group in self.param_groups:
             self._step_group(group)
         self.steps += 1
+        parameters_written()
 
     def _step_group(self, group: dict) -> None:
         momentum = group["momentum"]
