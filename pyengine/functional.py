@@ -343,7 +343,10 @@ def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool 
         if not isinstance(value, Tensor):
             raise TypeError(f"dropout_add: {name} must be a Tensor, got {type(value).__name__}")
     if not training or p == 0.0:
-        return residual + input
+        try:
+            return residual + input
+        except ValueError as error:
+            raise ValueError(f"dropout_add: {error}") from None
     return apply(DropoutAdd(p), residual, input, R.next_rng_input())
 
 

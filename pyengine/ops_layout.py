@@ -158,6 +158,9 @@ class Permute(O.Op):
         self.dims = tuple(dims)
 
     def _perm(self, ndim: int) -> tuple:
+        for d in self.dims:
+            if not _is_int(d):
+                raise TypeError(f"permute: dims must be ints, got {type(d).__name__} in {self.dims}")
         if len(self.dims) != ndim:
             raise ValueError(f"permute: dims {self.dims} must name each of the {ndim} dims once")
         perm = tuple(normalize_dim(d, ndim, "permute") for d in self.dims) if ndim else ()
@@ -237,8 +240,8 @@ def _check_index(index) -> tuple:
             if item.step == 0:
                 raise ValueError("Tensor.__getitem__: slice step cannot be zero")
             continue
-        kind = type(item).__name__
-        raise TypeError(f"Tensor.__getitem__: only ints, slices, None, ... and one int64 index array are "
+        kind = type(item).__name__  # IndexError, as torch and numpy say for an index of the wrong type
+        raise IndexError(f"Tensor.__getitem__: only ints, slices, None, ... and one int64 index array are "
                         f"supported as indices; indexing with a {kind} is not supported")
     ellipses = sum(item is Ellipsis for item in items)
     if ellipses > 1:
