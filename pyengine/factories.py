@@ -248,6 +248,8 @@ def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False) 
         _number("arange", name, value)
         if not math.isfinite(value):
             raise ValueError(f"arange: {name} must be finite, got {value}")
+        if _is_int(value) and not -2**63 <= value < 2**63:  # answered for 2**63, as no int64 can hold it
+            raise ValueError(f"arange: {name} {value} does not fit an int64")
     integral = all(_is_int(v) for v in (start, end, step))
     resolved = _dtype("arange", dtype, int64 if integral else float32)
     _check_grad("arange", resolved, requires_grad)

@@ -355,6 +355,8 @@ class Tensor:
         return apply(O.Sum(axis, keepdims, mean=True), self)
 
     def reshape(self, *shape) -> Tensor:
+        if not shape:  # x.reshape() took () and answered for a 0-d x; torch: a TypeError
+            raise TypeError("reshape: missing the shape (reshape(()) for a 0-d tensor)")
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return apply(O.Reshape(shape), self)
@@ -362,6 +364,8 @@ class Tensor:
     # ---- layout, as in PyTorch (pyengine.ops_layout): views share memory, the rest copy
     def view(self, *shape) -> Tensor:
         """The same data with a new shape (one -1 allowed), a view as reshape."""
+        if not shape:
+            raise TypeError("view: missing the shape (view(()) for a 0-d tensor)")
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return apply(OL.View(shape), self)

@@ -169,3 +169,22 @@ def test_dropout_add_and_getitem_errors_name_themselves():
         F.dropout_add(Tensor(np.zeros(2, np.float32)), Tensor(np.zeros(0, np.float32)), 0.5, training=False)
     with pytest.raises(IndexError, match="__getitem__"):  # was TypeError (torch and numpy: IndexError)
         Tensor(np.zeros(3, np.float32))[1.5]
+
+
+def test_errors_found_at_40_examples_per_op():
+    import pyengine as pe
+    import pyengine.functional as F
+    x = Tensor(np.zeros((), np.float32))
+    for call, error, match in [
+        (lambda: x.flatten(1, 1.0), TypeError, "^flatten: dim must be an int"),  # was IndexError (range first)
+        (lambda: x.transpose(1, 1.0), TypeError, "^transpose: dim must be an int"),
+        (lambda: x.reshape(), TypeError, "^reshape: missing the shape"),  # reshape() answered for a 0-d x
+        (lambda: x.view(), TypeError, "^view: missing the shape"),
+        (lambda: pe.arange(2**63), ValueError, "^arange: end .* int64"),  # answered
+        (lambda: F.linear(Tensor(np.zeros(1, np.float32)), Tensor(np.zeros((0, 0), np.float32))), ValueError,
+         "^linear: "),  # said only "matmul_forward: inner dims differ"
+        (lambda: F.batch_norm(Tensor(np.zeros((0, 0), np.float32)), None, None, training=True), ValueError,
+         "^batch_norm: expected more than 1 value"),  # did not name the op
+    ]:
+        with pytest.raises(error, match=match):
+            call()
