@@ -124,10 +124,10 @@ from pyengine.graph import capture  # noqa: E402
 from pyengine.io.serialization import load, save  # noqa: E402
 from pyengine.pointwise import abs, clamp, clip, exp, log, relu, rsqrt, sigmoid, sqrt, square, tanh  # noqa: E402
 from pyengine.random import get_rng_state, initial_seed, manual_seed, set_rng_state  # noqa: E402
-from pyengine.tensor import Tensor, is_grad_enabled, no_grad, tensor  # noqa: E402
+from pyengine.tensor import Tensor, from_numpy, is_grad_enabled, no_grad, tensor  # noqa: E402
 
 __all__ = [
-    "Tensor", "tensor", "no_grad", "is_grad_enabled", "manual_seed", "capture", "save", "load",
+    "Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "manual_seed", "capture", "save", "load",
     "zeros", "ones", "full", "empty", "rand", "randn", "randint", "arange", "linspace", "eye",
     "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
     "float32", "int64", "int32",

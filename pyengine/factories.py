@@ -93,12 +93,12 @@ def _shape(fn: str, sizes: tuple, size=None) -> tuple:
 def _dims(fn: str, sizes) -> tuple:
     if not isinstance(sizes, (tuple, list)):
         raise TypeError(f"{fn}: size must be a tuple or list of ints, got {type(sizes).__name__}")
-    for dim in sizes:
+    for dim in sizes:  # every type first, as torch: a float anywhere is a TypeError
         if not _is_int(dim):
             raise TypeError(f"{fn}: size must contain ints, "
                             f"got {type(dim).__name__} in {tuple(sizes)}")
-        if dim < 0:
-            raise ValueError(f"{fn}: size must be non-negative, got {tuple(sizes)}")
+    if any(dim < 0 for dim in sizes):
+        raise ValueError(f"{fn}: size must be non-negative, got {tuple(sizes)}")
     # numpy cannot even describe a shape whose non-zero dims multiply past 2^63 (empty or not): say so here
     # rather than let its bare "Maximum allowed dimension exceeded" (or an OverflowError) through
     if int(np.prod([int(d) for d in sizes if d], dtype=object)) >= 2**63:
@@ -248,6 +248,8 @@ def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False) 
         _number("arange", name, value)
         if not math.isfinite(value):
             raise ValueError(f"arange: {name} must be finite, got {value}")
+        if _is_int(value) and not -2**63 <= value < 2**63:  # answered for 2**63, as no int64 can hold it
+            raise ValueError(f"arange: {name} {value} does not fit an int64")
     integral = all(_is_int(v) for v in (start, end, step))
     resolved = _dtype("arange", dtype, int64 if integral else float32)
     _check_grad("arange", resolved, requires_grad)

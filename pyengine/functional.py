@@ -37,7 +37,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     # the row count spelled out: reshape(-1, 0) of an empty input is ambiguous
     flat = x if x.ndim == 2 else x.reshape(int(np.prod(lead, dtype=np.int64)), x.shape[-1])
     inputs = (flat, weight) if bias is None else (flat, weight, bias)
-    y = apply(O.MatMul(trans_b=True), *inputs)
+    try:
+        y = apply(O.MatMul(trans_b=True), *inputs)
+    except ValueError as error:  # said only "matmul_forward: inner dims differ ..."
+        raise ValueError(f"linear: input {x.shape} and weight {weight.shape}: {error}") from None
     return y if x.ndim == 2 else y.reshape(*lead, weight.shape[0])
 
 
@@ -120,7 +123,7 @@ def batch_norm(x: Tensor, running_mean, running_var, weight: Tensor | None = Non
     if not training and running_mean is None:
         raise ValueError("batch_norm: training=False needs running_mean and running_var")
     if training and x.ndim >= 2 and x.size // max(x.shape[1], 1) <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input size {x.shape}")
     counter = None if num_batches_tracked is None else _buffer_array(num_batches_tracked, "num_batches_tracked")
     op = OC.BatchNorm(running_mean, running_var, counter, training, momentum, eps, weight is not None,
                       bias is not None)
@@ -343,7 +346,10 @@ def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool 
         if not isinstance(value, Tensor):
             raise TypeError(f"dropout_add: {name} must be a Tensor, got {type(value).__name__}")
     if not training or p == 0.0:
-        return residual + input
+        try:
+            return residual + input
+        except ValueError as error:
+            raise ValueError(f"dropout_add: {error}") from None
     return apply(DropoutAdd(p), residual, input, R.next_rng_input())
 
 

@@ -281,7 +281,10 @@ class Sum(Op):
 
     def infer(self, x):
         _check_float(self.name, x)
-        self._axes = K.normalize_axes(self.axis, len(x.shape))
+        axis = self.axis
+        if not x.shape and axis is not None and all(a in (0, -1) for a in np.atleast_1d(np.asarray(axis, object))):
+            axis = ()  # a 0-d tensor's dim 0 (or -1) reduces nothing, as in torch
+        self._axes = K.normalize_axes(axis, len(x.shape))
         self._scale = K.mean_scale(x.shape, self._axes) if self.mean else 1.0
         partials = K.sum_partial_shapes(x.shape, self._axes)
         self._n_partials = len(partials)
@@ -375,6 +378,9 @@ class Reshape(Op):
     is_view = True
 
     def __init__(self, shape):
+        for d in shape:  # int(d) took 1.5 (and said only "invalid literal for int()" of 'x')
+            if not isinstance(d, (int, np.integer)) or isinstance(d, (bool, np.bool_)):
+                raise TypeError(f"{self.name}: shape must contain ints, got {type(d).__name__} in {tuple(shape)}")
         self.shape = tuple(int(d) for d in shape)
 
     def infer(self, x):

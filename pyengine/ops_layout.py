@@ -44,6 +44,13 @@ def normalize_dim(dim, ndim: int, fn: str, extra: int = 0) -> int:
     return int(dim) % n
 
 
+def _check_ints(fn: str, *dims) -> None:
+    """Every dim an int, checked before any is range-checked (torch's order: a float is a TypeError)."""
+    for dim in dims:
+        if not _is_int(dim):
+            raise TypeError(f"{fn}: dim must be an int, got {type(dim).__name__}")
+
+
 def normalize_dims(dims, ndim: int, fn: str) -> tuple:
     """An int or a sequence of ints as sorted unique non-negative dims;
     None or () means every dim. ValueError for a repeated dim."""
@@ -129,6 +136,7 @@ class Flatten(_ShapeView):
 
     def __init__(self, start_dim=0, end_dim=-1):
         super().__init__()
+        _check_ints("flatten", start_dim, end_dim)
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def _shape(self, shape):
@@ -158,6 +166,9 @@ class Permute(O.Op):
         self.dims = tuple(dims)
 
     def _perm(self, ndim: int) -> tuple:
+        for d in self.dims:
+            if not _is_int(d):
+                raise TypeError(f"permute: dims must be ints, got {type(d).__name__} in {self.dims}")
         if len(self.dims) != ndim:
             raise ValueError(f"permute: dims {self.dims} must name each of the {ndim} dims once")
         perm = tuple(normalize_dim(d, ndim, "permute") for d in self.dims) if ndim else ()
@@ -192,6 +203,7 @@ class Transpose(Permute):
 
     def __init__(self, dim0, dim1):
         super().__init__()
+        _check_ints("transpose", dim0, dim1)
         self.dim0, self.dim1 = dim0, dim1
 
     def _perm(self, ndim):
@@ -237,8 +249,8 @@ def _check_index(index) -> tuple:
             if item.step == 0:
                 raise ValueError("Tensor.__getitem__: slice step cannot be zero")
             continue
-        kind = type(item).__name__
-        raise TypeError(f"Tensor.__getitem__: only ints, slices, None, ... and one int64 index array are "
+        kind = type(item).__name__  # IndexError, as torch and numpy say for an index of the wrong type
+        raise IndexError(f"Tensor.__getitem__: only ints, slices, None, ... and one int64 index array are "
                         f"supported as indices; indexing with a {kind} is not supported")
     ellipses = sum(item is Ellipsis for item in items)
     if ellipses > 1:

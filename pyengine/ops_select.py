@@ -152,6 +152,8 @@ class Triangle(O.Op):
             raise ValueError(f"triangle: kind must be 'tril' or 'triu', got {kind!r}")
         if not _is_int(diagonal):
             raise TypeError(f"{kind}: diagonal must be an int, got {type(diagonal).__name__}")
+        if not -2**63 <= diagonal < 2**63:  # torch's diagonal is an int64 (numpy's tri overflowed past it)
+            raise ValueError(f"{kind}: diagonal {diagonal} does not fit an int64")
         self.name, self.diagonal = kind, int(diagonal)
 
     def infer(self, x):

@@ -22,7 +22,7 @@ from pyengine import ops as O
 from pyengine import ops_layout as OL
 from pyengine import ops_reduce as OR
 
-__all__ = ["Tensor", "Node", "no_grad", "is_grad_enabled", "tensor", "topological_order"]
+__all__ = ["Tensor", "Node", "no_grad", "is_grad_enabled", "tensor", "from_numpy", "topological_order"]
 
 
 class _State(threading.local):
@@ -90,22 +90,72 @@ def topological_order(roots, parents) -> list:
     return order
 
 
-def _as_array(data) -> np.ndarray:
+# The dtypes a Tensor can hold: bool, integers and floats (the ops compute in float32 and index in int64).
+_KINDS = "biuf"
+
+
+def _as_array(data, fn: str = "Tensor") -> np.ndarray:
+    """The array a Tensor wraps. A numpy array is taken as it is, never copied or cast: one that is
+    not C-contiguous, not in native byte order or of a dtype no Tensor holds raises, naming the
+    explicit fix. A list or a scalar is converted (floats to float32, integers to int64)."""
+    if isinstance(data, Tensor):
+        return data.data
     if isinstance(data, np.ndarray):
-        return data
+        if isinstance(data, np.ma.MaskedArray):
+            raise TypeError(f"{fn}: a masked array would lose its mask; pass a.filled(value) or np.asarray(a)")
+        array = data if type(data) is np.ndarray else data.view(np.ndarray)  # np.matrix, memmap: no copy
+        _check_shareable(fn, array)
+        return array
     array = np.asarray(data)
     if array.dtype.kind == "f":
         array = array.astype(np.float32)
     elif array.dtype.kind in "iu":
         array = array.astype(np.int64)
+    if array.dtype.kind not in _KINDS:
+        raise TypeError(f"{fn}: cannot hold {type(data).__name__} data of numpy dtype {array.dtype} "
+                        f"(a Tensor holds bool, integer or float values)")
     return np.require(array, requirements="C")  # keeps 0-d arrays 0-d
+
+
+def _check_shareable(fn: str, array: np.ndarray) -> None:
+    """A numpy array a Tensor can wrap as it is (see Tensor)."""
+    dtype = array.dtype
+    if dtype.kind not in _KINDS or dtype.fields is not None:
+        raise TypeError(f"{fn}: a Tensor holds bool, integer or float arrays, got dtype {dtype}; "
+                        f"convert it explicitly, e.g. a.astype(np.float32)")
+    if not dtype.isnative:
+        native = dtype.newbyteorder("=")
+        raise TypeError(f"{fn}: the array's dtype {dtype.str!r} is not in native byte order and a Tensor "
+                        f"never converts silently; pass a.astype({native.str!r})")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{fn}: the array of shape {array.shape} is not C-contiguous (strides {array.strides}) "
+                         f"and a Tensor wraps arrays without copying; pass np.ascontiguousarray(a), or "
+                         f"pyengine.tensor(a) for a copy")
 
 
 class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
-    ``Tensor(numpy_array)`` wraps the array without copying. Lists and scalars
-    are converted (floats to float32, integers to int64).
+    ``Tensor(numpy_array)`` wraps the array without copying or casting, as
+    ``torch.from_numpy`` does: the Tensor and the array share memory. No copy
+    and no cast is ever made silently, so an array a Tensor cannot hold as it
+    is raises at once, naming the fix:
+
+    - not C-contiguous (a transpose, a slice with a step, negative strides):
+      ValueError; pass ``np.ascontiguousarray(a)``, or ``pyengine.tensor(a)``
+      (a copy);
+    - not in native byte order (``'>f4'`` on x86): TypeError; pass
+      ``a.astype('<f4')``;
+    - not bool, integer or float (object, strings, complex, structured):
+      TypeError.
+
+    A float64 or int32 array is held as it is (and a Tensor of it can be
+    printed, indexed, saved); the math ops take float32 and raise a TypeError
+    naming the op otherwise, and ``requires_grad`` needs float32. A read-only
+    array is held too (an optimizer, which updates in place, refuses it). A
+    0-d array is a 0-d Tensor; a Tensor given is shared. Lists and Python
+    scalars are converted (floats to float32, integers to int64), being no
+    array to share.
     """
 
     __array_priority__ = 1000  # numpy defers `ndarray op Tensor` to Tensor
@@ -142,7 +192,15 @@ class Tensor:
 
     @grad.setter
     def grad(self, value) -> None:
-        self._grad = None if value is None else _as_array(value.data if isinstance(value, Tensor) else value)
+        if value is None:
+            self._grad = None
+            return
+        grad = _as_array(value, "Tensor.grad")
+        if grad.dtype != np.float32:
+            raise TypeError(f"Tensor.grad: must be float32, got {grad.dtype}")
+        if grad.shape != self.shape:
+            raise ValueError(f"Tensor.grad: must have the tensor's shape {self.shape}, got {grad.shape}")
+        self._grad = grad
 
     @property
     def is_leaf(self) -> bool:
@@ -193,7 +251,10 @@ class Tensor:
             if node is None or grad_out is None:
                 continue
             grad_ins = [_grad_buffer(t, grads) if t.requires_grad else None for t in node.inputs]
+            shared = _unshare(grad_ins)
             node.op.backward(grad_ins, grad_out, [t.data for t in node.inputs], node.outputs)
+            for buffer, own in shared:
+                buffer += own
 
     # ---- operators
     def _binary(self, other, op: str, reverse: bool = False) -> Tensor:
@@ -226,14 +287,28 @@ class Tensor:
         return apply(O.Scalar("pow", float(exponent)), self)
 
     def __matmul__(self, other):
-        return apply(O.MatMul(), self, other if isinstance(other, Tensor) else Tensor(other))
+        return self._matmul(other if isinstance(other, Tensor) else Tensor(other))
 
     def __rmatmul__(self, other):
-        return apply(O.MatMul(), Tensor(other), self)
+        return Tensor(other)._matmul(self)
 
     # ---- functions
     def matmul(self, other, trans_a=False, trans_b=False) -> Tensor:
         return apply(O.MatMul(trans_a, trans_b), self, other)
+
+    def _matmul(self, other: Tensor) -> Tensor:
+        """self @ other with torch's 1-D rules: a vector on the left is a row, on the right a
+        column, and the dim it added is dropped from the result."""
+        if self.ndim == 0 or other.ndim == 0:
+            raise ValueError(f"matmul: both arguments need at least 1 dim, got shapes {self.shape} and {other.shape}")
+        a = self.reshape(1, -1) if self.ndim == 1 else self
+        b = other.reshape(-1, 1) if other.ndim == 1 else other
+        out = apply(O.MatMul(), a, b)
+        if self.ndim == 1 and other.ndim == 1:
+            return out.reshape(())
+        if self.ndim == 1:
+            return out.reshape(*out.shape[:-2], out.shape[-1])
+        return out.reshape(out.shape[:-1]) if other.ndim == 1 else out
 
     def relu(self) -> Tensor: return apply(O.Unary("relu"), self)
     def gelu(self, approximate: str = "none") -> Tensor:
@@ -256,12 +331,22 @@ class Tensor:
             raise ValueError("clamp: at least one of min and max must be given")
         lo = float("-inf") if min is None else float(min)
         hi = float("inf") if max is None else float(max)
+        if lo > hi:  # torch: min(max(x, min), max) is max wherever x is not NaN, and no gradient passes
+            return apply(O.KernelOp("clamp", min=0.0, max=0.0), self) * 0.0 + hi
         return apply(O.KernelOp("clamp", min=lo, max=hi), self)
 
     clip = clamp
     def exp(self) -> Tensor: return apply(O.Unary("exp"), self)
-    def softmax(self) -> Tensor: return apply(O.Unary("softmax"), self)
-    def log_softmax(self) -> Tensor: return apply(O.Unary("log_softmax"), self)
+    def softmax(self) -> Tensor: return self._rowwise("softmax")
+    def log_softmax(self) -> Tensor: return self._rowwise("log_softmax")
+
+    def _rowwise(self, name: str) -> Tensor:
+        """An op over the last dim; a 0-d tensor is a row of one, as in torch."""
+        if self.ndim == 0:
+            return apply(O.Unary(name), self.reshape(1)).reshape(())
+        if self.size == 0:  # rows of nothing, or no rows: an empty answer, as torch's
+            return self * 1.0
+        return apply(O.Unary(name), self)
 
     def sum(self, axis=None, keepdims=False) -> Tensor:
         return apply(O.Sum(axis, keepdims), self)
@@ -270,6 +355,8 @@ class Tensor:
         return apply(O.Sum(axis, keepdims, mean=True), self)
 
     def reshape(self, *shape) -> Tensor:
+        if not shape:  # x.reshape() took () and answered for a 0-d x; torch: a TypeError
+            raise TypeError("reshape: missing the shape (reshape(()) for a 0-d tensor)")
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return apply(O.Reshape(shape), self)
@@ -277,6 +364,8 @@ class Tensor:
     # ---- layout, as in PyTorch (pyengine.ops_layout): views share memory, the rest copy
     def view(self, *shape) -> Tensor:
         """The same data with a new shape (one -1 allowed), a view as reshape."""
+        if not shape:
+            raise TypeError("view: missing the shape (view(()) for a 0-d tensor)")
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return apply(OL.View(shape), self)
@@ -388,9 +477,26 @@ class Tensor:
         return (centered * centered).sum(axes, keepdims=keepdim) / divisor
 
 
-def tensor(data, requires_grad: bool = False) -> Tensor:
-    """A tensor holding a copy of `data`."""
-    return Tensor(np.array(_as_array(data)), requires_grad=requires_grad)
+def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
+    """A tensor holding a copy of `data` (as torch.tensor): C-contiguous and in native byte order
+    whatever the layout of an array given; its dtype kept, or `dtype` if given (an explicit cast)."""
+    if isinstance(data, (Tensor, np.ndarray)):
+        array = data.data if isinstance(data, Tensor) else data
+        if array.dtype.kind in _KINDS and dtype is None:
+            dtype = array.dtype.newbyteorder("=")
+        array = np.array(array, dtype=dtype, order="C")
+    else:
+        array = np.array(_as_array(data, "tensor"), dtype=dtype, order="C")
+    _check_shareable("tensor", array)
+    return Tensor(array, requires_grad=requires_grad)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A Tensor sharing `array`'s memory, as torch.from_numpy: the array is taken as Tensor(array)
+    takes it (C-contiguous, native byte order, bool, integer or float), never copied."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy array, got {type(array).__name__}")
+    return Tensor(_as_array(array, "from_numpy"))
 
 
 def _differentiable_parents(t: Tensor):
@@ -408,6 +514,24 @@ def _grad_buffer(t: Tensor, grads: dict) -> np.ndarray:
     if buffer is None:
         buffer = grads[id(t)] = np.zeros(t.shape, dtype=np.float32)
     return buffer
+
+
+def _unshare(grad_ins: list) -> list:
+    """A tensor given to one op twice (layer_norm(x, w, w), attention(q, k, k)), or two views of
+    one buffer, would have overlapping buffers for two gradients, which a kernel must not be
+    handed (its outputs may not overlap): each later one gets a zeroed buffer of its own, to be
+    added into the shared one after the backward. Returns those (shared buffer, own buffer)
+    pairs; grad_ins is changed in place. Used by eager backward and by the executor."""
+    kept, shared = [], []
+    for i, buffer in enumerate(grad_ins):
+        if buffer is None:
+            continue
+        if any(np.may_share_memory(buffer, other) for other in kept):
+            grad_ins[i] = np.zeros_like(buffer)
+            shared.append((buffer, grad_ins[i]))
+        else:
+            kept.append(buffer)
+    return shared
 
 
 def apply(op: O.Op, *inputs: Tensor) -> Tensor:

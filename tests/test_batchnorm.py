@@ -179,7 +179,7 @@ def test_batchnorm2d_matches_torch_in_train_and_eval(kwargs):
 def test_batch_of_one_in_training_raises_as_torch():
     bn = nn.BatchNorm2d(3)
     x = np.ones((1, 3, 1, 1), F32)
-    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+    with pytest.raises(ValueError, match="batch_norm: expected more than 1 value per channel when training"):
         bn(pyengine.Tensor(x))
     if torch is not None:
         with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):

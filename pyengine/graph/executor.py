@@ -32,7 +32,7 @@ from pyengine import ops as O
 from pyengine import ops_cnn as OC
 from pyengine import random as R
 from pyengine.graph.planner import ALIGNMENT, Interval, place
-from pyengine.tensor import Tensor, _capturing, topological_order
+from pyengine.tensor import Tensor, _capturing, _unshare, topological_order
 
 __all__ = ["capture", "CompiledGraph", "NonFiniteError"]
 
@@ -401,9 +401,13 @@ class CompiledGraph:
                 program.append(step.op.bind_forward(arrays(step.outs), arrays(step.ins)))
                 self._labels.append(f"{step.op.name} forward")
             else:
-                program.append(step.op.bind_backward(arrays(step.grad_ins), step.grad_out.array,
-                                                     arrays(step.ins), arrays(step.outs)))
-                self._labels.append(f"{step.op.name} backward")
+                grads = arrays(step.grad_ins)
+                shared = _unshare(grads)  # an input given twice: its repeat accumulates apart, then is added
+                program += [functools.partial(own.fill, 0) for _, own in shared]
+                program.append(step.op.bind_backward(grads, step.grad_out.array, arrays(step.ins), arrays(step.outs)))
+                program += [functools.partial(np.add, buffer, own, out=buffer) for buffer, own in shared]
+                self._labels += ["zero gradients"] * len(shared) + [f"{step.op.name} backward"]
+                self._labels += ["add a repeated input's gradient"] * len(shared)
             if self.check_finite:
                 program.append(functools.partial(self._check_step, index, step))
                 self._labels.append("check_finite")

@@ -147,7 +147,11 @@ def _decode(node: dict, tensors: dict, used: set):
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
-    return array if array.flags.writeable else array.copy()
+    """A loaded array as a Tensor holds it: writable, C-contiguous, in native byte order (the file is
+    little-endian; reading it is a copy anyway)."""
+    if array.flags.writeable and array.flags.c_contiguous and array.dtype.isnative:
+        return array
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
 
 def _one_line(error: Exception) -> str:

@@ -225,10 +225,10 @@ class BertForMaskedLM(nn.Module):
         hidden = config.hidden_size
         predictions = _Node(transform=_Node(dense=nn.Linear(hidden, hidden),
                                             LayerNorm=nn.LayerNorm(hidden, config.layer_norm_eps)))
-        predictions.bias = nn.Parameter(np.zeros(config.vocab_size))
+        predictions.bias = nn.Parameter(np.zeros(config.vocab_size, np.float32))
         if not config.tie_word_embeddings:
-            predictions.decoder = _Node(weight=nn.Parameter(np.zeros((config.vocab_size, hidden))),
-                                        bias=nn.Parameter(np.zeros(config.vocab_size)))
+            predictions.decoder = _Node(weight=nn.Parameter(np.zeros((config.vocab_size, hidden), np.float32)),
+                                        bias=nn.Parameter(np.zeros(config.vocab_size, np.float32)))
         self.cls = _Node(predictions=predictions)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> Tensor:

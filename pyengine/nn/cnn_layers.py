@@ -89,8 +89,8 @@ class _BatchNorm(Module):
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         self.has_bias = bool(affine and bias)
-        self.weight = Parameter(np.ones(self.num_features)) if affine else None
-        self.bias = Parameter(np.zeros(self.num_features)) if self.has_bias else None
+        self.weight = Parameter(np.ones(self.num_features, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(self.num_features, np.float32)) if self.has_bias else None
         if track_running_stats:
             self.register_buffer("running_mean", Tensor(np.zeros(self.num_features, np.float32)))
             self.register_buffer("running_var", Tensor(np.ones(self.num_features, np.float32)))

@@ -24,8 +24,8 @@ class Linear(Module):
         rng = generator or default_generator()
         bound = 1.0 / math.sqrt(in_features) if in_features else 0.0
         self.in_features, self.out_features = in_features, out_features
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)))
-        self.bias = Parameter(rng.uniform(-bound, bound, (out_features,))) if bias else None
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
+        self.bias = Parameter(rng.uniform(-bound, bound, (out_features,)).astype(np.float32)) if bias else None
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -55,8 +55,9 @@ class Conv2d(Module):
         bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, int(groups)
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_channels, in_channels // groups, kh, kw)))
-        self.bias = Parameter(rng.uniform(-bound, bound, (out_channels,))) if bias else None
+        weight_shape = (out_channels, in_channels // groups, kh, kw)
+        self.weight = Parameter(rng.uniform(-bound, bound, weight_shape).astype(np.float32))
+        self.bias = Parameter(rng.uniform(-bound, bound, (out_channels,)).astype(np.float32)) if bias else None
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -87,8 +88,8 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape: int, eps: float = 1e-5):
         super().__init__()
         self.normalized_shape, self.eps = int(normalized_shape), float(eps)
-        self.weight = Parameter(np.ones(self.normalized_shape))
-        self.bias = Parameter(np.zeros(self.normalized_shape))
+        self.weight = Parameter(np.ones(self.normalized_shape, np.float32))
+        self.bias = Parameter(np.zeros(self.normalized_shape, np.float32))
 
     def forward(self, x):
         return F.layer_norm(x, self.weight, self.bias, self.eps)

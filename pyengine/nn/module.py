@@ -8,14 +8,32 @@ from typing import NamedTuple
 import numpy as np
 
 from pyengine.ops import parameters_written
-from pyengine.tensor import Tensor
+from pyengine.tensor import Tensor, _as_array
 
 
 class Parameter(Tensor):
-    """A tensor that is a trainable weight of a module (requires grad)."""
+    """A tensor that is a trainable weight of a module (requires grad).
+
+    It takes its data as Tensor does, without a copy or a cast: a numpy array
+    must be float32, C-contiguous, in native byte order and writable (the
+    optimizers update it in place); otherwise TypeError/ValueError names the
+    fix (``a.astype(np.float32)``, ``np.ascontiguousarray(a)``, ``a.copy()``).
+    A list or a Python number becomes float32.
+    """
 
     def __init__(self, data, name: str | None = None):
-        super().__init__(np.ascontiguousarray(data, dtype=np.float32), requires_grad=True, name=name)
+        if not isinstance(data, (Tensor, np.ndarray)):
+            try:  # a list or a number: no array to share
+                data = np.asarray(data, dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"Parameter: cannot make float32 values of {type(data).__name__} ({error})") from None
+        array = _as_array(data, "Parameter")
+        if array.dtype != np.float32:
+            raise TypeError(f"Parameter: must be float32, got dtype {array.dtype}; pass a.astype(np.float32)")
+        super().__init__(array, requires_grad=True, name=name)
+        if not self.data.flags.writeable:
+            raise ValueError("Parameter: the array is read-only and optimizers update parameters in place; "
+                             "pass a.copy()")
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()  # as PyTorch prints one
@@ -140,6 +158,9 @@ class Module:
         unexpected keys raise KeyError naming them; a value of the wrong shape
         raises ValueError and one that is not a numeric array TypeError, naming
         the key. Returns (missing_keys, unexpected_keys) as PyTorch does.
+        Loading is a copy by definition, so any layout and byte order is read
+        right; values are converted as torch's ``copy_`` converts them (float64
+        into a float32 parameter), never a float into an integer buffer.
         """
         params = dict(self._state_tensors())
         missing = [k for k in params if k not in state]

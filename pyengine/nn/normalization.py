@@ -18,7 +18,7 @@ class RMSNorm(Module):
         if len(shape) != 1:
             raise ValueError(f"RMSNorm: one normalized dimension is supported, got {shape}")
         self.normalized_shape, self.eps = (int(shape[0]),), eps
-        self.weight = Parameter(np.ones(self.normalized_shape)) if elementwise_affine else None
+        self.weight = Parameter(np.ones(self.normalized_shape, np.float32)) if elementwise_affine else None
 
     def forward(self, x):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)

@@ -18,7 +18,7 @@ class Embedding(Module):
         super().__init__()
         rng = generator or default_generator()
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
-        self.weight = Parameter(rng.standard_normal((self.num_embeddings, self.embedding_dim)))
+        self.weight = Parameter(rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype("float32"))
 
     def forward(self, input):
         return F.embedding(input, self.weight)

@@ -179,6 +179,11 @@ def _param_list(params, name: str) -> list:
             raise TypeError(f"{name}: can only optimize Tensors, got {type(p).__name__}")
         if not p.is_leaf:
             raise ValueError(f"{name}: can't optimize a non-leaf Tensor")
+        if p.dtype != np.float32:  # the update kernels are float32 and write in place: refused here, not at step()
+            raise TypeError(f"{name}: can only optimize float32 Tensors, got {p.dtype}")
+        if not p.data.flags.writeable:
+            raise ValueError(f"{name}: a parameter of shape {p.shape} is read-only (its array is not writable), "
+                             f"and optimizers update in place; give it a writable copy (a.copy())")
     return params
 
 

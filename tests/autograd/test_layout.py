@@ -154,8 +154,9 @@ def test_len_and_iteration_yield_rows_with_gradients():
                          ids=repr)
 def test_unsupported_indices_raise_type_error(index):
     """Integer index arrays work (tests/autograd/test_join_select.py); bool masks,
-    floats and two arrays do not."""
-    with pytest.raises(TypeError, match="__getitem__"):
+    floats and two arrays do not. An index of the wrong type is an IndexError, as torch says."""
+    error = IndexError if isinstance(index, (bool, float)) else TypeError
+    with pytest.raises(error, match="__getitem__"):
         Tensor(_x(3, 4))[index]
 
 

@@ -291,16 +291,19 @@ def test_module_zero_grad():
 def test_module_requires_init():
     class Bad(nn.Module):
         def __init__(self):
-            self.w = nn.Parameter(np.zeros(2))
+            self.w = nn.Parameter(np.zeros(2, np.float32))
 
     with pytest.raises(AttributeError):
         Bad()
 
 
 def test_parameter_is_float32_requires_grad():
-    p = nn.Parameter(np.arange(3, dtype=np.float64))
+    p = nn.Parameter(np.arange(3, dtype=np.float32))
     assert p.dtype == np.float32 and p.requires_grad and p.is_leaf
     np.testing.assert_array_equal(p.numpy(), [0.0, 1.0, 2.0])
+    assert nn.Parameter([0, 1]).dtype == np.float32  # a list is converted; an array is never cast silently
+    with pytest.raises(TypeError, match="Parameter: must be float32, got dtype float64"):
+        nn.Parameter(np.arange(3, dtype=np.float64))
 
 
 # ------------------------------------------------------------------ initialisation

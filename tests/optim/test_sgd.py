@@ -170,11 +170,12 @@ def test_valid_edge_arguments_accepted():
 def test_step_checks_gradient_dtype_and_shape():
     p = Parameter(np.ones(2, F32))
     opt = SGD([p], lr=0.1)
-    p.grad = np.ones(2, dtype=np.float64)
-    with pytest.raises(TypeError):
-        opt.step()
+    with pytest.raises(TypeError):  # refused when assigned (Tensor.grad), before any step
+        p.grad = np.ones(2, dtype=np.float64)
     for bad in (np.ones(3, F32), np.ones(1, F32)):
-        p.grad = bad
+        with pytest.raises(ValueError):
+            p.grad = bad
+        p._grad = bad  # past the setter, the step still checks
         with pytest.raises(ValueError):
             opt.step()
     np.testing.assert_array_equal(p.numpy(), [1.0, 1.0])  # nothing was applied

@@ -27,7 +27,7 @@ CASE_TIMEOUT_S = 20.0
 
 
 def fuzz(cases, name: str, max_examples: int, progress) -> dict:
-    counts = {"ok": 0, "error": 0, "memory": 0}
+    counts = {"ok": 0, "error": 0, "memory": 0, "known": 0}
 
     @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True, print_blob=False,
               suppress_health_check=list(HealthCheck))
@@ -47,8 +47,17 @@ def fuzz(cases, name: str, max_examples: int, progress) -> dict:
     try:
         case()
     except Exception as error:  # noqa: BLE001 (reported to the parent, which fails the test)
-        failure = f"{type(error).__name__}: {error}"[:2000]
+        failure = _describe(error)[:4000]
     return {"op": name, "cases": sum(counts.values()), **counts, "failure": failure}
+
+
+def _describe(error: BaseException) -> str:
+    """The error, its notes (hypothesis's falsifying example) and each error of a group."""
+    notes = "".join(f" [{note}]" for note in getattr(error, "__notes__", ()))
+    text = f"{type(error).__name__}: {error}{notes}"
+    for sub in getattr(error, "exceptions", ()):  # an ExceptionGroup (hypothesis's distinct failures)
+        text += f"\n    - {_describe(sub)}"
+    return text
 
 
 def main() -> None:
@@ -87,11 +96,12 @@ def run_children(module: str, names: list, max_examples: int, progress: str) -> 
 
 def print_counts(what: str, names: list, results: dict, max_examples: int) -> None:
     """The cases run per op (seen with pytest -s) and the total."""
-    print(f"\nfuzz cases per op ({max_examples} drawn each): ok / clear error / MemoryError")
+    print(f"\nfuzz cases per op ({max_examples} drawn each): valid (answer checked) / clear error / MemoryError"
+          f" / known mismatch")
     for name in names:
         r = results[name]
-        print(f"  {name:32s} {r['cases']!s:>6} cases: {r.get('ok', '-')} ok, {r.get('error', '-')} errors, "
-              f"{r.get('memory', '-')} MemoryError")
+        print(f"  {name:32s} {r['cases']!s:>6} cases: {r.get('ok', '-')} valid, {r.get('error', '-')} errors, "
+              f"{r.get('memory', '-')} MemoryError, {r.get('known', '-')} known")
     total = sum(r["cases"] for r in results.values() if isinstance(r["cases"], int))
     print(f"  total: {total} cases over {len(names)} {what}")
 

@@ -76,3 +76,115 @@ def test_backward_of_a_leaf_sets_its_grad():
     x = Tensor(np.ones(2, np.float32), requires_grad=True)
     x.contiguous().backward(np.array([0.5, 2.0], np.float32))  # contiguous() of a contiguous x is x
     np.testing.assert_array_equal(x.grad.numpy(), [0.5, 2.0])
+
+
+def _torch64(a, grad=True):
+    import torch
+    return torch.tensor(np.asarray(a, np.float64), requires_grad=grad)
+
+
+def test_a_tensor_given_twice_to_one_op_gets_both_gradients_eager_and_captured():
+    # layer_norm(x, w, w) and attention(q, k, k) handed one buffer as two kernel outputs: ValueError "overlaps"
+    import torch
+
+    import pyengine as pe
+    import pyengine.functional as F
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    tw = _torch64(w)
+    torch.nn.functional.layer_norm(_torch64(x, False), (4,), tw, tw).sum().backward()
+    weight = Tensor(w.copy(), requires_grad=True)
+    F.layer_norm(Tensor(x), weight, weight).sum().backward()
+    np.testing.assert_allclose(weight.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+    param = pe.nn.Parameter(w.copy())
+    step = pe.capture(lambda a: F.layer_norm(a, param, param).sum(), x, optimizer=pe.optim.SGD([param], lr=1.0))
+    step.run(x)
+    np.testing.assert_allclose(param.numpy(), w - tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+    q, k = rng.standard_normal((1, 2, 3, 4)).astype(np.float32), rng.standard_normal((1, 2, 5, 4)).astype(np.float32)
+    tk = _torch64(k)
+    torch.nn.functional.scaled_dot_product_attention(_torch64(q, False), tk, tk).sum().backward()
+    key = Tensor(k.copy(), requires_grad=True)
+    F.scaled_dot_product_attention(Tensor(q), key, key).sum().backward()
+    np.testing.assert_allclose(key.grad.numpy(), tk.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shapes", [((3,), (3,)), ((0,), (0,)), ((3,), (2, 3, 4)), ((2, 3, 4), (4,)), ((2, 3), (3,))])
+def test_matmul_of_vectors_follows_torch(shapes):
+    # was "matmul_forward: 'a' must have at least 2 dims" for any 1-D operand
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    x, y = Tensor(a.copy(), requires_grad=True), Tensor(b.copy(), requires_grad=True)
+    tx, ty = _torch64(a), _torch64(b)
+    out, ref = x @ y, tx @ ty
+    assert out.shape == tuple(ref.shape)
+    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    ref.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y.grad.numpy(), ty.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_0d_and_empty_inputs_answer_as_torch():
+    x = Tensor(np.array(2.0, np.float32), requires_grad=True)
+    assert x.softmax().item() == 1.0 and x.log_softmax().item() == 0.0  # were "at least 1 dims"
+    assert x.sum(0).item() == 2.0 and x.mean(-1, keepdims=True).shape == ()  # were "axis 0 is out of range"
+    assert Tensor(np.zeros((3, 0), np.float32)).softmax().shape == (3, 0)  # was "'cols' must be non-empty"
+
+
+def test_clamp_with_min_above_max_is_max_as_torch():
+    # was "clamp_forward: min = 0.000000 is above max = -2.000000"
+    x = Tensor(np.array([-3.0, 0.0, 5.0, np.nan, np.inf], np.float32), requires_grad=True)
+    y = x.clamp(0.0, -2.0)
+    np.testing.assert_array_equal(y.numpy(), [-2.0, -2.0, -2.0, np.nan, -2.0])
+    y.backward(np.ones(5, np.float32))
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros(5))
+    np.testing.assert_array_equal(x.clamp(1.0, -np.inf).numpy()[:3], [-np.inf] * 3)
+
+
+@pytest.mark.parametrize("call", [lambda x: x.reshape("x"), lambda x: x.reshape(1.0), lambda x: x.view(2, 1.5),
+                                  lambda x: x.permute(1.0, 0)])
+def test_a_float_or_a_string_where_ints_belong_is_a_type_error(call):
+    # reshape(1.0) answered, reshape("x") said only "invalid literal for int()", permute said ValueError
+    with pytest.raises(TypeError, match=r"^(reshape|view|permute): .* ints"):
+        call(Tensor(np.zeros((1, 3), np.float32)))
+
+
+def test_factory_sizes_are_type_checked_before_their_signs():
+    import pyengine as pe
+    for factory in (pe.zeros, pe.ones, pe.rand, pe.randn):
+        with pytest.raises(TypeError, match="size must contain ints"):  # was ValueError (-1 seen first)
+            factory(-1, 1.0)
+
+
+def test_tril_of_a_diagonal_past_int64_is_a_value_error():
+    x = Tensor(np.zeros((2, 2), np.float32))
+    for diagonal in (2**63, -2**70):  # numpy's tri raised OverflowError, or answered
+        with pytest.raises(ValueError, match="(tril|triu): diagonal .* int64"):
+            x.tril(diagonal) if diagonal > 0 else x.triu(diagonal)
+
+
+def test_dropout_add_and_getitem_errors_name_themselves():
+    import pyengine.functional as F
+    with pytest.raises(ValueError, match="^dropout_add: "):  # was "add: binary_forward: ..."
+        F.dropout_add(Tensor(np.zeros(2, np.float32)), Tensor(np.zeros(0, np.float32)), 0.5, training=False)
+    with pytest.raises(IndexError, match="__getitem__"):  # was TypeError (torch and numpy: IndexError)
+        Tensor(np.zeros(3, np.float32))[1.5]
+
+
+def test_errors_found_at_40_examples_per_op():
+    import pyengine as pe
+    import pyengine.functional as F
+    x = Tensor(np.zeros((), np.float32))
+    for call, error, match in [
+        (lambda: x.flatten(1, 1.0), TypeError, "^flatten: dim must be an int"),  # was IndexError (range first)
+        (lambda: x.transpose(1, 1.0), TypeError, "^transpose: dim must be an int"),
+        (lambda: x.reshape(), TypeError, "^reshape: missing the shape"),  # reshape() answered for a 0-d x
+        (lambda: x.view(), TypeError, "^view: missing the shape"),
+        (lambda: pe.arange(2**63), ValueError, "^arange: end .* int64"),  # answered
+        (lambda: F.linear(Tensor(np.zeros(1, np.float32)), Tensor(np.zeros((0, 0), np.float32))), ValueError,
+         "^linear: "),  # said only "matmul_forward: inner dims differ"
+        (lambda: F.batch_norm(Tensor(np.zeros((0, 0), np.float32)), None, None, training=True), ValueError,
+         "^batch_norm: expected more than 1 value"),  # did not name the op
+    ]:
+        with pytest.raises(error, match=match):
+            call()
