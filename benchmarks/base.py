@@ -43,7 +43,8 @@ import pyengine.kernels as K
 from pyengine import registry
 
 IMPLS = ("pyengine", "numpy", "torch", "numba")
-REQUIRES = {"torch": "torch", "torch-cl": "torch", "numba": "numba"}  # impl -> module it needs, skipped without
+# impl -> the module it needs, skipped without
+REQUIRES = {"torch": "torch", "torch_channels_last": "torch", "numba": "numba"}
 REFERENCE = "pyengine"  # every peer's outputs are checked against its
 RTOL = 1e-3  # loose: the check only guards against timing a wrong kernel
 BACKWARD_PASSES = ("backward", "forward+backward")

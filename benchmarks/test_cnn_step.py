@@ -65,11 +65,16 @@ def model_flops(name) -> int:
     return 3 * total[0]
 
 
-def _data(case):
-    _, batch, channels, side = SHAPES[case.spec[0]]
+def batch_of(name):
+    """The images and labels of one step, seeded."""
+    _, batch, channels, side = SHAPES[name]
     rng = np.random.default_rng(0)
     return {"x": rng.standard_normal((batch, channels, side, side), dtype=np.float32),
             "y": rng.integers(0, 10, batch)}
+
+
+def _data(case):
+    return batch_of(case.spec[0])
 
 
 def pyengine_step_of(name, b):
@@ -159,7 +164,7 @@ if __name__ == "__main__":  # the child of training_memory_mib: NAME IMPL THREAD
         pass
 
     b = Buffers()
-    for key, value in _data(Case("cnn_training_step", "step", name, (), spec=(name, impl))).items():
+    for key, value in batch_of(name).items():
         setattr(b, key, value)
     before = _resident_mib()
     step = (pyengine_step_of if impl == "pyengine" else torch_step_of)(name, b)

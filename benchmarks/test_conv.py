@@ -15,7 +15,7 @@ for the 3x3 stride-1 layers, im2col + its GEMM for the rest, direct loops for de
 preallocated buffers, its backward accumulating (``+=``). torch runs
 ``torch.nn.functional.conv2d`` (its output allocated per call, as in a model) and, for the
 backward, ``aten.convolution_backward``, the kernel torch's autograd calls for a convolution,
-without the autograd bookkeeping; ``torch-cl`` does the same on channels_last tensors (x,
+without the autograd bookkeeping; ``torch_channels_last`` does the same on channels_last tensors (x,
 weight and grad_y converted once, outside the timing), the layout oneDNN prefers. A
 ``peak fma probe`` row (pyengine's register-only FMA loop) in the same run says what the
 cores could do: quote the layers as ratios and fractions of it. numpy (forward only: it has no autodiff) pads x into a
@@ -119,7 +119,7 @@ def _inputs(case):
 conv2d = kernel("conv2d", inputs=_inputs, ops=("conv2d_forward", "conv2d_backward"),
                 options=lambda case: {"stride": case.spec.stride, "padding": case.spec.padding,
                                       "groups": case.spec.groups})
-IMPLS_CONV = (*IMPLS, "torch-cl")
+IMPLS_CONV = (*IMPLS, "torch_channels_last")
 
 
 # ---------------------------------------------------------------- implementations
@@ -166,7 +166,7 @@ def torch_conv2d(case, b):
     return _torch_conv2d(case, b, torch.contiguous_format)
 
 
-@conv2d.impl("torch-cl")
+@conv2d.impl("torch_channels_last")
 def torch_channels_last_conv2d(case, b):
     """The same on channels_last (NHWC in memory) tensors."""
     import torch

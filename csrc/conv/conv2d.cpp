@@ -425,8 +425,10 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   if (dbias) bias_grad(dbias, dy, g);
   if ((!dx && !dw) || N == 0) return;
   if (g.Cg() == 1) return depthwise_backward(dx, dw, dy, x, w, g);
-  if (winograd_fits(g)) {  // dx += the full correlation of dy with the flipped weight
-    if (dx) winograd_conv(dx, dy, w, nullptr, Activation::none, {N, K, g.OH, g.OW, C, H, W, 2 - g.ph, 2 - g.pw, true}, true);
+  if (winograd_fits(g)) {
+    if (dx)  // dx += the full correlation of dy with the flipped weight
+      winograd_conv(dx, dy, w, nullptr, Activation::none, {N, K, g.OH, g.OW, C, H, W, 2 - g.ph, 2 - g.pw, true},
+                    true);
     if (dw) winograd_weight_grad(dw, x, dy, {N, C, H, W, K, g.OH, g.OW, g.ph, g.pw, false});
     return;
   }
