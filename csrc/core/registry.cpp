@@ -225,6 +225,20 @@ int OpBuilder::kernel(Kernel k) {
     if (i < 0) throw std::logic_error("registry: " + decl_.name + " works on undeclared dim " + d);
     decl_.work_dims.push_back(i);
   }
+  static_assert(kMaxDims <= 32, "nonempty_mask has a bit per dim");
+  for (const std::string& d : decl_.nonempty) {
+    const int i = decl_.find_dim(d.c_str());
+    if (i < 0) throw std::logic_error("registry: " + decl_.name + " asks a non-empty undeclared dim " + d);
+    decl_.nonempty_mask |= uint32_t{1} << i;
+  }
+  // A call returns its outputs; an op that only updates in place returns what it updated.
+  for (size_t i = 0; i < decl_.args.size(); ++i)
+    if (decl_.args[i].role == Role::output) decl_.returned.push_back(static_cast<int>(i));
+  for (size_t i = 0; i < decl_.args.size() && decl_.returned.empty(); ++i)
+    if (decl_.args[i].role == Role::inout) decl_.returned.push_back(static_cast<int>(i));
+  for (int rank = 0; rank < 3; ++rank)
+    for (size_t i = 0; i < decl_.args.size(); ++i)
+      if (binding_rank(decl_.args[i].role) == rank) decl_.binding_order.push_back(static_cast<int>(i));
   all_ops().push_back(std::move(decl_));
   return static_cast<int>(all_ops().size());
 }
@@ -286,27 +300,63 @@ int64_t Resolution::group_size() const {
 }
 
 void Resolution::check_nonempty(int a) const {
+  if (!op_.nonempty_mask) return;
   const ArgDecl& arg = op_.args[a];
-  for (const std::string& dim : op_.nonempty)
-    for (int token : arg.pattern)
-      if (token >= 0 && op_.dims[token] == dim && bound_[token] && dims_[token] == 0)
-        fail(cat("the '", dim, "' dim of '", arg.name, "' must be non-empty, got shape ",
-                 shape_str(*shapes_[a])));
+  for (int token : arg.pattern)
+    if (token >= 0 && (op_.nonempty_mask >> token & 1) && bound_[token] && dims_[token] == 0)
+      fail(cat("the '", op_.dims[token], "' dim of '", arg.name, "' must be non-empty, got shape ",
+               shape_str(*shapes_[a])));
 }
 
 // Binds the dims of argument `a` from its shape, or checks them when bound.
+// Every bound dim is checked before any is bound, so a mismatch is reported
+// against the dims bound so far (mismatch() says what was expected).
 void Resolution::match(int a) {
   const ArgDecl& arg = op_.args[a];
   const Shape& got = *shapes_[a];
   const size_t named = arg.pattern.size() - (arg.has_group ? 1 : 0);
-  if (arg.has_group ? got.size() < named : got.size() != named) {
-    if (arg.has_group)
-      fail(cat("'", arg.name, "' must have at least ", named, " dims ", arg.shape, ", got shape ",
-               shape_str(got)));
-    fail(cat("'", arg.name, "' must be ", named, "-D ", arg.shape, ", got shape ", shape_str(got)));
+  if (arg.has_group ? got.size() < named : got.size() != named) mismatch(a);
+  const size_t group_count = got.size() - named;
+  size_t pos = 0;
+  for (int token : arg.pattern) {
+    if (token == kGroup) {
+      if (group_bound_) {
+        if (group_.size() != group_count) mismatch(a);
+        for (size_t i = 0; i < group_count; ++i)
+          if (group_[i] != got[pos + i]) mismatch(a);
+      }
+      pos += group_count;
+      continue;
+    }
+    if (bound_[token] && dims_[token] != got[pos]) mismatch(a);
+    ++pos;
   }
-  // What the shape would be with the dims bound so far; mismatches are
-  // reported against it.
+  pos = 0;
+  for (int token : arg.pattern) {
+    if (token == kGroup) {
+      if (!group_bound_) group_ = Shape(got.begin() + pos, got.begin() + pos + group_count);
+      group_bound_ = true;
+      pos += group_count;
+      continue;
+    }
+    if (!bound_[token]) binder_[token] = a;
+    dims_[token] = got[pos++];
+    bound_[token] = true;
+  }
+  if (group_binder_ < 0 && arg.has_group) group_binder_ = a;
+}
+
+// The error for an argument that does not fit its pattern: its rank, or the
+// shape it would have with the dims bound so far.
+void Resolution::mismatch(int a) const {
+  const ArgDecl& arg = op_.args[a];
+  const Shape& got = *shapes_[a];
+  const size_t named = arg.pattern.size() - (arg.has_group ? 1 : 0);
+  if (arg.has_group && got.size() < named)
+    fail(cat("'", arg.name, "' must have at least ", named, " dims ", arg.shape, ", got shape ",
+             shape_str(got)));
+  if (!arg.has_group && got.size() != named)
+    fail(cat("'", arg.name, "' must be ", named, "-D ", arg.shape, ", got shape ", shape_str(got)));
   Shape want;
   size_t pos = 0;
   for (int token : arg.pattern) {
@@ -323,22 +373,7 @@ void Resolution::match(int a) {
     want.push_back(bound_[token] ? dims_[token] : got[pos]);
     ++pos;
   }
-  if (want != got) fail(cat("'", arg.name, "' has shape ", shape_str(got), ", expected ", shape_str(want),
-                            binder_note(arg)));
-  pos = 0;
-  for (int token : arg.pattern) {
-    if (token == kGroup) {
-      const size_t count = got.size() - named;
-      if (!group_bound_) group_ = Shape(got.begin() + pos, got.begin() + pos + count);
-      group_bound_ = true;
-      pos += count;
-      continue;
-    }
-    if (!bound_[token]) binder_[token] = a;
-    dims_[token] = got[pos++];
-    bound_[token] = true;
-  }
-  if (group_binder_ < 0 && arg.has_group) group_binder_ = a;
+  fail(cat("'", arg.name, "' has shape ", shape_str(got), ", expected ", shape_str(want), binder_note(arg)));
 }
 
 // " (from 'x' with shape (3, 4, 2))": which argument fixed the dims that
@@ -356,32 +391,31 @@ std::string Resolution::binder_note(const ArgDecl& arg) const {
 void Resolution::resolve() {
   // Inputs with a pattern bind their dims first, so a shape rule can rely on
   // their ranks; then the rule; then everything else, in binding order.
-  InlineVec<bool, kMaxArgs> done;
-  done.resize(op_.args.size(), false);
-  for (size_t a = 0; a < op_.args.size(); ++a) {
+  static_assert(kMaxArgs <= 32, "a bit per argument");
+  uint32_t matched = 0;
+  const size_t n = op_.args.size();
+  for (int a : op_.binding_order) {
     const ArgDecl& arg = op_.args[a];
-    if (binding_rank(arg.role) == 0 && shapes_[a] && arg.has_pattern) {
-      match(static_cast<int>(a));
-      done[a] = true;
+    if (binding_rank(arg.role) != 0) break;
+    if (shapes_[a] && arg.has_pattern) {
+      match(a);
+      matched |= uint32_t{1} << a;
     }
   }
   if (op_.shape_rule) op_.shape_rule(*this);
-  for (int rank = 0; rank < 3; ++rank) {
-    for (size_t a = 0; a < op_.args.size(); ++a) {
-      const ArgDecl& arg = op_.args[a];
-      if (binding_rank(arg.role) != rank || !shapes_[a]) continue;
-      if (expected_[a]) {
-        if (*shapes_[a] != *expected_[a])
-          fail(cat("'", arg.name, "' has shape ", shape_str(*shapes_[a]), ", expected ",
-                   shape_str(*expected_[a])));
-      } else if (arg.has_pattern && !done[a]) {
-        match(static_cast<int>(a));
-      }
-      check_nonempty(static_cast<int>(a));
+  for (int a : op_.binding_order) {
+    if (!shapes_[a]) continue;
+    const ArgDecl& arg = op_.args[a];
+    if (expected_[a]) {
+      if (*shapes_[a] != *expected_[a])
+        fail(cat("'", arg.name, "' has shape ", shape_str(*shapes_[a]), ", expected ", shape_str(*expected_[a])));
+    } else if (arg.has_pattern && !(matched >> a & 1)) {
+      match(a);
     }
+    check_nonempty(a);
   }
   // Outputs not given (to be allocated) get their shape from the bound dims.
-  for (size_t a = 0; a < op_.args.size(); ++a) {
+  for (size_t a = 0; a < n; ++a) {
     const ArgDecl& arg = op_.args[a];
     if (expected_[a] || !arg.has_pattern) continue;
     if (shapes_[a]) {

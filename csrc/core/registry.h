@@ -167,12 +167,14 @@ struct ArgDecl {
   bool has_group = false;
 };
 
+// No default member initializers: a call's table of them (InlineVec<Attr, 8>)
+// is then left unwritten until used; `Attr{kind}` still zeroes the rest.
 struct Attr {
   AttrKind kind;
-  bool flag = false;
-  int64_t integer = 0;  // integers and codes
-  double real = 0.0;
-  std::array<int64_t, 2> pair{};
+  bool flag;
+  int64_t integer;  // integers and codes
+  double real;
+  std::array<int64_t, 2> pair;
 };
 
 struct AttrDecl {
@@ -200,6 +202,9 @@ struct OpDecl {
   std::vector<std::string> nonempty;        // dims that must be >= 1
   std::vector<std::string> work;            // dims whose product is the work (none: the largest array)
   std::vector<int> work_dims;               // their indices, resolved at registration
+  uint32_t nonempty_mask = 0;               // bit d: dims[d] is in `nonempty` (set at registration)
+  InlineVec<int, kMaxArgs> returned;        // the arguments a call returns (set at registration)
+  InlineVec<int, kMaxArgs> binding_order;   // the arguments by binding rank (set at registration)
   std::vector<std::pair<std::string, std::string>> may_alias;  // identical or disjoint
   ShapeRule shape_rule;
   Check check;
@@ -274,6 +279,7 @@ class Resolution {
 
  private:
   void match(int arg);
+  [[noreturn]] void mismatch(int arg) const;
   void check_nonempty(int arg) const;
   std::string binder_note(const ArgDecl& arg) const;
   const OpDecl& op_;

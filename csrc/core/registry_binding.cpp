@@ -58,12 +58,10 @@ namespace {
   throw py::value_error(op.name + ": " + message);
 }
 
-void shape_of(const OpDecl& op, const std::string& name, const py::array& a, Shape& shape) {
-  if (static_cast<size_t>(a.ndim()) > kMaxRank)
-    value_error(op, cat("'", name, "' has ", a.ndim(), " dims; at most ", kMaxRank, " are supported"));
-  shape.use_first(0);
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) shape.push_back(a.shape()[i]);
-}
+constexpr int64_t kMaxEmptyDim = (int64_t{1} << 31) - 1;
+constexpr int kNumpyFloat32 = 11;  // NPY_FLOAT: float32 in every numpy
+// numpy's array flags (ndarraytypes.h); the same values in numpy 1 and 2.
+constexpr int kCContiguous = 0x0001, kAligned = 0x0100, kWriteable = 0x0400;
 
 bool native_byte_order(char order) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -73,50 +71,80 @@ bool native_byte_order(char order) {
 #endif
 }
 
-constexpr int64_t kMaxEmptyDim = (int64_t{1} << 31) - 1;
+// What a call needs of one array argument, read once from numpy's struct.
+struct ArrayView {
+  char* data;
+  int64_t size;    // elements
+  int64_t nbytes;  // bytes spanned (C-contiguous)
+  bool int32;      // an index array of int32
+};
 
-// Checks one array argument of its role; returns whether it is int32 (index dtype).
-bool check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Shape& shape) {
-  if (!py::isinstance<py::array>(obj))
-    type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", Py_TYPE(obj.ptr())->tp_name));
-  const py::array a = py::reinterpret_borrow<py::array>(obj);
-  shape_of(op, arg.name, a, shape);
-  // By kind and size, not by type number: numpy has two int64 types (long, long long) on Linux.
+[[noreturn]] void reject_dtype(const OpDecl& op, const ArgDecl& arg, const py::array& a, const Shape& shape) {
   const py::dtype dtype = a.dtype();
   const char kind = dtype.kind();
   const py::ssize_t itemsize = dtype.itemsize();
+  const bool right_type = arg.dtype == DType::f32 ? kind == 'f' && itemsize == 4
+                                                 : kind == 'i' && (itemsize == 8 || itemsize == 4);
+  if (!right_type)
+    type_error(op, cat("argument '", arg.name, "' must have dtype ",
+                       arg.dtype == DType::f32 ? "float32" : "int64 or int32", ", got ",
+                       std::string(py::str(dtype)), " with shape ", shape_str(shape)));
+  // A byte-swapped array has the right type number but other bytes: the kernel would read garbage.
+  type_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape), " has dtype ",
+                     std::string(py::str(dtype)), " in non-native byte order (use .astype(",
+                     std::string(py::str(dtype)).substr(1), "))"));
+}
+
+// Checks one array argument of its role and fills its shape. The fields are
+// read straight from numpy's structs (their layout is part of numpy's ABI):
+// through pybind11's accessors, each read of a dtype took a new reference.
+// (`view` is written in place: a returned struct was copied through memory, a
+// store-forwarding stall that perf showed as the hottest instruction of a call.)
+void check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Shape& shape, ArrayView& view) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", Py_TYPE(obj.ptr())->tp_name));
+  const auto* fields = py::detail::array_proxy(obj.ptr());
+  if (fields->nd < 0 || static_cast<size_t>(fields->nd) > kMaxRank)
+    value_error(op, cat("'", arg.name, "' has ", fields->nd, " dims; at most ", kMaxRank, " are supported"));
+  shape.use_first(0);
+  int64_t size = 1;
+  for (int i = 0; i < fields->nd; ++i) {
+    shape.push_back(fields->dimensions[i]);
+    size *= fields->dimensions[i];  // numpy keeps the product inside ssize_t
+  }
+  const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
+  // By kind and type number, not the type number alone: numpy has two int64 types (long, long long).
+  const bool native = native_byte_order(descr->byteorder);
+  int64_t itemsize = 4;
   bool int32 = false;
   if (arg.dtype == DType::f32) {
-    if (kind != 'f' || itemsize != 4)
-      type_error(op, cat("argument '", arg.name, "' must have dtype float32, got ",
-                         std::string(py::str(dtype)), " with shape ", shape_str(shape)));
+    if (descr->type_num != kNumpyFloat32 || !native)
+      reject_dtype(op, arg, py::reinterpret_borrow<py::array>(obj), shape);
   } else {
+    const py::array a = py::reinterpret_borrow<py::array>(obj);
+    itemsize = a.itemsize();
+    if (descr->kind != 'i' || (itemsize != 8 && itemsize != 4) || !native) reject_dtype(op, arg, a, shape);
     int32 = itemsize == 4;
-    if (kind != 'i' || (itemsize != 8 && itemsize != 4))
-      type_error(op, cat("argument '", arg.name, "' must have dtype int64 or int32, got ",
-                         std::string(py::str(dtype)), " with shape ", shape_str(shape)));
   }
-  // A byte-swapped array has the right type number but other bytes: the kernel would read garbage.
-  if (!native_byte_order(dtype.byteorder()))
-    type_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape), " has dtype ",
-                       std::string(py::str(dtype)), " in non-native byte order (use .astype(",
-                       std::string(py::str(dtype)).substr(1), "))"));
-  if (!(a.flags() & py::array::c_style))
+  if (!(fields->flags & kCContiguous))
     value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
                         " must be C-contiguous (use numpy.ascontiguousarray)"));
-  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))  // an offset view of a byte buffer: vector loads would fault
+  if (!(fields->flags & kAligned))  // an offset view of a byte buffer: vector loads would fault
     value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
                         " is not aligned to its dtype (use numpy.ascontiguousarray or a copy)"));
-  if (is_written(arg.role) && !a.writeable())
+  if (is_written(arg.role) && !(fields->flags & kWriteable))
     value_error(op, cat("output '", arg.name, "' with shape ", shape_str(shape), " is read-only"));
   // An empty array may still name huge dims ((0, 2^58) holds nothing): a kernel's loops over the
   // other dims would then spin through 2^58 empty iterations. Found by the fuzzing (a hang).
-  if (a.size() == 0)
+  if (size == 0)
     for (size_t d = 0; d < shape.size(); ++d)
       if (shape[d] > kMaxEmptyDim)
         value_error(op, cat("argument '", arg.name, "' with shape ", shape_str(shape),
                             " is empty but has a dimension above 2^31 - 1, which is not supported"));
-  return int32;
+  view.data = fields->data;
+  view.size = size;
+  view.nbytes = size * itemsize;
+  view.int32 = int32;
 }
 
 int64_t as_int(const OpDecl& op, const AttrDecl& decl, const py::handle& obj) {
@@ -202,19 +230,6 @@ Attr convert_attr(const OpDecl& op, const AttrDecl& decl, const py::handle& obj)
   return a;
 }
 
-// The bytes an array argument spans: [begin, end), empty for an empty array.
-struct Span {
-  const char* begin = nullptr;
-  const char* end = nullptr;
-  bool overlaps(const Span& o) const { return begin != end && o.begin != o.end && begin < o.end && o.begin < end; }
-  bool operator==(const Span& o) const { return begin == o.begin && end == o.end; }
-};
-
-Span span_of(const py::array& a) {
-  const char* begin = static_cast<const char*>(a.data());
-  return {begin, begin + a.nbytes()};
-}
-
 bool alias_allowed(const OpDecl& op, const std::string& a, const std::string& b) {
   for (const auto& [w, r] : op.may_alias)
     if ((w == a && r == b) || (w == b && r == a)) return true;  // only reached on an overlap
@@ -222,9 +237,10 @@ bool alias_allowed(const OpDecl& op, const std::string& a, const std::string& b)
 }
 
 // Gathers the call's arguments: positional first, then keywords by name.
+// (Raw pointers, not py::handles: a table of those is zeroed whole on every call.)
 struct Gathered {
-  InlineVec<py::handle, kMaxArgs> arrays;  // null handle: not given
-  InlineVec<py::handle, kMaxAttrs> attrs;
+  InlineVec<PyObject*, kMaxArgs> arrays;  // nullptr: not given
+  InlineVec<PyObject*, kMaxAttrs> attrs;
 };
 
 // args[0, nargs) are positional; kwnames (a tuple, or null) names the
@@ -234,8 +250,8 @@ Gathered gather(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObj
   if (static_cast<size_t>(nargs) > n_arrays + n_attrs)
     type_error(op, cat("takes at most ", n_arrays + n_attrs, " arguments, got ", nargs));
   Gathered g;
-  g.arrays.use_first(n_arrays);  // null handles: not given
-  g.attrs.use_first(n_attrs);
+  g.arrays.resize(n_arrays, nullptr);  // not given
+  g.attrs.resize(n_attrs, nullptr);
   for (Py_ssize_t i = 0; i < nargs; ++i) {
     if (static_cast<size_t>(i) < n_arrays) g.arrays[i] = args[i];
     else g.attrs[i - n_arrays] = args[i];
@@ -246,14 +262,14 @@ Gathered gather(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObj
     if (!key) throw py::error_already_set();
     const int a = op.arg_index(key), t = op.attr_index(key);
     if (a < 0 && t < 0) type_error(op, cat("unexpected argument '", key, "'"));
-    py::handle& slot = a >= 0 ? g.arrays[a] : g.attrs[t];
+    PyObject*& slot = a >= 0 ? g.arrays[a] : g.attrs[t];
     if (slot) type_error(op, cat("argument '", key, "' given twice"));
     slot = args[nargs + i];
   }
   return g;
 }
 
-Resolution::Attrs convert_attrs(const OpDecl& op, const InlineVec<py::handle, kMaxAttrs>& given) {
+Resolution::Attrs convert_attrs(const OpDecl& op, const InlineVec<PyObject*, kMaxAttrs>& given) {
   Resolution::Attrs attrs;
   for (size_t i = 0; i < op.attrs.size(); ++i) {
     const AttrDecl& decl = op.attrs[i];
@@ -267,13 +283,34 @@ Resolution::Attrs convert_attrs(const OpDecl& op, const InlineVec<py::handle, kM
   return attrs;
 }
 
-// Arrays of one call; a null object marks an argument that is not given.
-// (py::object, not py::array: a default py::array is a real numpy array.)
-using Arrays = InlineVec<py::object, kMaxArgs>;
+// The arrays of one call: borrowed from the caller's arguments, or new
+// outputs this call owns (a null pointer: an argument not given). Raw
+// pointers, not py::objects: a table of those is zeroed on every call.
+class CallArrays {
+ public:
+  explicit CallArrays(size_t n) : n_(n) {
+    for (size_t i = 0; i < n; ++i) absent(i);
+  }
+  ~CallArrays() {
+    for (size_t i = 0; i < n_; ++i)
+      if (owned_[i]) Py_DECREF(items_[i]);
+  }
+  CallArrays(const CallArrays&) = delete;
+  CallArrays& operator=(const CallArrays&) = delete;
+  void borrow(size_t i, py::handle h) { items_[i] = h.ptr(), owned_[i] = false; }
+  void own(size_t i, py::object o) { items_[i] = o.release().ptr(), owned_[i] = true; }
+  void absent(size_t i) { items_[i] = nullptr, owned_[i] = false; }
+  bool given(size_t i) const { return items_[i] != nullptr; }
+  py::object get(size_t i) const { return py::reinterpret_borrow<py::object>(items_[i]); }
 
-const py::array& as_array(const py::object& o) { return static_cast<const py::array&>(o); }
+ private:
+  size_t n_;
+  std::array<PyObject*, kMaxArgs> items_;
+  std::array<bool, kMaxArgs> owned_;
+};
 
-int64_t work_of(const OpDecl& op, const Resolution& r, const Arrays& arrays) {
+int64_t work_of(const OpDecl& op, const Resolution& r, const InlineVec<ArrayView, kMaxArgs>& views,
+                const CallArrays& arrays) {
   if (!op.work_dims.empty()) {
     int64_t w = 1;  // saturates: dims that are huge beside a zero one must not overflow
     for (int d : op.work_dims)
@@ -281,8 +318,8 @@ int64_t work_of(const OpDecl& op, const Resolution& r, const Arrays& arrays) {
     return w;
   }
   int64_t largest = 0;
-  for (const py::object& a : arrays)
-    if (a) largest = std::max<int64_t>(largest, as_array(a).size());
+  for (size_t i = 0; i < views.size(); ++i)
+    if (arrays.given(i)) largest = std::max<int64_t>(largest, views[i].size);
   return largest;
 }
 
@@ -310,70 +347,75 @@ py::object allocate_output(const OpDecl& op, const ArgDecl& arg, const Shape& s)
   throw py::error_already_set();
 }
 
+// A written argument may not share bytes with another one, unless the
+// declaration allows that pair to be the very same array.
+void check_overlaps(const OpDecl& op, const Resolution& r, const InlineVec<ArrayView, kMaxArgs>& views,
+                    const CallArrays& arrays) {
+  const size_t n = views.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (!arrays.given(i) || !is_written(op.args[i].role) || views[i].nbytes == 0) continue;
+    const char *begin = views[i].data, *end = begin + views[i].nbytes;
+    for (size_t j = 0; j < n; ++j) {
+      if (j == i || !arrays.given(j) || views[j].nbytes == 0) continue;
+      const char *other = views[j].data, *other_end = other + views[j].nbytes;
+      if (!(begin < other_end && other < end)) continue;
+      if (begin == other && end == other_end && alias_allowed(op, op.args[i].name, op.args[j].name)) continue;
+      value_error(op, cat("'", op.args[i].name, "' with shape ", shape_str(*r.expected(i)), " overlaps '",
+                          op.args[j].name, "'"));
+    }
+  }
+}
+
 py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   const Gathered g = gather(op, args, nargs, kwnames);
   const size_t n = op.args.size();
-  Arrays arrays;
-  arrays.use_first(n);  // null objects
+  CallArrays arrays(n);
+  InlineVec<ArrayView, kMaxArgs> views;
+  views.use_first(n);  // read only where given
   Resolution::Shapes shapes;
   shapes.use_first(n);  // absent
   Call::Flags int32;
-  int32.resize(n, false);
+  int32.use_first(n);  // each written below
   for (size_t i = 0; i < n; ++i) {
     const ArgDecl& arg = op.args[i];
-    const py::handle obj = g.arrays[i];
-    const bool none = !obj || obj.is_none();
-    if (none) {
+    const py::handle obj(g.arrays[i]);
+    int32[i] = false;
+    if (!obj || obj.is_none()) {
       if (!is_optional(arg.role) && arg.role != Role::output)
         type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", obj ? "NoneType" : "nothing"));
       continue;
     }
-    int32[i] = check_array(op, arg, obj, shapes[i].fill());
-    arrays[i] = py::reinterpret_borrow<py::object>(obj);
+    check_array(op, arg, obj, shapes[i].fill(), views[i]);
+    int32[i] = views[i].int32;
+    arrays.borrow(i, obj);
   }
   const Resolution::Attrs attrs = convert_attrs(op, g.attrs);
   Resolution r(op, shapes, attrs);
   r.resolve();
   // Outputs not given are allocated (never a copy of anything).
   for (size_t i = 0; i < n; ++i) {
-    if (arrays[i] || op.args[i].role != Role::output) continue;
+    if (arrays.given(i) || op.args[i].role != Role::output) continue;
     if (!r.expected(i)) throw std::logic_error(op.name + ": no shape for output '" + op.args[i].name + "'");
-    const Shape s = *r.expected(i);
-    arrays[i] = allocate_output(op, op.args[i], s);
-    shapes[i].fill() = s;  // the kernel sees it like a given one
+    const Shape& s = *r.expected(i);
+    py::object out = allocate_output(op, op.args[i], s);
+    check_array(op, op.args[i], out, shapes[i].fill(), views[i]);  // the kernel sees it like a given one
+    arrays.own(i, std::move(out));
   }
-  InlineVec<Span, kMaxArgs> spans;  // once per argument: nbytes asks numpy for the itemsize
-  for (size_t i = 0; i < n; ++i) spans.push_back(arrays[i] ? span_of(as_array(arrays[i])) : Span{});
-  for (size_t i = 0; i < n; ++i) {
-    if (!arrays[i] || !is_written(op.args[i].role)) continue;
-    for (size_t j = 0; j < n; ++j) {
-      if (j == i || !spans[i].overlaps(spans[j])) continue;
-      if (spans[i] == spans[j] && alias_allowed(op, op.args[i].name, op.args[j].name)) continue;
-      value_error(op, cat("'", op.args[i].name, "' with shape ", shape_str(*r.expected(i)), " overlaps '",
-                          op.args[j].name, "'"));
-    }
-  }
+  check_overlaps(op, r, views, arrays);
   Call::Pointers pointers;
-  for (size_t i = 0; i < n; ++i)
-    pointers.push_back(arrays[i] ? const_cast<void*>(as_array(arrays[i]).data()) : nullptr);
+  for (size_t i = 0; i < n; ++i) pointers.push_back(arrays.given(i) ? views[i].data : nullptr);
   const Call call(r, pointers, int32);
   if (op.check) op.check(call);
   {
     std::optional<py::gil_scoped_release> release;
-    if (work_of(op, r, arrays) >= kWorthReleasingGil) release.emplace();
+    if (work_of(op, r, views, arrays) >= kWorthReleasingGil) release.emplace();
     const FlushDenormals flush;  // see core/denormals.h
     op.kernel(call);
   }
-  // Returns the outputs; an op that only updates in place returns what it updated.
-  InlineVec<size_t, kMaxArgs> outputs;
-  for (size_t i = 0; i < n; ++i)
-    if (op.args[i].role == Role::output) outputs.push_back(i);
-  for (size_t i = 0; i < n && outputs.empty(); ++i)
-    if (op.args[i].role == Role::inout) outputs.push_back(i);
-  if (outputs.empty()) return py::none();
-  if (outputs.size() == 1) return arrays[outputs[0]];
-  py::tuple result(outputs.size());
-  for (size_t k = 0; k < outputs.size(); ++k) result[k] = arrays[outputs[k]];
+  if (op.returned.empty()) return py::none();
+  if (op.returned.size() == 1) return arrays.get(op.returned[0]);
+  py::tuple result(op.returned.size());
+  for (size_t k = 0; k < op.returned.size(); ++k) result[k] = arrays.get(op.returned[k]);
   return result;
 }
 
@@ -396,12 +438,12 @@ py::dict infer_shapes(const std::string& name, const py::dict& given_shapes, con
     for (auto d : item.second) s.push_back(d.cast<int64_t>());
     shapes[a] = s;
   }
-  InlineVec<py::handle, kMaxAttrs> attr_handles;
-  attr_handles.resize(op.attrs.size());
+  InlineVec<PyObject*, kMaxAttrs> attr_handles;
+  attr_handles.resize(op.attrs.size(), nullptr);
   for (auto item : given_attrs) {
     const int t = op.attr_index(std::string(py::str(item.first)).c_str());
     if (t < 0) type_error(op, cat("unexpected argument '", std::string(py::str(item.first)), "'"));
-    attr_handles[t] = item.second;
+    attr_handles[t] = item.second.ptr();  // borrowed: given_attrs holds it
   }
   const Resolution::Attrs attrs = convert_attrs(op, attr_handles);  // r keeps a reference: not a temporary
   Resolution r(op, shapes, attrs);
