@@ -57,9 +57,11 @@ def cmd_generate_model(args, given) -> int:
         batch = tokenizer(prompts, padding=True, padding_side="right" if encoder_decoder else "left")
         options = {name: getattr(args, name, None) for name in MODEL_OPTIONS}  # None: generate's default
         options["early_stopping"] = _EARLY_STOPPING.get(options["early_stopping"])
+        if given("top_k") is not None:  # not given: the folder's, else 50 (generate's top_k=None filters nothing)
+            options["top_k"] = given("top_k")
         out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
                              max_new_tokens=given("max_new_tokens"), temperature=given("temperature"),
-                             top_k=given("top_k"), top_p=given("top_p"), seed=given("seed"), **options)
+                             top_p=given("top_p"), seed=given("seed"), **options)
     except (FileNotFoundError, ValueError, TypeError, KeyError) as error:
         print(f"pyengine generate: {error}".replace("\n", " "), file=sys.stderr)
         return 2

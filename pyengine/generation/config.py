@@ -12,13 +12,27 @@ the model config's, and its other settings (``generation_defaults``) become the 
 
 from __future__ import annotations
 
-__all__ = ["DEFAULTS", "TOKEN_KEYS", "split_generation_config", "resolve_settings"]
+__all__ = ["DEFAULTS", "TOKEN_KEYS", "UNSET", "split_generation_config", "resolve_settings"]
+
+
+class _Unset:
+    """The default of an argument whose explicit None means something of its own."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
 
 # The settings pyengine's generate takes, with transformers' global defaults (GenerationConfig's).
 DEFAULTS = {"max_length": None, "max_new_tokens": None, "do_sample": False, "num_beams": 1, "temperature": 1.0,
             "top_k": 50, "top_p": 1.0, "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1,
             "no_repeat_ngram_size": 0}
 TOKEN_KEYS = ("eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id")
+# Settings whose explicit None is a value, not "unset": transformers' generate sets what it is given, so
+# top_k=None adds no top-k warper (as top_k=0), whatever the model's generation config says; left out
+# (UNSET), the setting takes the model's, else the default (50).
+NONE_MEANS = {"top_k": 0}
 # Settings that change the tokens, which pyengine's generate does not implement: each at the value that
 # leaves transformers' generate as pyengine's is.
 _UNSUPPORTED = {"min_length": 0, "min_new_tokens": None, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
@@ -43,8 +57,11 @@ def split_generation_config(settings: dict) -> tuple[dict, dict]:
 
 
 def resolve_settings(model, given: dict) -> dict:
-    """Each setting of DEFAULTS: `given`'s when not None, else the model's generation_defaults', else
-    transformers' default. ValueError naming a setting of the model's that generate does not implement."""
+    """Each setting of DEFAULTS: `given`'s when not None (nor UNSET), else the model's
+    generation_defaults', else transformers' default; an explicit None of NONE_MEANS is that value.
+    max_length and max_new_tokens are resolved apart: when both end up set (from either source),
+    max_new_tokens wins in generate, as in transformers. ValueError naming a setting of the model's
+    that generate does not implement."""
     defaults = dict(getattr(model, "generation_defaults", None) or {})
     refused = {key: value for key, value in defaults.items()
                if key in _UNSUPPORTED and value != _UNSUPPORTED[key] and value != []}
@@ -54,10 +71,11 @@ def resolve_settings(model, given: dict) -> dict:
                          f"not implement (set them to transformers' defaults in model.generation_defaults)")
     resolved = {}
     for key, default in DEFAULTS.items():
-        value = given.get(key)
-        resolved[key] = value if value is not None else defaults.get(key, default)
-        if resolved[key] is None:
-            resolved[key] = default
-    if given.get("max_length") is not None and given.get("max_new_tokens") is None:
-        resolved["max_new_tokens"] = None  # an explicit max_length wins over the model's max_new_tokens
+        value = given.get(key, UNSET)
+        if value is None and key in NONE_MEANS:
+            resolved[key] = NONE_MEANS[key]
+            continue
+        if value is UNSET or value is None:
+            value = defaults.get(key)
+        resolved[key] = default if value is None else value
     return resolved

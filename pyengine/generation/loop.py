@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from pyengine.generation.beam import beam_search
-from pyengine.generation.config import resolve_settings
+from pyengine.generation.config import UNSET, resolve_settings
 from pyengine.generation.logits import Processors, sample
 from pyengine.tensor import Tensor, no_grad
 
@@ -159,20 +160,24 @@ def _greedy_or_sample(stepper: Stepper, ids: np.ndarray, settings: Settings, pro
 
 
 def generate(model, input_ids, attention_mask=None, max_length=None, max_new_tokens=None, do_sample=None,
-             num_beams=None, temperature=None, top_k=None, top_p=None, length_penalty=None, early_stopping=None,
+             num_beams=None, temperature=None, top_k=UNSET, top_p=None, length_penalty=None, early_stopping=None,
              num_return_sequences=None, no_repeat_ngram_size=None, seed=None) -> np.ndarray:
     """Token ids as transformers' ``model.generate`` returns them (int64
     numpy): the prompt and the new tokens for a decoder-only model, the
     decoder's ids (from decoder_start_token_id) for an encoder-decoder.
     Greedy by default; ``do_sample`` samples (temperature, top_k, top_p,
     seeded by ``seed``); ``num_beams`` > 1 runs beam search. max_new_tokens,
-    when given, wins over max_length (default: the model's generation_config
-    max_length, else 20 new tokens within max_position_embeddings).
+    when set (here or in the model's generation_defaults), wins over
+    max_length, with a UserWarning when both are (transformers logs the same
+    warning); max_length's default: the model's generation_config max_length,
+    else 20 new tokens within max_position_embeddings.
     A setting left at None takes the model's ``generation_defaults`` (the
     folder's generation_config.json, see pyengine.generation.config), else
     transformers' default (do_sample False, num_beams 1, temperature 1.0,
     top_k 50, top_p 1.0, length_penalty 1.0, early_stopping False,
-    num_return_sequences 1, no_repeat_ngram_size 0)."""
+    num_return_sequences 1, no_repeat_ngram_size 0). top_k is the exception,
+    as in transformers: left out it is the model's, else 50; ``top_k=None``
+    (like 0) filters nothing."""
     options = resolve_settings(model, dict(
         max_length=max_length, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
         temperature=temperature, top_k=top_k, top_p=top_p, length_penalty=length_penalty,
@@ -205,6 +210,9 @@ def _generate(model, input_ids, attention_mask, seed, max_length, max_new_tokens
         decoder_prompt = np.full((len(ids), 1), int(start), np.int64)
     prompt_length = (decoder_prompt if decoder_prompt is not None else ids).shape[1]
     if max_new_tokens is not None:
+        if max_length is not None:
+            warnings.warn(f"generate: both max_new_tokens (={max_new_tokens}) and max_length (={max_length}) are "
+                          f"set: max_new_tokens takes precedence, as in transformers", UserWarning, stacklevel=3)
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         max_length = prompt_length + int(max_new_tokens)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pyengine import functional as F
-from pyengine import kernels, nn
+from pyengine import nn
 from pyengine.random import default_generator
 from pyengine.tensor import Tensor
 
@@ -89,14 +89,6 @@ class CausalSelfAttention(nn.Module):
             y = y.transpose(1, 2).contiguous()
         return self.c_proj(y.view(batch, steps, width))
 
-    def decode(self, x: Tensor, keys: np.ndarray, values: np.ndarray, start: int, mask) -> Tensor:
-        """Attention of the positions start.. of x over the cached keys and
-        values (B, H, capacity, D), which get x's own appended in place."""
-        batch, steps, width = x.shape
-        qkv = self.c_attn(x).numpy().reshape(batch, steps, 3, self.n_head, self.head_dim)
-        y = kernels.cached_attention(keys, values, qkv, mask, start=start, scale=1.0 / math.sqrt(self.head_dim))
-        return self.c_proj(Tensor(y.reshape(batch, steps, width)))
-
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -120,10 +112,6 @@ class Block(nn.Module):
     def forward(self, x: Tensor, attn_mask=None) -> Tensor:
         x = self._residual(x, self.attn(self.ln_1(x), attn_mask))
         return self._residual(x, self.mlp(self.ln_2(x)))
-
-    def decode(self, x: Tensor, keys: np.ndarray, values: np.ndarray, start: int, mask) -> Tensor:
-        x = x + self.attn.decode(self.ln_1(x), keys, values, start, mask)
-        return x + self.mlp(self.ln_2(x))
 
     def _residual(self, x: Tensor, branch: Tensor) -> Tensor:
         if self.dropout and self.training:

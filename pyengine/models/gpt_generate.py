@@ -15,9 +15,13 @@ prompt give the same tokens, with or without the cache.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from pyengine import functional as F
+from pyengine import kernels as K
+from pyengine.models.decode_weights import matmul as decode_matmul
+from pyengine.models.decode_weights import weights_of
 from pyengine.tensor import Tensor, no_grad
 
 __all__ = ["generate", "decode_step", "KVCache", "sample_next"]
@@ -103,16 +107,38 @@ def decode_step(model, ids, cache: KVCache, attention_mask=None) -> np.ndarray:
         raise ValueError(f"decode_step: {cache.length} cached + {steps} new positions exceed the cache's "
                          f"{cache.capacity}")
     attention_mask = check_attention_mask(attention_mask, (batch, cache.length + steps), "decode_step")
-    tr = model.transformer
+    tr, weights = model.transformer, weights_of(model)
     start = cache.length
-    with no_grad():
-        x = tr.wte(ids) + tr.wpe(_positions(cache, steps, attention_mask))
-        mask = _padding_mask(attention_mask)
-        for layer, block in enumerate(tr.h):
-            x = block.decode(x, cache.keys[layer], cache.values[layer], start, mask)
-        cache.length = start + steps
-        last = tr.ln_f(x[:, -1])
-        return F.linear(last, tr.wte.weight).numpy()
+    positions = _positions(cache, steps, attention_mask)
+    x = (K.embedding(tr.wte.weight.data, ids) + K.embedding(tr.wpe.weight.data, positions)).reshape(batch * steps, -1)
+    mask = _padding_mask(attention_mask)
+    for layer, block in enumerate(tr.h):
+        x = _block_step(block, x, cache.keys[layer], cache.values[layer], start, mask, weights, (batch, steps))
+    cache.length = start + steps
+    last = np.ascontiguousarray(x.reshape(batch, steps, -1)[:, -1])
+    return decode_matmul(_norm(tr.ln_f, last), weights.get(tr.wte, tr.wte.weight))
+
+
+# The step runs the kernels on numpy arrays (no autograd records, no Tensor wrapping: inference only,
+# dropout off), its GEMMs through the model's (in, out) weight copies (pyengine.models.decode_weights),
+# the bias and GELU in the GEMM's epilogue.
+def _norm(norm, x: np.ndarray) -> np.ndarray:
+    return K.layer_norm(x, norm.weight.data, norm.bias.data, eps=norm.eps)[0]
+
+
+def _linear(x: np.ndarray, linear, weights, activation: str = "none") -> np.ndarray:
+    bias = linear.bias.data if linear.bias is not None else None
+    return decode_matmul(x, weights.get(linear, linear.weight), bias, activation)
+
+
+def _block_step(block, x: np.ndarray, keys, values, start: int, mask, weights, shape) -> np.ndarray:
+    """One block over the new positions x (B * t, C), their keys and values appended to the cache."""
+    attn, (batch, steps) = block.attn, shape
+    qkv = _linear(_norm(block.ln_1, x), attn.c_attn, weights).reshape(batch, steps, 3, attn.n_head, attn.head_dim)
+    y = K.cached_attention(keys, values, qkv, mask, start=start, scale=1.0 / math.sqrt(attn.head_dim))
+    x = x + _linear(y.reshape(batch * steps, -1), attn.c_proj, weights)
+    mlp = block.mlp
+    return x + _linear(_linear(_norm(block.ln_2, x), mlp.c_fc, weights, "gelu"), mlp.c_proj, weights)
 
 
 def _forward_full(model, ids: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from pyengine import kernels as K
+from pyengine.models.decode_weights import matmul as decode_matmul
+from pyengine.models.decode_weights import weights_of
 from pyengine.models.t5 import additive_padding_mask, relative_position_bucket
 from pyengine.tensor import Tensor, no_grad
 
@@ -40,7 +42,7 @@ class T5Cache:
         shape = (batch, config.num_heads, capacity, config.d_kv)
         self.keys = [np.zeros(shape, np.float32) for _ in range(config.num_decoder_layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(config.num_decoder_layers)]
-        self.weights: dict = {}  # layer (or its fused q, k, v) -> its weight transposed (in, out), at first use
+        self.weights = None  # the model's (in, out) weight copies (decode_weights), set by decode_step
         self.cross_keys: list | None = None
         self.cross_values: list | None = None
         self.cross_rows: np.ndarray | None = None
@@ -94,34 +96,20 @@ def encode(model, input_ids, attention_mask=None) -> np.ndarray:
 
 # The step runs the kernels on numpy arrays directly (no autograd records, a few microseconds a call):
 # inference only, dropout off. Its GEMMs have few rows (the batch times the beams) and stream the
-# weights, which they read about twice as fast in the (in, out) layout: the cache holds such copies.
+# weights, which they read faster in the (in, out) layout: the model keeps such copies, made once
+# (pyengine.models.decode_weights).
 def _rms(norm, x: np.ndarray) -> np.ndarray:
     return K.rms_norm(x, norm.weight.data, eps=norm.eps)[0]
 
 
 def _linear(x: np.ndarray, layer, cache: T5Cache, activation: str = "none") -> np.ndarray:
-    """x @ W^T through the cache's (in, out) copy of the layer's weight, made at its first use."""
-    weight = cache.weights.get(layer)
-    if weight is None:
-        weight = cache.weights[layer] = _transposed(layer.weight.data)
-    return K.matmul(x, weight, activation=activation)
+    """x @ W^T through the model's (in, out) copy of the layer's weight."""
+    return decode_matmul(x, cache.weights.get(layer, layer.weight), activation=activation)
 
 
 def _qkv(x: np.ndarray, attn, cache: T5Cache) -> np.ndarray:
     """x @ [Wq; Wk; Wv]^T (rows, 3 * H * D): the q, k and v of each row side by side, in one GEMM."""
-    weight = cache.weights.get(attn)
-    if weight is None:
-        fused = np.concatenate([attn.q.weight.data, attn.k.weight.data, attn.v.weight.data])
-        weight = cache.weights[attn] = _transposed(fused)
-    return K.matmul(x, weight)
-
-
-def _transposed(w: np.ndarray, rows: int = 64) -> np.ndarray:
-    """w.T, contiguous, copied in blocks of rows that stay in cache (about 4x numpy's whole transpose)."""
-    out = np.empty((w.shape[1], w.shape[0]), np.float32)
-    for start in range(0, w.shape[0], rows):
-        out[:, start:start + rows] = w[start:start + rows].T
-    return out
+    return decode_matmul(x, cache.weights.get(attn, attn.q.weight, attn.k.weight, attn.v.weight))
 
 
 def _heads(x: np.ndarray, batch: int, heads: int) -> np.ndarray:
@@ -245,6 +233,7 @@ def decode_step(model, decoder_ids, cache: T5Cache, attention_mask=None, encoder
     if cache.length + steps > cache.capacity:
         raise ValueError(f"T5 decode_step: {cache.length} cached + {steps} new positions exceed the cache's "
                          f"capacity {cache.capacity}")
+    cache.weights = weights_of(model)
     if cache.cross_keys is None:
         _fill_cross_attention(model, cache, encoder_hidden)
     encoder_mask = _encoder_mask(cache, encoder_attention_mask)

@@ -101,3 +101,54 @@ def test_a_published_char_gpt_generates_the_same_text_in_transformers(tmp_path, 
         out = reference.generate(torch.from_numpy(vocab.encode(text)[None]), max_new_tokens=8, do_sample=False)
     assert main(["generate", "--model", str(tmp_path), "--prompt", text, "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out == tokenizer.decode(out[0]) + "\n" == vocab.decode(out[0]) + "\n"
+
+
+T5_PROMPTS = ["summarize: the quick brown fox", "translate: hello world, the lazy dog jumps"]
+
+
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory):
+    """A random-weight T5 (written by transformers) with a unigram tokenizer trained here: T5's special
+    tokens (<pad> 0, </s> 1, <unk> 2) and its template (the EOS after each input)."""
+    from t5_cases import write_t5
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+
+    folder = tmp_path_factory.mktemp("t5")
+    trainer = SentencePieceUnigramTokenizer()
+    trainer.train_from_iterator(["the quick brown fox jumps over the lazy dog " * 20, "hello world " * 10,
+                                 "summarize: translate: , " * 5], vocab_size=60,
+                                special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    trainer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    trainer.save(str(folder / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), pad_token="<pad>",
+                                                eos_token="</s>", unk_token="<unk>")
+    assert [fast.convert_tokens_to_ids(t) for t in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
+    write_t5(folder, "gated-untied", seed=7, vocab_size=len(fast) + 3)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def _t5_expected(folder, **options):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+    batch = tokenizer(T5_PROMPTS, return_tensors="pt", padding=True)
+    assert (batch["attention_mask"] == 0).any() and (batch["input_ids"][:, -1] != 1).any()  # padded on the right
+    transformers.logging.set_verbosity_error()
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=False, **options)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("flags, options", [(["--max-new-tokens", "7"], dict(max_new_tokens=7)),
+                                            (["--max-length", "9", "--num-beams", "3", "--length-penalty", "0.5",
+                                              "--num-return-sequences", "2"],
+                                             dict(max_length=9, num_beams=3, length_penalty=0.5,
+                                                  num_return_sequences=2))],
+                         ids=["greedy", "beams"])
+def test_generate_model_prints_transformers_text_for_a_t5(t5_folder, capsys, flags, options):
+    prompts = [arg for text in T5_PROMPTS for arg in ("--prompt", text)]
+    assert main(["generate", "--model", str(t5_folder), *prompts, *flags]) == 0
+    expected = _t5_expected(t5_folder, **options)
+    assert capsys.readouterr().out.splitlines() == expected
+    assert len(expected) == len(T5_PROMPTS) * options.get("num_return_sequences", 1)
+    assert len({text for text in expected if text.strip()}) > 1, "the outputs are alike: the test would prove little"

@@ -74,6 +74,16 @@ def test_explicit_arguments_win_over_the_folder(tmp_path, explicit):
     assert got.shape[0] == 3 * (1 if explicit.get("num_beams") == 1 else 2)
 
 
+def test_the_folders_max_new_tokens_wins_over_an_explicit_max_length(tmp_path):
+    reference, model = _write_t5(tmp_path, T5_SETTINGS["beams-ngram-new-tokens"])  # max_new_tokens=7
+    ids, mask = _t5_prompts(model.config.vocab_size)
+    with pytest.warns(UserWarning, match=r"max_new_tokens \(=7\) and max_length \(=4\)"):
+        got = model.generate(ids, attention_mask=mask, max_length=4)
+    np.testing.assert_array_equal(got, _transformers(reference, ids, mask, max_length=4))
+    np.testing.assert_array_equal(got, model.generate(ids, attention_mask=mask))
+    assert got.shape[1] > 4
+
+
 def test_gpt2_generate_takes_the_folders_settings(tmp_path):
     reference = hf_gpt2("3heads", seed=1)
     reference.save_pretrained(tmp_path)

@@ -5,6 +5,8 @@ ends some rows of a batch before others; sampling reproducible for a seed."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -118,6 +120,53 @@ def test_top_k_one_sampling_is_greedy(models):
     _, model, ids, mask, _ = models
     np.testing.assert_array_equal(model.generate(ids, attention_mask=mask, do_sample=True, top_k=1, seed=3),
                                   model.generate(ids, attention_mask=mask))
+
+
+def test_max_new_tokens_wins_over_max_length_with_a_warning(models):
+    reference, model, ids, mask, eos = models
+    both = dict(max_length=ids.shape[1] + 2, max_new_tokens=6)
+    with pytest.warns(UserWarning, match=r"max_new_tokens \(=6\) and max_length \(=9\).*max_new_tokens takes"):
+        got = model.generate(ids, attention_mask=mask, **both)
+    np.testing.assert_array_equal(got, _transformers(reference, ids, mask, **both))
+    np.testing.assert_array_equal(got, model.generate(ids, attention_mask=mask, max_new_tokens=6))
+    assert got.shape[1] > ids.shape[1] + 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one of the two alone: no warning
+        model.generate(ids, attention_mask=mask, max_new_tokens=3)
+        model.generate(ids, attention_mask=mask, max_length=ids.shape[1] + 3)
+
+
+def _sampled_torch(reference, ids, **options):
+    torch.manual_seed(11)
+    transformers.logging.set_verbosity_error()
+    with torch.no_grad():
+        return reference.generate(torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
+                                  do_sample=True, max_new_tokens=12, temperature=3.0, **options).numpy()
+
+
+def test_top_k_none_filters_nothing_as_in_transformers(models):
+    reference, model, ids, mask, _ = models
+    prompt = ids[:1]
+    # transformers' meaning, which pyengine follows: top_k=None adds no top-k warper (as 0), even over the
+    # model's generation config; left out, it is the model's top_k, else 50.
+    assert np.array_equal(_sampled_torch(reference, prompt, top_k=None), _sampled_torch(reference, prompt, top_k=0))
+    assert not np.array_equal(_sampled_torch(reference, prompt, top_k=None), _sampled_torch(reference, prompt))
+    np.testing.assert_array_equal(_sampled_torch(reference, prompt), _sampled_torch(reference, prompt, top_k=50))
+
+    def sampled(**options):
+        return model.generate(prompt, do_sample=True, max_new_tokens=12, temperature=3.0, seed=4, **options)
+
+    unfiltered, default = sampled(top_k=0), sampled(top_k=50)
+    assert not np.array_equal(unfiltered, default), "top_k 0 and 50 agree: the test would prove nothing"
+    np.testing.assert_array_equal(sampled(top_k=None), unfiltered)
+    np.testing.assert_array_equal(sampled(), default)
+    saved = getattr(model, "generation_defaults", None)
+    model.generation_defaults = dict(saved or {}, top_k=3)
+    try:
+        np.testing.assert_array_equal(sampled(), sampled(top_k=3))
+        np.testing.assert_array_equal(sampled(top_k=None), unfiltered)
+    finally:
+        model.generation_defaults = saved
 
 
 def test_bad_options_are_clear_errors(models):
