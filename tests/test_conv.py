@@ -63,6 +63,19 @@ CASES = {
     "depthwise-mult2-s2": Conv(3, 3, 10, 9, 6, 3, 3, stride=2, padding=1, groups=3),  # 2 outputs a channel
     "depthwise-5x5-s3-d2": Conv(2, 4, 17, 13, 4, 5, 5, stride=(3, 2), padding=(4, 2), dilation=2, groups=4),
     "depthwise-large": Conv(4, 32, 28, 28, 32, 3, 3, padding=1, groups=32),  # split over threads
+    # The register-blocked depthwise loops (depthwise.cpp): blocks of 8 output vectors, the last
+    # one repeated; stride-2 columns in two phases of the padded copy; dx in stride x stride
+    # phases (through a scratch row when the column stride is > 1); dw in blocks of 9, 3, 1 taps.
+    "depthwise-s2-N1": Conv(1, 7, 15, 17, 7, 3, 3, stride=2, padding=1, groups=7),
+    "depthwise-s2-even": Conv(2, 4, 28, 28, 4, 3, 3, stride=2, padding=1, groups=4),  # 14 wide
+    "depthwise-wide": Conv(2, 3, 6, 53, 3, 3, 3, padding=1, groups=3),  # 53 = 3 x 16 + 5 columns
+    "depthwise-dilated-pad": Conv(2, 3, 12, 13, 3, 3, 3, padding=(3, 2), dilation=(2, 3), groups=3),
+    "depthwise-pad-exceeds": Conv(2, 3, 4, 5, 3, 2, 2, stride=(1, 2), padding=2, groups=3),
+    "depthwise-7x7-mult3": Conv(2, 2, 11, 10, 6, 7, 7, padding=3, groups=2),  # 49 taps, 3 a channel
+    "depthwise-5x3-s2x3": Conv(2, 3, 16, 19, 3, 5, 3, stride=(2, 3), padding=(2, 1), groups=3),
+    "depthwise-1x1": Conv(2, 4, 5, 7, 4, 1, 1, groups=4),
+    "depthwise-stride-exceeds-width": Conv(1, 2, 5, 2, 2, 3, 3, stride=3, padding=2, groups=2),
+    "depthwise-large-s2": Conv(4, 32, 29, 29, 32, 3, 3, stride=2, padding=1, groups=32),
     "one-channel-5x5": Conv(3, 1, 12, 12, 6, 5, 5, padding=2),     # groups 1, C 1: the direct loops
     # Winograd F(4x4, 3x3): 3x3, stride 1, padding <= 2, at least 16 channels in and out and a
     # 4x4 output. Tiles of 4x4 output pixels cut at the edges, up to 16 tiles a vector (AVX-512),
@@ -88,7 +101,7 @@ def test_conv2d(name, with_bias):
 
 @pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",
                                   "row-blocks-strided", "shared-gemm", "groups2-1x1-direct", "depthwise-mult2-s2",
-                                  "winograd-chunks"])
+                                  "depthwise-s2-N1", "depthwise-5x3-s2x3", "winograd-chunks"])
 def test_conv2d_partial_gradients(name):
     """Asking for one gradient gives what the full backward gives (every path skips the rest)."""
     conv = CASES[name]
@@ -108,7 +121,7 @@ def test_conv2d_partial_gradients(name):
 
 THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
                 "cols-budget", "row-blocks-strided", "two-runs", "shared-gemm", "groups4-row-blocks",
-                "depthwise-large", "winograd-chunks", "winograd-wide"]
+                "depthwise-large", "depthwise-large-s2", "winograd-chunks", "winograd-wide"]
 
 
 def test_conv2d_thread_count_independent(restore_threads):
