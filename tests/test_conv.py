@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("isa")  # every test runs once per availabl
 
 
 # The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
-# output rows of about 512 pixels (unless it is 1x1, stride 1, unpadded: then it is read in place);
+# output rows of about 512 pixels (unless it is 1x1: then it stays whole, and with stride 1 and no
+# padding it is read in place);
 # smaller images are batched, about 2048 pixels and at most 2^22 floats of cols a chunk, chunks
 # as even as possible. The backward spreads units of chunks (an image's blocks, or a chunk of
 # images) over the threads in up to 8 runs, one partial dW each; a single unit shares each GEMM's
@@ -34,6 +35,9 @@ CASES = {
     "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, in place
     "1x1-batched": Conv(2, 5, 7, 6, 3, 1, 1),                      # 2 images gathered
     "1x1-stride2": Conv(2, 3, 9, 8, 5, 1, 1, stride=2),
+    # A 1x1 image of more than 512 pixels stays whole (its strided pixels gathered once, Y = y).
+    "1x1-stride2-whole": Conv(2, 3, 50, 47, 4, 1, 1, stride=2),          # 25x24 = 600 pixels
+    "1x1-stride2-pad1-whole": Conv(1, 5, 47, 52, 3, 1, 1, stride=2, padding=1),  # 25x27
     "1x1-pad1": Conv(1, 4, 5, 5, 3, 1, 1, padding=1),
     "3x3-pad1-N1": Conv(1, 3, 9, 11, 5, 3, 3, padding=1),
     "3x3-stride2-pad1": Conv(3, 4, 10, 9, 7, 3, 3, stride=2, padding=1),
@@ -119,7 +123,7 @@ def test_conv2d_partial_gradients(name):
     np.testing.assert_array_equal(only_b[2], gb)
 
 
-THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
+THREAD_CASES = ["1x1-direct", "1x1-batched", "1x1-stride2-whole", "7x7-stride2-pad3", "many-images", "uneven-chunks",
                 "cols-budget", "row-blocks-strided", "two-runs", "shared-gemm", "groups4-row-blocks",
                 "depthwise-large", "depthwise-large-s2", "winograd-chunks", "winograd-wide"]
 

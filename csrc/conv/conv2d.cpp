@@ -94,7 +94,10 @@ struct Chunking {
 
   explicit Chunking(const ConvShape& g) {
     auto parts = [](int64_t total, int64_t most) { return (total + most - 1) / most; };
-    if (g.P() > kBlockColumns && !pointwise(g)) {  // a pointwise image is its own cols: kept whole
+    // A 1x1 image is kept whole: stride 1 unpadded, it is its own cols;
+    // otherwise its cols are the C strided pixels gathered once (C rows, not
+    // C*R*S), and a whole image's Y is y itself, with no move after the GEMM.
+    if (g.P() > kBlockColumns && !(g.R == 1 && g.S == 1)) {
       per_image = parts(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
       count = g.N * per_image;
     } else {
