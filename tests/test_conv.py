@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("isa")  # every test runs once per availabl
 
 
 # The kernel's paths (conv2d.cpp): an image of more than 512 output pixels is cut into blocks of
-# output rows of about 512 pixels (unless it is 1x1, stride 1, unpadded: then it is read in place);
+# output rows of about 512 pixels (unless it is 1x1: then it stays whole, and with stride 1 and no
+# padding it is read in place);
 # smaller images are batched, about 2048 pixels and at most 2^22 floats of cols a chunk, chunks
 # as even as possible. The backward spreads units of chunks (an image's blocks, or a chunk of
 # images) over the threads in up to 8 runs, one partial dW each; a single unit shares each GEMM's
@@ -34,6 +35,9 @@ CASES = {
     "1x1-direct": Conv(2, 3, 48, 45, 4, 1, 1),                     # 2160 pixels: 1 + 1, in place
     "1x1-batched": Conv(2, 5, 7, 6, 3, 1, 1),                      # 2 images gathered
     "1x1-stride2": Conv(2, 3, 9, 8, 5, 1, 1, stride=2),
+    # A 1x1 image of more than 512 pixels stays whole (its strided pixels gathered once, Y = y).
+    "1x1-stride2-whole": Conv(2, 3, 50, 47, 4, 1, 1, stride=2),          # 25x24 = 600 pixels
+    "1x1-stride2-pad1-whole": Conv(1, 5, 47, 52, 3, 1, 1, stride=2, padding=1),  # 25x27
     "1x1-pad1": Conv(1, 4, 5, 5, 3, 1, 1, padding=1),
     "3x3-pad1-N1": Conv(1, 3, 9, 11, 5, 3, 3, padding=1),
     "3x3-stride2-pad1": Conv(3, 4, 10, 9, 7, 3, 3, stride=2, padding=1),
@@ -63,6 +67,19 @@ CASES = {
     "depthwise-mult2-s2": Conv(3, 3, 10, 9, 6, 3, 3, stride=2, padding=1, groups=3),  # 2 outputs a channel
     "depthwise-5x5-s3-d2": Conv(2, 4, 17, 13, 4, 5, 5, stride=(3, 2), padding=(4, 2), dilation=2, groups=4),
     "depthwise-large": Conv(4, 32, 28, 28, 32, 3, 3, padding=1, groups=32),  # split over threads
+    # The register-blocked depthwise loops (depthwise.cpp): blocks of 8 output vectors, the last
+    # one repeated; stride-2 columns in two phases of the padded copy; dx in stride x stride
+    # phases (through a scratch row when the column stride is > 1); dw in blocks of 9, 3, 1 taps.
+    "depthwise-s2-N1": Conv(1, 7, 15, 17, 7, 3, 3, stride=2, padding=1, groups=7),
+    "depthwise-s2-even": Conv(2, 4, 28, 28, 4, 3, 3, stride=2, padding=1, groups=4),  # 14 wide
+    "depthwise-wide": Conv(2, 3, 6, 53, 3, 3, 3, padding=1, groups=3),  # 53 = 3 x 16 + 5 columns
+    "depthwise-dilated-pad": Conv(2, 3, 12, 13, 3, 3, 3, padding=(3, 2), dilation=(2, 3), groups=3),
+    "depthwise-pad-exceeds": Conv(2, 3, 4, 5, 3, 2, 2, stride=(1, 2), padding=2, groups=3),
+    "depthwise-7x7-mult3": Conv(2, 2, 11, 10, 6, 7, 7, padding=3, groups=2),  # 49 taps, 3 a channel
+    "depthwise-5x3-s2x3": Conv(2, 3, 16, 19, 3, 5, 3, stride=(2, 3), padding=(2, 1), groups=3),
+    "depthwise-1x1": Conv(2, 4, 5, 7, 4, 1, 1, groups=4),
+    "depthwise-stride-exceeds-width": Conv(1, 2, 5, 2, 2, 3, 3, stride=3, padding=2, groups=2),
+    "depthwise-large-s2": Conv(4, 32, 29, 29, 32, 3, 3, stride=2, padding=1, groups=32),
     "one-channel-5x5": Conv(3, 1, 12, 12, 6, 5, 5, padding=2),     # groups 1, C 1: the direct loops
     # Winograd F(4x4, 3x3): 3x3, stride 1, padding <= 2, at least 16 channels in and out and a
     # 4x4 output. Tiles of 4x4 output pixels cut at the edges, up to 16 tiles a vector (AVX-512),
@@ -88,7 +105,7 @@ def test_conv2d(name, with_bias):
 
 @pytest.mark.parametrize("name", ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "uneven-chunks",
                                   "row-blocks-strided", "shared-gemm", "groups2-1x1-direct", "depthwise-mult2-s2",
-                                  "winograd-chunks"])
+                                  "depthwise-s2-N1", "depthwise-5x3-s2x3", "winograd-chunks"])
 def test_conv2d_partial_gradients(name):
     """Asking for one gradient gives what the full backward gives (every path skips the rest)."""
     conv = CASES[name]
@@ -106,9 +123,9 @@ def test_conv2d_partial_gradients(name):
     np.testing.assert_array_equal(only_b[2], gb)
 
 
-THREAD_CASES = ["1x1-direct", "1x1-batched", "7x7-stride2-pad3", "many-images", "uneven-chunks",
+THREAD_CASES = ["1x1-direct", "1x1-batched", "1x1-stride2-whole", "7x7-stride2-pad3", "many-images", "uneven-chunks",
                 "cols-budget", "row-blocks-strided", "two-runs", "shared-gemm", "groups4-row-blocks",
-                "depthwise-large", "winograd-chunks", "winograd-wide"]
+                "depthwise-large", "depthwise-large-s2", "winograd-chunks", "winograd-wide"]
 
 
 def test_conv2d_thread_count_independent(restore_threads):

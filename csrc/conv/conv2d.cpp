@@ -15,9 +15,8 @@
 //
 // A layer with one input channel a group (depthwise, or a one-channel
 // image) has no depth for a GEMM (CRS = R*S: 9 for 3x3, each packed panel
-// used for a handful of multiply-adds): it is computed directly instead
-// (depthwise_forward below), one output plane at a time, tap by tap over
-// contiguous runs of a row.
+// used for a handful of multiply-adds): it is computed directly instead, by
+// the register-blocked loops of depthwise.cpp, every stride and dilation.
 //
 // A 3x3 stride-1 layer with enough channels and tiles goes to Winograd
 // F(4x4, 3x3) instead (winograd.cpp, where the measurements are): the forward,
@@ -41,6 +40,7 @@
 #include <cstring>
 
 #include "conv/conv_shape.h"
+#include "conv/depthwise.h"
 #include "conv/winograd.h"
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
@@ -94,7 +94,10 @@ struct Chunking {
 
   explicit Chunking(const ConvShape& g) {
     auto parts = [](int64_t total, int64_t most) { return (total + most - 1) / most; };
-    if (g.P() > kBlockColumns && !pointwise(g)) {  // a pointwise image is its own cols: kept whole
+    // A 1x1 image is kept whole: stride 1 unpadded, it is its own cols;
+    // otherwise its cols are the C strided pixels gathered once (C rows, not
+    // C*R*S), and a whole image's Y is y itself, with no move after the GEMM.
+    if (g.P() > kBlockColumns && !(g.R == 1 && g.S == 1)) {
       per_image = parts(g.OH, std::max<int64_t>(1, kBlockColumns / g.OW));
       count = g.N * per_image;
     } else {
@@ -285,95 +288,6 @@ void bias_grad(float* dbias, const float* dy, const ConvShape& g) {
     for (int64_t n = 0; n < g.N; ++n) acc += row::sum(dy + (n * g.K + k) * P, P);
     dbias[k] += acc;
   });
-}
-
-// ---- one input channel a group (depthwise): direct loops.
-
-// dst[j] += a * src[j * stride] for j < n.
-inline void axpy_run(float* dst, const float* src, float a, int64_t n, int64_t stride) {
-  if (stride == 1) {
-    const simd::vfloat va = simd::splat(a);
-    int64_t j = 0;
-    for (; j + kWidth <= n; j += kWidth) simd::store(dst + j, simd::load(dst + j) + va * simd::load(src + j));
-    for (; j < n; ++j) dst[j] += a * src[j];
-    return;
-  }
-  for (int64_t j = 0; j < n; ++j) dst[j] += a * src[j * stride];
-}
-
-// The sum of a[j] * b[j * stride] for j < n.
-inline float dot_run(const float* a, const float* b, int64_t n, int64_t stride) {
-  if (stride == 1) return row::dot(a, b, n);
-  float sum = 0.0f;
-  for (int64_t j = 0; j < n; ++j) sum += a[j] * b[j * stride];
-  return sum;
-}
-
-// fn(oh, input row offset, output column span, input column offset) for
-// every tap (r, s) of a plane in (r, s) order and every output row it reaches.
-template <typename Fn>
-void for_each_tap_run(const ConvShape& g, Fn fn) {
-  for (int64_t r = 0; r < g.R; ++r) {
-    const Span rows = inside(g.in_row(0, r), g.sh, g.H, g.OH);
-    for (int64_t s = 0; s < g.S; ++s) {
-      const Span cols = inside(g.in_col(0, s), g.sw, g.W, g.OW);
-      if (cols.lo >= cols.hi) continue;
-      for (int64_t oh = rows.lo; oh < rows.hi; ++oh)
-        fn(r * g.S + s, oh * g.OW + cols.lo, g.in_row(oh, r) * g.W + g.in_col(cols.lo, s), cols.hi - cols.lo);
-    }
-  }
-}
-
-// y plane (n, k) reads input plane (n, k / Kg): bias, then every tap in
-// (r, s) order added over its run of outputs, then the activation while the
-// plane is in cache.
-void depthwise_forward(float* y, const float* x, const float* w, const float* bias, Activation act,
-                       const ConvShape& g) {
-  const int64_t taps = g.R * g.S;
-  parallel_for(worth_threads(g.N * g.K * g.P() * taps), g.N * g.K, [&](int64_t plane) {
-    const int64_t n = plane / g.K, k = plane % g.K;
-    const float* in = x + (n * g.C + k / g.Kg()) * g.H * g.W;
-    float* out = y + plane * g.P();
-    std::fill(out, out + g.P(), bias ? bias[k] : 0.0f);
-    for_each_tap_run(g, [&](int64_t tap, int64_t at_y, int64_t at_x, int64_t count) {
-      axpy_run(out + at_y, in + at_x, w[k * taps + tap], count, g.sw);
-    });
-    if (act != Activation::none) bias_activate_run(out, out, nullptr, act, g.P());
-  });
-}
-
-// dx plane (n, c) += the taps of its Kg output planes, in k then tap order;
-// dw[k] += its taps' sums over the images, in image order. Each plane of dx
-// and each row of dw is one thread's.
-void depthwise_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
-                        const ConvShape& g) {
-  const int64_t taps = g.R * g.S, work = g.N * g.K * g.P() * taps;
-  if (dx)
-    parallel_for(worth_threads(work), g.N * g.C, [&](int64_t plane) {
-      const int64_t n = plane / g.C, c = plane % g.C;
-      float* out = dx + plane * g.H * g.W;
-      for (int64_t k = c * g.Kg(); k < (c + 1) * g.Kg(); ++k) {
-        const float* grad = dy + (n * g.K + k) * g.P();
-        for_each_tap_run(g, [&](int64_t tap, int64_t at_y, int64_t at_x, int64_t count) {
-          const float a = w[k * taps + tap];
-          if (g.sw == 1) {
-            axpy_run(out + at_x, grad + at_y, a, count, 1);
-          } else {
-            for (int64_t j = 0; j < count; ++j) out[at_x + j * g.sw] += a * grad[at_y + j];
-          }
-        });
-      }
-    });
-  if (dw)
-    parallel_for(worth_threads(work), g.K, [&](int64_t k) {
-      for (int64_t n = 0; n < g.N; ++n) {
-        const float* grad = dy + (n * g.K + k) * g.P();
-        const float* in = x + (n * g.C + k / g.Kg()) * g.H * g.W;
-        for_each_tap_run(g, [&](int64_t tap, int64_t at_y, int64_t at_x, int64_t count) {
-          dw[k * taps + tap] += dot_run(grad + at_y, in + at_x, count, g.sw);
-        });
-      }
-    });
 }
 
 }  // namespace
