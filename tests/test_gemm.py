@@ -304,6 +304,20 @@ def test_large_crossing_blocks(isa):
     check_forward(isa, a, b, bias, True, False, "relu", with_preact=True)
 
 
+FEW_ROWS_LARGE_B = (9, 16, 17, 32, 33)  # 9..32 (16 with B transposed) stream a large B
+
+
+@pytest.mark.parametrize("trans_b", [False, True], ids=["n", "t"])
+@pytest.mark.parametrize("m", FEW_ROWS_LARGE_B)
+def test_few_rows_large_b(isa, m, trans_b):
+    """A few rows of C over a B of at least 2^20 floats stream B once (matmul.cpp's streams_b)
+    instead of packing it, up to 32 rows (16 with B transposed); one more row packs again."""
+    rng = rng_for("few rows", m, trans_b)
+    a, b, bias = operands(rng, m, 1031, 1029, m % 2 == 1, trans_b, with_bias=True)
+    check_forward(isa, a, b, bias, m % 2 == 1, trans_b, "gelu", with_preact=True)
+    check_backward(isa, rng, a, b, m % 2 == 1, trans_b, with_bias=True)
+
+
 # ---------------------------------------------------------------- the reference ISA
 
 
