@@ -323,8 +323,9 @@ class Conv2d(KernelOp):
     """2-D convolution of x (N, C, H, W) with weight (K, C / groups, R, S), plus bias (K,) when given."""
 
     def __init__(self, stride=1, padding=0, dilation=1, groups=1):
-        pairs = [(v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
-                 for v in (stride, padding, dilation)]
+        pairs = [_int_pair(name, v) for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation))]
+        if not _is_int(groups):  # int(1.5) would be a silent 1
+            raise TypeError(f"conv2d: groups must be an int, got {groups!r}")
         super().__init__("conv2d", stride=pairs[0], padding=pairs[1], dilation=pairs[2], groups=int(groups))
         self.stride, self.padding, self.dilation = pairs
         self.groups = int(groups)
@@ -332,6 +333,19 @@ class Conv2d(KernelOp):
     def label(self):
         groups = f", groups={self.groups}" if self.groups != 1 else ""
         return f"conv2d(stride={self.stride}, padding={self.padding}, dilation={self.dilation}{groups})"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _int_pair(name: str, v) -> tuple:
+    """conv2d's stride, padding or dilation: an int or a pair of ints, (h, w)."""
+    if _is_int(v):
+        return (int(v), int(v))
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(i) for i in v):
+        return (int(v[0]), int(v[1]))
+    raise TypeError(f"conv2d: {name} must be an int or a pair of ints (h, w), got {v!r}")
 
 
 def _add_relu(op: Binary, activation: str, in_specs) -> Op | None:

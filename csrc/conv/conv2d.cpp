@@ -17,7 +17,8 @@
 // image) has no depth for a GEMM (CRS = R*S: 9 for 3x3, each packed panel
 // used for a handful of multiply-adds): it is computed directly instead
 // (depthwise_forward below), one output plane at a time, tap by tap over
-// contiguous runs of a row.
+// contiguous runs of a row. Those loops skip the padding, whose products
+// conv_padding.cpp adds where they are not zero (an inf or NaN weight or dy).
 //
 // A 3x3 stride-1 layer with enough channels and tiles goes to Winograd
 // F(4x4, 3x3) instead (winograd.cpp, where the measurements are): the forward,
@@ -40,6 +41,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "conv/conv_padding.h"
 #include "conv/conv_shape.h"
 #include "conv/winograd.h"
 #include "core/kernel_list.inc"
@@ -383,7 +385,10 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
                     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                     int64_t dilation_h, int64_t dilation_w, int64_t groups) {
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
-  if (g.Cg() == 1) return depthwise_forward(y, x, w, bias, activation, g);
+  if (g.Cg() == 1) {  // the direct loops skip the padding: its non-zero products added after
+    depthwise_forward(y, x, w, bias, activation, g);
+    return conv_padding_forward(y, w, g);
+  }
   if (winograd_fits(g))
     return winograd_conv(y, x, w, bias, activation, {N, C, H, W, K, g.OH, g.OW, g.ph, g.pw, false}, false);
   const int64_t image_x = C * H * W, image_y = K * g.P(), Kg = g.Kg();
@@ -424,7 +429,11 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
   if (dbias) bias_grad(dbias, dy, g);
   if ((!dx && !dw) || N == 0) return;
-  if (g.Cg() == 1) return depthwise_backward(dx, dw, dy, x, w, g);
+  if (g.Cg() == 1) {
+    depthwise_backward(dx, dw, dy, x, w, g);
+    if (dw) conv_padding_weight_grad(dw, dy, g);
+    return;
+  }
   if (winograd_fits(g)) {
     if (dx)  // dx += the full correlation of dy with the flipped weight
       winograd_conv(dx, dy, w, nullptr, Activation::none, {N, K, g.OH, g.OW, C, H, W, 2 - g.ph, 2 - g.pw, true},
