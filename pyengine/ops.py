@@ -261,6 +261,21 @@ class Unary(KernelOp):
         super().__init__(name)
 
 
+class StdSqrt(Unary):
+    """std's square root of the variance: sqrt, whose backward gives 0 where the std is 0 (a slice
+    of equal values), as torch's std does; sqrt's own backward, dy * 0.5 / y, would give inf
+    there and the variance's backward 0 * inf = NaN. It reads y as 1 / 0 = inf where y is 0: one
+    pass over the (reduced) output, none over the input."""
+
+    def __init__(self):
+        super().__init__("sqrt")
+        self.name = "std"
+
+    def backward(self, grad_ins, grad_out, ins, outs):
+        y = outs[0]
+        super().backward(grad_ins, grad_out, ins, [np.where(y == 0, np.float32(np.inf), y)])
+
+
 # GELU's kernel for torch's `approximate` argument.
 _GELU_KERNELS = {"none": "gelu_erf", "tanh": "gelu"}
 

@@ -284,6 +284,9 @@ class Tensor:
     def __pow__(self, exponent):
         if not isinstance(exponent, (int, float)):
             raise TypeError("Tensor ** x: only a Python number exponent is supported")
+        # x ** 0.5 and x ** -0.5 are sqrt and rsqrt, as in torch: (-inf) ** 0.5 is NaN, not C's +inf
+        if exponent in (0.5, -0.5):
+            return self.sqrt() if exponent > 0 else self.rsqrt()
         return apply(O.Scalar("pow", float(exponent)), self)
 
     def __matmul__(self, other):
@@ -469,7 +472,7 @@ class Tensor:
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None) -> Tensor:
         """sqrt(var), with var's arguments."""
-        return self._variance("std", dim, unbiased, keepdim, correction).sqrt()
+        return apply(O.StdSqrt(), self._variance("std", dim, unbiased, keepdim, correction))
 
     def _variance(self, fn: str, dim, unbiased, keepdim, correction) -> Tensor:
         axes, divisor = OR.var_setup(fn, self.shape, dim, unbiased, correction)
