@@ -306,7 +306,9 @@ class Tensor:
             raise ValueError(f"matmul: both arguments need at least 1 dim, got shapes {self.shape} and {other.shape}")
         a = self.reshape(1, -1) if self.ndim == 1 else self
         b = other.reshape(-1, 1) if other.ndim == 1 else other
-        out = apply(O.MatMul(), a, b)
+        # batch dims that broadcast (neither operand 2-D, not equal): torch's rule, a loop of batch calls
+        broadcast = a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2]
+        out = apply(O.BroadcastMatMul() if broadcast else O.MatMul(), a, b)
         if self.ndim == 1 and other.ndim == 1:
             return out.reshape(())
         if self.ndim == 1:
