@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 
 import numpy as np
 
@@ -32,6 +33,9 @@ class _State(threading.local):
 
 
 _state = _State()
+# The captured graphs alive (pyengine.graph adds each): a parameter or constant a graph holds is
+# read in place by its replays, so Tensor.data assignment must keep that array (see Tensor.data).
+GRAPHS: weakref.WeakSet = weakref.WeakSet()
 
 
 def is_grad_enabled() -> bool:
@@ -170,6 +174,42 @@ class Tensor:
         self._node: Node | None = None
 
     # ---- plain attributes
+    @property
+    def data(self) -> np.ndarray:
+        """The array the tensor wraps (shared, never a copy)."""
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        """Wrap another array (torch's ``t.data = value``), checked as Tensor() checks it: an array
+        not C-contiguous or not native raises, a Tensor's array is shared. The dtype must stay
+        (TypeError: ops and gradients were recorded for it). A new shape is allowed, as in torch (a
+        gradient of the old shape is dropped), except for a tensor a captured graph holds in place
+        (a parameter or constant of a live graph): the graph's plan and buffers are fixed, so a new
+        shape raises ValueError, and the same shape is copied into the array the graph reads, which
+        a replay then sees (as load_state_dict copies)."""
+        array = _as_array(value, "Tensor.data")
+        old = self.__dict__.get("_data")
+        if old is None:  # __init__
+            self._data = array
+            return
+        if array.dtype != old.dtype:
+            raise TypeError(f"Tensor.data: got dtype {array.dtype} for a tensor of dtype {old.dtype} (shape "
+                            f"{old.shape}); a Tensor keeps its dtype: make a new Tensor, or pass a.astype({old.dtype})")
+        if any(graph.holds(self) for graph in list(GRAPHS)):
+            if array.shape != old.shape:
+                raise ValueError(f"Tensor.data: got shape {array.shape} for a tensor of shape {old.shape} that a "
+                                 f"captured graph reads in place; its plan would break (capture again instead)")
+            if not old.flags.writeable:
+                raise ValueError(f"Tensor.data: the tensor of shape {old.shape} a captured graph reads is read-only")
+            if array is not old:
+                np.copyto(old, array)
+                O.parameters_written()  # a graph with batch norm folded from it folds again
+            return
+        if array.shape != old.shape:
+            self._grad = None
+        self._data = array
+
     @property
     def shape(self) -> tuple:
         return self.data.shape
