@@ -173,8 +173,9 @@ OPS = {
                             st.sampled_from((1, 2, 3, (1, 2), 0, -1, 2**31)), 1),
     "layer_norm": (lambda x, w, p: F.layer_norm(x, w, w), lambda x, w, p: _tf().layer_norm(x, x.shape[-1:], w, w),
                    st.just(()), 2),
-    "rms_norm": (lambda x, w, p: F.rms_norm(x, x.shape[-1:], w), lambda x, w, p: _tf().rms_norm(x, x.shape[-1:], w),
-                 st.just(()), 2),
+    # torch's default eps is its dtype's: float32's for pyengine's float32, given to the float64 twin
+    "rms_norm": (lambda x, w, p: F.rms_norm(x, x.shape[-1:], w),
+                 lambda x, w, p: _tf().rms_norm(x, x.shape[-1:], w, eps=float(np.finfo(F32).eps)), st.just(()), 2),
     "mse_loss": (lambda x, y, p: F.mse_loss(x, y), lambda x, y, p: _tf().mse_loss(x, y), st.just(()), 2),
     "l1_loss": (lambda x, y, p: F.l1_loss(x, y), lambda x, y, p: _tf().l1_loss(x, y), st.just(()), 2),
     "dropout": (lambda x, p: F.dropout(x, p, training=False), lambda x, p: _tf().dropout(x, p, training=False),
@@ -348,6 +349,14 @@ KNOWN_MISMATCHES = (
      "a 1-D weight: torch's undocumented vector form, pyengine wants (out_features, in_features)"),
     ("pyengine refuses", "batch_norm", lambda a, p, out: a[1].ndim == 0,
      "a 0-d weight and bias: torch broadcasts them, pyengine wants (C,)"),
+    ("pyengine refuses", "batch_norm", lambda a, p, out: a[0].size == 0,
+     "an empty input ((0,), (0, 0)): torch answers an empty tensor, pyengine wants (N, C, ...) with values"),
+    *(("pyengine refuses", op, lambda a, p, out: a[0].ndim == 1 and np.shape(p) == (1,),
+       "a class vector with a (1,) target: torch's forward takes it, its backward refuses it (size mismatch); "
+       "pyengine wants the 0-d target") for op in ("cross_entropy", "nll_loss")),
+    *(("pyengine refuses", op, lambda a, p, out: a[0].ndim >= 1 and a[0].shape[-1] == 0,
+       "an empty normalized dim: torch answers an empty tensor, pyengine's kernel wants a row of values")
+      for op in ("layer_norm", "rms_norm")),
     ("pyengine refuses", "scaled_dot_product_attention", lambda a, p, out: a[0].ndim != 4 or a[1].ndim != 4,
      "q, k, v of a rank but 4: torch takes any leading dims, pyengine (B, H, T, D)"),
     ("answer", "scaled_dot_product_attention", lambda a, p, out: p and a[0].shape[-2] != a[1].shape[-2],

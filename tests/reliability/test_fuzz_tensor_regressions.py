@@ -239,3 +239,22 @@ def test_half_powers_are_sqrt_and_rsqrt_as_in_torch():
     x = Tensor(np.array([0.25, 4.0], np.float32), requires_grad=True)
     (x ** 0.5).backward(np.ones(2, np.float32))
     np.testing.assert_allclose(x.grad.numpy(), [1.0, 0.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("call", [lambda x, y: x.chunk(1, 1.0), lambda x, y: x.split(1, 1.0),
+                                  lambda x, y: __import__("pyengine").stack([x, y], 1.0)])
+def test_a_float_dim_is_a_type_error_before_the_shapes_are_looked_at(call):
+    # found at 100 cases per op: a 0-d tensor (chunk, split) or unequal shapes (stack) were a
+    # ValueError first, where torch parses the arguments first: TypeError
+    x, y = Tensor(np.zeros((), np.float32)), Tensor(np.zeros(0, np.float32))
+    with pytest.raises(TypeError, match=r"(chunk|split|stack): dim must be an int"):
+        call(x, y)
+
+
+@pytest.mark.parametrize("call", [lambda x: x.split(2**63), lambda x: x.split([2**63, 0]),
+                                  lambda x: x.split(-2**63 - 1), lambda x: x.chunk(2**63)])
+def test_a_size_or_count_beyond_int64_is_refused(call):
+    # split(2**63) of an empty dim answered one piece, chunk(2**63) of a (1,) one; torch refuses the overflow
+    with pytest.raises(ValueError, match=r"(split|chunk): -?\d+ is out of the int64 range"):
+        call(Tensor(np.zeros(1, np.float32)))
+
