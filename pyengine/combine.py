@@ -53,11 +53,13 @@ def split(x: Tensor, split_size_or_sections, dim=0) -> tuple:
     """x cut along `dim` into pieces of split_size (the last shorter) or of the
     listed sizes, as torch.split. A piece that is a contiguous block of x
     (every dim before `dim` of size 1) is a view; the others are copies."""
+    OJ.check_split_arg("split", split_size_or_sections)  # the arguments' types first, as torch parses them
     return _pieces("split", x, dim, lambda size: OJ.split_sizes("split", size, split_size_or_sections))
 
 
 def chunk(x: Tensor, chunks, dim=0) -> tuple:
     """x cut into `chunks` pieces of ceil(size / chunks) (maybe fewer), as torch.chunk."""
+    OJ.check_chunks(chunks)  # the arguments' types first, as torch parses them
     return _pieces("chunk", x, dim, lambda size: OJ.chunk_sizes(size, chunks))
 
 

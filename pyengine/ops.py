@@ -202,6 +202,90 @@ class MatMul(KernelOp):
         return f"matmul{('[' + flags + ']') if flags else ''}"
 
 
+class BroadcastMatMul(Op):
+    """a @ b for a (..., m, k) and b (..., k, n) whose batch dims broadcast against each other
+    without either being 2-D or the two being equal (torch.matmul's rule): (2, 1, 4, 5) @ (3, 5, 6)
+    is (2, 3, 4, 6). The batch kernel shares a 2-D operand across a batch (stride 0) but has one
+    stride an operand, so the broadcast batch is cut in two: the longest run of trailing batch dims
+    over which each operand is either indexed in full or all of size 1 (the kernel's own batch,
+    one call), and the dims before it, a loop of such calls on views of a, b and c. Nothing is
+    materialized: every view is a contiguous slice of its array (leading dims), and the backward
+    accumulates each call's gradients into the slice of da and db it read, so the sum over the
+    broadcast dims is the kernel's own += (calls in a fixed order: the same bits on every run)."""
+
+    name = "matmul"
+
+    def __init__(self):
+        self._kernel = MatMul()
+
+    def infer(self, a, b):
+        _check_float(self.name, a, b)
+        if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not multiply (a (..., m, k), b (..., k, n))")
+        try:
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise ValueError(f"matmul: the batch dims of {a.shape} and {b.shape} do not broadcast") from None
+        return [Spec((*batch, a.shape[-2], b.shape[-1]))]
+
+    def _calls(self, c, a, b) -> list:
+        """[(c view, a view, b view)], one per kernel call, in order (see the class)."""
+        batch = c.shape[:-2]
+        a = a.reshape((1,) * (len(batch) + 2 - a.ndim) + a.shape)  # leading 1s: views, no copy
+        b = b.reshape((1,) * (len(batch) + 2 - b.ndim) + b.shape)
+        split, kinds = len(batch), [None, None]  # kinds: "full" or "one" over the inner dims
+        while split > 0:
+            d = split - 1
+            if batch[d] != 1:
+                new = ["full" if x.shape[d] == batch[d] else "one" for x in (a, b)]
+                if any(k is not None and k != n for k, n in zip(kinds, new)):
+                    break
+                kinds = new
+            split = d
+        inner = int(np.prod(batch[split:], dtype=np.int64))
+        calls = []
+        for outer in np.ndindex(*batch[:split]):
+            views = []
+            for x, kind in zip((a, b), kinds):
+                part = x[tuple(i if x.shape[d] != 1 else 0 for d, i in enumerate(outer))]
+                views.append(part.reshape(part.shape[-2:]) if kind == "one" else part.reshape(inner, *part.shape[-2:]))
+            shared = all(v.ndim == 2 for v in views)
+            part = c[outer]
+            calls.append((part.reshape(part.shape[-2:]) if shared else part.reshape(inner, *part.shape[-2:]), *views))
+        return calls
+
+    def forward(self, outs, ins):
+        self.bind_forward(outs, ins)()
+
+    def backward(self, grad_ins, grad_out, ins, outs):
+        self.bind_backward(grad_ins, grad_out, ins, outs)()
+
+    def _grad_views(self, grad_out, da, db, ins) -> list:
+        """The slices of da and db (each of its input's shape) that each call accumulates into,
+        None where that gradient is not asked for."""
+        views = self._calls(grad_out, da if da is not None else ins[0], db if db is not None else ins[1])
+        return [(None, ga if da is not None else None, gb if db is not None else None) for _, ga, gb in views]
+
+    def bind_forward(self, outs, ins):
+        steps = [self._kernel.bind_forward([c], [a, b]) for c, a, b in self._calls(outs[0], *ins)]
+        return functools.partial(_run_all, steps)
+
+    def bind_backward(self, grad_ins, grad_out, ins, outs):
+        da, db = grad_ins
+        steps = [self._kernel.bind_backward([ga, gb], dc, [a, b], [dc])
+                 for (dc, a, b), (_, ga, gb) in zip(self._calls(grad_out, *ins),
+                                                    self._grad_views(grad_out, da, db, ins))]
+        return functools.partial(_run_all, steps)
+
+    def saved(self, ins, outs):
+        return list(ins)
+
+
+def _run_all(steps: list) -> None:
+    for step in steps:
+        step()
+
+
 # The activations a GEMM epilogue applies: the executor fuses these into the
 # matmul that alone feeds them (declared once, as the C++ Activation enum).
 FUSIBLE_ACTIVATIONS = tuple(name for name in registry.ENUMS["Activation"] if name != "none")
@@ -259,6 +343,21 @@ class Unary(KernelOp):
 
     def __init__(self, name: str):
         super().__init__(name)
+
+
+class StdSqrt(Unary):
+    """std's square root of the variance: sqrt, whose backward gives 0 where the std is 0 (a slice
+    of equal values), as torch's std does; sqrt's own backward, dy * 0.5 / y, would give inf
+    there and the variance's backward 0 * inf = NaN. It reads y as 1 / 0 = inf where y is 0: one
+    pass over the (reduced) output, none over the input."""
+
+    def __init__(self):
+        super().__init__("sqrt")
+        self.name = "std"
+
+    def backward(self, grad_ins, grad_out, ins, outs):
+        y = outs[0]
+        super().backward(grad_ins, grad_out, ins, [np.where(y == 0, np.float32(np.inf), y)])
 
 
 # GELU's kernel for torch's `approximate` argument.
@@ -323,8 +422,9 @@ class Conv2d(KernelOp):
     """2-D convolution of x (N, C, H, W) with weight (K, C / groups, R, S), plus bias (K,) when given."""
 
     def __init__(self, stride=1, padding=0, dilation=1, groups=1):
-        pairs = [(v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
-                 for v in (stride, padding, dilation)]
+        pairs = [_int_pair(name, v) for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation))]
+        if not _is_int(groups):  # int(1.5) would be a silent 1
+            raise TypeError(f"conv2d: groups must be an int, got {groups!r}")
         super().__init__("conv2d", stride=pairs[0], padding=pairs[1], dilation=pairs[2], groups=int(groups))
         self.stride, self.padding, self.dilation = pairs
         self.groups = int(groups)
@@ -332,6 +432,19 @@ class Conv2d(KernelOp):
     def label(self):
         groups = f", groups={self.groups}" if self.groups != 1 else ""
         return f"conv2d(stride={self.stride}, padding={self.padding}, dilation={self.dilation}{groups})"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _int_pair(name: str, v) -> tuple:
+    """conv2d's stride, padding or dilation: an int or a pair of ints, (h, w)."""
+    if _is_int(v):
+        return (int(v), int(v))
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(i) for i in v):
+        return (int(v[0]), int(v[1]))
+    raise TypeError(f"conv2d: {name} must be an int or a pair of ints (h, w), got {v!r}")
 
 
 def _add_relu(op: Binary, activation: str, in_specs) -> Op | None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from pyengine import ops as O
 from pyengine import ops_layout as OL
-from pyengine.ops_layout import _is_int, normalize_dim
+from pyengine.ops_layout import _check_ints, _is_int, normalize_dim
 
 __all__ = ["Cat", "Stack", "Narrow", "NarrowView", "narrow_op", "split_sizes", "chunk_sizes"]
 
@@ -98,6 +98,7 @@ class Stack(O.Op):
         self.dim = dim
 
     def infer(self, *xs):
+        _check_ints("stack", self.dim)  # torch parses the arguments before it compares the shapes
         if not xs:
             raise ValueError("stack: expected a non-empty sequence of tensors")
         _check_dtypes("stack", xs)
@@ -179,23 +180,43 @@ def _check_pieces(fn: str, count: int, size: int) -> None:
                          f"pyengine hands back (each piece is a Tensor)")
 
 
+def _check_int64(fn: str, value: int) -> None:
+    """A size or count beyond int64 (which no dim can have) is refused, as torch refuses it, not taken as 'all'."""
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{fn}: {value} is out of the int64 range")
+
+
+def check_split_arg(fn: str, split_size_or_sections) -> None:
+    """split's size argument: an int or a list of ints (TypeError otherwise)."""
+    if not _is_int(split_size_or_sections) and (
+            not isinstance(split_size_or_sections, (list, tuple)) or
+            not all(_is_int(s) for s in split_size_or_sections)):
+        raise TypeError(f"{fn}: split_size_or_sections must be an int or a list of ints, got "
+                        f"{split_size_or_sections!r}")
+
+
+def check_chunks(chunks) -> None:
+    if not _is_int(chunks):
+        raise TypeError(f"chunk: chunks must be an int, got {type(chunks).__name__}")
+
+
 def split_sizes(fn: str, size: int, split_size_or_sections) -> list:
     """The lengths of the pieces of a dim of `size`, as torch.split: an int
     gives pieces of that length (the last shorter), a list the lengths."""
     if _is_int(split_size_or_sections):
         step = int(split_size_or_sections)
+        _check_int64(fn, step)
         if step < 0 or (step == 0 and size > 0):
             raise ValueError(f"{fn}: split_size must be positive for a dim of size {size}, got {step}")
         if size == 0:
             return [0]
         _check_pieces(fn, -(-size // step), size)
         return [min(step, size - start) for start in range(0, size, step)]
-    if not isinstance(split_size_or_sections, (list, tuple)) or \
-            not all(_is_int(s) for s in split_size_or_sections):
-        raise TypeError(f"{fn}: split_size_or_sections must be an int or a list of ints, got "
-                        f"{split_size_or_sections!r}")
+    check_split_arg(fn, split_size_or_sections)
     _check_pieces(fn, len(split_size_or_sections), size)
     sections = [int(s) for s in split_size_or_sections]
+    for s in sections:
+        _check_int64(fn, s)
     if any(s < 0 for s in sections) or sum(sections) != size:
         raise ValueError(f"{fn}: split_with_sizes expects split_sizes to sum exactly to {size} (the size of "
                          f"the dim), got {sections}")
@@ -204,8 +225,8 @@ def split_sizes(fn: str, size: int, split_size_or_sections) -> list:
 
 def chunk_sizes(size: int, chunks) -> list:
     """torch.chunk: pieces of ceil(size / chunks), so possibly fewer than `chunks`."""
-    if not _is_int(chunks):
-        raise TypeError(f"chunk: chunks must be an int, got {type(chunks).__name__}")
+    check_chunks(chunks)
+    _check_int64("chunk", int(chunks))
     if chunks <= 0:
         raise ValueError(f"chunk: chunks must be greater than 0, got {chunks}")
     if size == 0:
@@ -215,6 +236,7 @@ def chunk_sizes(size: int, chunks) -> list:
 
 
 def piece_dim(fn: str, shape: tuple, dim) -> int:
+    _check_ints(fn, dim)  # a float dim is a TypeError before anything else, as torch parses arguments first
     if not shape:
         raise ValueError(f"{fn}: expects at least a 1-dimensional tensor")
     return normalize_dim(dim, len(shape), fn)

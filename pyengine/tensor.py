@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 
 import numpy as np
 
@@ -32,6 +33,9 @@ class _State(threading.local):
 
 
 _state = _State()
+# The captured graphs alive (pyengine.graph adds each): a parameter or constant a graph holds is
+# read in place by its replays, so Tensor.data assignment must keep that array (see Tensor.data).
+GRAPHS: weakref.WeakSet = weakref.WeakSet()
 
 
 def is_grad_enabled() -> bool:
@@ -171,6 +175,42 @@ class Tensor:
 
     # ---- plain attributes
     @property
+    def data(self) -> np.ndarray:
+        """The array the tensor wraps (shared, never a copy)."""
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        """Wrap another array (torch's ``t.data = value``), checked as Tensor() checks it: an array
+        not C-contiguous or not native raises, a Tensor's array is shared. The dtype must stay
+        (TypeError: ops and gradients were recorded for it). A new shape is allowed, as in torch (a
+        gradient of the old shape is dropped), except for a tensor a captured graph holds in place
+        (a parameter or constant of a live graph): the graph's plan and buffers are fixed, so a new
+        shape raises ValueError, and the same shape is copied into the array the graph reads, which
+        a replay then sees (as load_state_dict copies)."""
+        array = _as_array(value, "Tensor.data")
+        old = self.__dict__.get("_data")
+        if old is None:  # __init__
+            self._data = array
+            return
+        if array.dtype != old.dtype:
+            raise TypeError(f"Tensor.data: got dtype {array.dtype} for a tensor of dtype {old.dtype} (shape "
+                            f"{old.shape}); a Tensor keeps its dtype: make a new Tensor, or pass a.astype({old.dtype})")
+        if any(graph.holds(self) for graph in list(GRAPHS)):
+            if array.shape != old.shape:
+                raise ValueError(f"Tensor.data: got shape {array.shape} for a tensor of shape {old.shape} that a "
+                                 f"captured graph reads in place; its plan would break (capture again instead)")
+            if not old.flags.writeable:
+                raise ValueError(f"Tensor.data: the tensor of shape {old.shape} a captured graph reads is read-only")
+            if array is not old:
+                np.copyto(old, array)
+                O.parameters_written()  # a graph with batch norm folded from it folds again
+            return
+        if array.shape != old.shape:
+            self._grad = None
+        self._data = array
+
+    @property
     def shape(self) -> tuple:
         return self.data.shape
 
@@ -284,6 +324,9 @@ class Tensor:
     def __pow__(self, exponent):
         if not isinstance(exponent, (int, float)):
             raise TypeError("Tensor ** x: only a Python number exponent is supported")
+        # x ** 0.5 and x ** -0.5 are sqrt and rsqrt, as in torch: (-inf) ** 0.5 is NaN, not C's +inf
+        if exponent in (0.5, -0.5):
+            return self.sqrt() if exponent > 0 else self.rsqrt()
         return apply(O.Scalar("pow", float(exponent)), self)
 
     def __matmul__(self, other):
@@ -303,7 +346,9 @@ class Tensor:
             raise ValueError(f"matmul: both arguments need at least 1 dim, got shapes {self.shape} and {other.shape}")
         a = self.reshape(1, -1) if self.ndim == 1 else self
         b = other.reshape(-1, 1) if other.ndim == 1 else other
-        out = apply(O.MatMul(), a, b)
+        # batch dims that broadcast (neither operand 2-D, not equal): torch's rule, a loop of batch calls
+        broadcast = a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2]
+        out = apply(O.BroadcastMatMul() if broadcast else O.MatMul(), a, b)
         if self.ndim == 1 and other.ndim == 1:
             return out.reshape(())
         if self.ndim == 1:
@@ -469,7 +514,7 @@ class Tensor:
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None) -> Tensor:
         """sqrt(var), with var's arguments."""
-        return self._variance("std", dim, unbiased, keepdim, correction).sqrt()
+        return apply(O.StdSqrt(), self._variance("std", dim, unbiased, keepdim, correction))
 
     def _variance(self, fn: str, dim, unbiased, keepdim, correction) -> Tensor:
         axes, divisor = OR.var_setup(fn, self.shape, dim, unbiased, correction)

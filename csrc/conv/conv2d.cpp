@@ -297,7 +297,7 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
                     int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                     int64_t dilation_h, int64_t dilation_w, int64_t groups) {
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
-  if (g.Cg() == 1) return depthwise_forward(y, x, w, bias, activation, g);
+  if (g.Cg() == 1) return depthwise_forward(y, x, w, bias, activation, g);  // padding multiplied too
   if (winograd_fits(g))
     return winograd_conv(y, x, w, bias, activation, {N, C, H, W, K, g.OH, g.OW, g.ph, g.pw, false}, false);
   const int64_t image_x = C * H * W, image_y = K * g.P(), Kg = g.Kg();

@@ -1,6 +1,7 @@
-// Plain 2-D convolution (grouped): one loop over every (output, tap) pair that reads
-// the input rather than the padding, products summed in double and rounded
-// once per element.
+// Plain 2-D convolution (grouped), zero padding: one loop over every (output,
+// tap) pair, a tap in the padding reading 0 (so an inf or NaN weight or output
+// gradient meets 0 * inf = NaN there, as the definition and PyTorch have it),
+// products summed in double and rounded once per element.
 #include <memory>
 
 #include "conv/conv_shape.h"
@@ -11,8 +12,8 @@ namespace pyengine {
 namespace reference {
 namespace {
 
-// fn(yi, xi, wi) for every output element y[yi] and every tap of it that
-// reads x[xi] with weight w[wi] (flat indices).
+// fn(yi, xi, wi) for every output element y[yi] and every tap of it, which
+// reads x[xi] with weight w[wi] (flat indices; xi = -1 in the padding).
 template <typename Fn>
 void for_each_tap(const ConvShape& g, Fn fn) {
   for (int64_t n = 0; n < g.N; ++n)
@@ -23,10 +24,10 @@ void for_each_tap(const ConvShape& g, Fn fn) {
             for (int64_t r = 0; r < g.R; ++r)
               for (int64_t s = 0; s < g.S; ++s) {
                 const int64_t ih = g.in_row(oh, r), iw = g.in_col(ow, s);
-                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                const bool padding = ih < 0 || ih >= g.H || iw < 0 || iw >= g.W;
                 const int64_t channel = k / g.Kg() * g.Cg() + c;  // of the input, in k's group
-                fn(((n * g.K + k) * g.OH + oh) * g.OW + ow, ((n * g.C + channel) * g.H + ih) * g.W + iw,
-                   ((k * g.Cg() + c) * g.R + r) * g.S + s);
+                fn(((n * g.K + k) * g.OH + oh) * g.OW + ow,
+                   padding ? -1 : ((n * g.C + channel) * g.H + ih) * g.W + iw, ((k * g.Cg() + c) * g.R + r) * g.S + s);
               }
 }
 
@@ -46,7 +47,7 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
   const int64_t count = N * K * g.P();
   auto sums = zeros(count);
-  for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) { sums[yi] += double(x[xi]) * w[wi]; });
+  for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) { sums[yi] += (xi < 0 ? 0.0 : double(x[xi])) * w[wi]; });
   for (int64_t i = 0; i < count; ++i)
     y[i] = ew::activate(activation, static_cast<float>(sums[i] + (bias ? bias[i / g.P() % K] : 0.0)));
 }
@@ -58,8 +59,8 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
   const ConvShape g(N, C, H, W, K, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups);
   auto sum_x = zeros(N * C * H * W), sum_w = zeros(K * g.CRS()), sum_b = zeros(K);
   for_each_tap(g, [&](int64_t yi, int64_t xi, int64_t wi) {
-    sum_x[xi] += double(dy[yi]) * w[wi];
-    sum_w[wi] += double(dy[yi]) * x[xi];
+    if (xi >= 0) sum_x[xi] += double(dy[yi]) * w[wi];
+    sum_w[wi] += double(dy[yi]) * (xi < 0 ? 0.0 : double(x[xi]));
   });
   for (int64_t i = 0; i < N * K * g.P(); ++i) sum_b[i / g.P() % K] += dy[i];
   if (dx) add_rounded(dx, sum_x.get(), N * C * H * W);

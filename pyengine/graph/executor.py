@@ -32,7 +32,7 @@ from pyengine import ops as O
 from pyengine import ops_cnn as OC
 from pyengine import random as R
 from pyengine.graph.planner import ALIGNMENT, Interval, place
-from pyengine.tensor import Tensor, _capturing, _unshare, topological_order
+from pyengine.tensor import GRAPHS, Tensor, _capturing, _unshare, topological_order
 
 __all__ = ["capture", "CompiledGraph", "NonFiniteError"]
 
@@ -126,6 +126,7 @@ class CompiledGraph:
     def __init__(self, inputs: list, output: Tensor, optimizer=None, streams=None, check_finite: bool = False,
                  fuse: bool = True, fold_batch_norm: bool = True):
         self.optimizer = optimizer
+        GRAPHS.add(self)  # Tensor.data assignment asks holds()
         self.check_finite = bool(check_finite)
         self._streams = streams  # the random ops' rng buffers, refilled per replay (pyengine.random)
         self.values: list = []
@@ -160,6 +161,11 @@ class CompiledGraph:
         if tensor is not None:
             self._by_tensor[id(tensor)] = (tensor, value)
         return value
+
+    def holds(self, tensor: Tensor) -> bool:
+        """Whether the graph reads `tensor`'s array in place (a parameter or a constant)."""
+        entry = self._by_tensor.get(id(tensor))
+        return entry is not None and entry[0] is tensor and entry[1].kind in ("param", "const")
 
     def _value_of(self, tensor: Tensor) -> Value:
         entry = self._by_tensor.get(id(tensor))

@@ -34,12 +34,17 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("entry", ["Tensor", "from_numpy", "Parameter"])
+def _assign_data(array):
+    Tensor(np.zeros(3, F32)).data = array
+
+
+@pytest.mark.parametrize("entry", ["Tensor", "from_numpy", "Parameter", "Tensor.data"])
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_an_array_a_tensor_cannot_share_is_refused_naming_the_fix(case, entry):
     make, error, words = REFUSED[case]
     array = make()
-    call = {"Tensor": Tensor, "from_numpy": pe.from_numpy, "Parameter": nn.Parameter}[entry]
+    call = {"Tensor": Tensor, "from_numpy": pe.from_numpy, "Parameter": nn.Parameter,
+            "Tensor.data": _assign_data}[entry]
     with pytest.raises((TypeError, ValueError)) as info:
         call(array)
     message = str(info.value)
@@ -168,3 +173,67 @@ def test_load_gives_tensors_a_tensor_can_hold(tmp_path):
         assert t.numpy().flags.c_contiguous and t.numpy().flags.writeable and t.dtype.isnative, name
     np.testing.assert_array_equal(loaded["be"].numpy(), np.arange(4))
     assert loaded["t"].shape == (3, 2) and loaded["i"].dtype == np.int32
+
+
+# ---- Tensor.data assignment (torch's t.data = value): checked as Tensor() checks
+
+
+def test_data_assignment_shares_the_array_and_may_change_the_shape():
+    t = Tensor(np.zeros((2, 3), F32), requires_grad=True)
+    (t * 2.0).sum().backward()
+    same = np.ones((2, 3), F32)
+    t.data = same
+    assert t.data is same and t.grad is not None  # shared, as Tensor() shares; the gradient kept
+    bigger = np.ones((4, 5), F32)
+    t.data = bigger  # a new shape, as torch allows: the gradient of the old one dropped
+    assert t.shape == (4, 5) and t.data is bigger and t.grad is None
+    t.data = Tensor(np.full(2, 3.0, F32))  # a Tensor's array is shared
+    np.testing.assert_array_equal(t.numpy(), [3.0, 3.0])
+    t.data = [1.0, 2.0]  # a list is converted as Tensor() converts it (floats to float32)
+    assert t.dtype == F32
+
+
+@pytest.mark.parametrize("value", [np.zeros(3), np.zeros(3, np.int64), [1, 2, 3], True])
+def test_data_assignment_keeps_the_dtype(value):
+    t = Tensor(np.zeros(3, F32), requires_grad=True)
+    with pytest.raises(TypeError, match=r"Tensor\.data: got dtype \w+ for a tensor of dtype float32"):
+        t.data = value
+    assert t.dtype == F32
+
+
+@pytest.mark.parametrize("value", [None, object(), "abc", {"a": 1}])
+def test_data_assignment_of_a_non_array_is_a_type_error(value):
+    t = Tensor(np.zeros(3, F32))
+    with pytest.raises(TypeError, match=r"Tensor\.data"):
+        t.data = value
+
+
+def _captured():
+    w = nn.Parameter(np.ones((2, 2), F32))
+    scale = Tensor(np.full((3, 2), 2.0, F32))  # a constant the graph reads in place
+    graph = pe.capture(lambda x: ((x * scale) @ w).sum(), np.ones((3, 2), F32))
+    return graph, w, scale
+
+
+@pytest.mark.parametrize("which", ["parameter", "constant"])
+def test_data_of_a_tensor_a_captured_graph_holds_keeps_its_shape(which):
+    graph, w, scale = _captured()
+    t = w if which == "parameter" else scale
+    before = t.data
+    with pytest.raises(ValueError, match=r"Tensor\.data: got shape \(5, 5\) for a tensor of shape \(\d, 2\)"):
+        t.data = np.ones((5, 5), F32)
+    assert t.data is before
+    # the same shape is copied into the array the graph reads: the replay sees it
+    t.data = np.full(t.shape, 3.0, F32)
+    assert t.data is before and (before == 3.0).all()
+    expected = {"parameter": 3 * 2 * 2 * 3.0 * 2, "constant": 3 * 2 * 2 * 3.0}[which]
+    assert graph.run(np.ones((3, 2), F32)).item() == expected
+
+
+def test_data_shape_is_free_again_once_the_graph_is_gone():
+    import gc
+    graph, w, _ = _captured()
+    del graph
+    gc.collect()
+    w.data = np.ones((5, 5), F32)
+    assert w.shape == (5, 5)

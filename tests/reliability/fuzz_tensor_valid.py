@@ -20,9 +20,12 @@ BATCH = st.lists(st.sampled_from((0, 1, 2, 3)), max_size=2)
 @st.composite
 def _matmul(draw):
     b, m, k, n = draw(BATCH), draw(ANY), draw(ANY), draw(ANY)
-    kind = draw(st.sampled_from(("vv", "mv", "vm", "mm", "bmm", "broadcast")))
+    kind = draw(st.sampled_from(("vv", "mv", "vm", "mm", "bmm", "broadcast", "both")))
+    # both: batch dims that broadcast on both sides, b with one dim fewer, (2, 1, m, k) @ (3, k, n)
+    lead, other = (3, *b, 1), (*(1 for _ in b), draw(TINY))
     shapes = {"vv": [(k,), (k,)], "mv": [(*b, m, k), (k,)], "vm": [(k,), (*b, k, n)], "mm": [(*b, m, k), (k, n)],
-              "bmm": [(*b, m, k), (*b, k, n)], "broadcast": [(*b, m, k), (*(1 for _ in b), k, n)]}[kind]
+              "bmm": [(*b, m, k), (*b, k, n)], "broadcast": [(*b, m, k), (*(1 for _ in b), k, n)],
+              "both": [(*lead, m, k), (*other, k, n)]}[kind]
     return shapes, ()
 
 

@@ -188,3 +188,73 @@ def test_errors_found_at_40_examples_per_op():
     ]:
         with pytest.raises(error, match=match):
             call()
+
+
+@pytest.mark.parametrize("kwargs", [{"stride": 1.5}, {"padding": (1, 2, 3)}, {"dilation": "x"}, {"groups": 1.5},
+                                    {"groups": None}, {"stride": True}])
+def test_conv2d_arguments_of_the_wrong_type_are_a_type_error_naming_conv2d(kwargs):
+    # stride 1.5 raised "'float' object is not iterable" (found at 400 cases); groups 1.5 ran as groups 1
+    import pyengine.functional as F
+    x, w = Tensor(np.zeros((1, 2, 4, 4), np.float32)), Tensor(np.zeros((2, 2, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="conv2d: (stride|padding|dilation|groups) must be"):
+        F.conv2d(x, w, **kwargs)
+
+
+def test_the_gradient_of_std_is_zero_where_std_is_zero_as_in_torch():
+    # was NaN: sqrt's backward dy * 0.5 / 0 = inf, then the variance's 0 * inf
+    torch = pytest.importorskip("torch")
+    values = np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0], [-3.0, -3.0, -3.0]], np.float32)
+    upstream = np.array([0.5, -2.0, 3.0], np.float32)
+    for dim, keepdim in ((1, False), (None, False), (1, True)):
+        x = Tensor(values.copy() if dim is not None else values[:1].copy(), requires_grad=True)
+        t = torch.tensor(x.numpy().astype(np.float64), requires_grad=True)
+        y, ty = x.std(dim, keepdim=keepdim), t.std(dim, keepdim=keepdim)
+        g = upstream[:y.size].reshape(y.shape)
+        y.backward(g)
+        ty.backward(torch.from_numpy(g.astype(np.float64)))
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
+        assert np.isfinite(x.grad.numpy()).all()
+
+
+def test_the_gradient_of_std_is_zero_where_std_is_zero_under_capture():
+    import pyengine as pe
+    w = pe.nn.Parameter(np.array([[2.0, 2.0], [1.0, 3.0]], np.float32))
+    opt = pe.optim.SGD([w], lr=0.0)
+    graph = pe.capture(lambda x: (w * x).std(1).sum(), np.ones((2, 2), np.float32), optimizer=opt)
+    graph.run(np.ones((2, 2), np.float32))
+    np.testing.assert_allclose(w.grad.numpy(), [[0.0, 0.0], [-2 ** -0.5, 2 ** -0.5]], rtol=1e-6)
+
+
+def test_half_powers_are_sqrt_and_rsqrt_as_in_torch():
+    # (-inf) ** 0.5 was C's pow, +inf; torch computes sqrt(-inf) = NaN (and rsqrt for -0.5: (-0) ** -0.5 = -inf)
+    torch = pytest.importorskip("torch")
+    values = np.array([-np.inf, -1.0, -0.0, 0.0, 0.25, 4.0, np.inf, np.nan], np.float32)
+    for exponent in (0.5, -0.5):
+        got = (Tensor(values) ** exponent).numpy()
+        want = (torch.from_numpy(values) ** exponent).numpy()
+        np.testing.assert_array_equal(got, want)
+        numbers = ~np.isnan(want)  # a NaN's sign means nothing
+        np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))
+    x = Tensor(np.array([0.25, 4.0], np.float32), requires_grad=True)
+    (x ** 0.5).backward(np.ones(2, np.float32))
+    np.testing.assert_allclose(x.grad.numpy(), [1.0, 0.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("call", [lambda x, y: x.chunk(1, 1.0), lambda x, y: x.split(1, 1.0),
+                                  lambda x, y: __import__("pyengine").stack([x, y], 1.0)])
+def test_a_float_dim_is_a_type_error_before_the_shapes_are_looked_at(call):
+    # found at 100 cases per op: a 0-d tensor (chunk, split) or unequal shapes (stack) were a
+    # ValueError first, where torch parses the arguments first: TypeError
+    x, y = Tensor(np.zeros((), np.float32)), Tensor(np.zeros(0, np.float32))
+    with pytest.raises(TypeError, match=r"(chunk|split|stack): dim must be an int"):
+        call(x, y)
+
+
+@pytest.mark.parametrize("call", [lambda x: x.split(2**63), lambda x: x.split([2**63, 0]),
+                                  lambda x: x.split(-2**63 - 1), lambda x: x.chunk(2**63)])
+def test_a_size_or_count_beyond_int64_is_refused(call):
+    # split(2**63) of an empty dim answered one piece, chunk(2**63) of a (1,) one; torch refuses the overflow
+    with pytest.raises(ValueError, match=r"(split|chunk): -?\d+ is out of the int64 range"):
+        call(Tensor(np.zeros(1, np.float32)))
+
