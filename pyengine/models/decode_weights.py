@@ -11,36 +11,17 @@ replaced (``p.data = ...``); after writing into ``p.data`` by hand, call
 ``pyengine.ops.parameters_written()`` (or ``weights_of(model).clear()``). They double the memory of
 the weights they copy.
 
-``matmul(x, weight)`` is the GEMM of a step: the GEMM streams a weight once for up to 8 rows (its
-few-row path) but takes its packed path from 9 rows on, which at 9 to 32 rows reads a weight 2 to 3
-times slower here (1 thread, a 768 x 3072 weight from memory: 8 rows 1.45 ms, 9 rows 4.8 ms, 16 rows
-6.1 ms in one call and 2.8 ms in two calls of 8, 32 rows 6.7 ms and 5.7 ms). A step of 9 to 32 rows
-(a short prompt's prefill, the beams of a few prompts) calls it on 8 rows at a time.
+A step of a few rows multiplies them by each copy with ``kernels.matmul``, whose few-row path
+streams a large weight once for up to 32 rows (matmul.cpp's streams_b).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pyengine import kernels as K
 from pyengine import ops as O
 
-__all__ = ["DecodeWeights", "weights_of", "transposed", "matmul"]
-
-SKINNY_ROWS, SPLIT_UP_TO = 8, 32  # the GEMM's few-row path; the most rows split into calls of that many
-
-
-def matmul(x: np.ndarray, weight: np.ndarray, bias=None, activation: str = "none") -> np.ndarray:
-    """activation(x @ weight + bias) of x (rows, in) and an (in, out) weight, in calls of SKINNY_ROWS
-    rows when there are more, up to SPLIT_UP_TO."""
-    rows = x.shape[0]
-    if not SKINNY_ROWS < rows <= SPLIT_UP_TO:
-        return K.matmul(x, weight, bias, activation=activation)
-    x, out = np.ascontiguousarray(x), np.empty((rows, weight.shape[1]), np.float32)
-    for start in range(0, rows, SKINNY_ROWS):
-        end = min(rows, start + SKINNY_ROWS)
-        K.matmul(x[start:end], weight, bias, activation=activation, out=out[start:end])
-    return out
+__all__ = ["DecodeWeights", "weights_of", "transposed"]
 
 
 def transposed(w: np.ndarray, rows: int = 64) -> np.ndarray:

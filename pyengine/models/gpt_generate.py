@@ -20,7 +20,6 @@ import math
 import numpy as np
 
 from pyengine import kernels as K
-from pyengine.models.decode_weights import matmul as decode_matmul
 from pyengine.models.decode_weights import weights_of
 from pyengine.tensor import Tensor, no_grad
 
@@ -116,7 +115,7 @@ def decode_step(model, ids, cache: KVCache, attention_mask=None) -> np.ndarray:
         x = _block_step(block, x, cache.keys[layer], cache.values[layer], start, mask, weights, (batch, steps))
     cache.length = start + steps
     last = np.ascontiguousarray(x.reshape(batch, steps, -1)[:, -1])
-    return decode_matmul(_norm(tr.ln_f, last), weights.get(tr.wte, tr.wte.weight))
+    return K.matmul(_norm(tr.ln_f, last), weights.get(tr.wte, tr.wte.weight))
 
 
 # The step runs the kernels on numpy arrays (no autograd records, no Tensor wrapping: inference only,
@@ -128,7 +127,7 @@ def _norm(norm, x: np.ndarray) -> np.ndarray:
 
 def _linear(x: np.ndarray, linear, weights, activation: str = "none") -> np.ndarray:
     bias = linear.bias.data if linear.bias is not None else None
-    return decode_matmul(x, weights.get(linear, linear.weight), bias, activation)
+    return K.matmul(x, weights.get(linear, linear.weight), bias, activation=activation)
 
 
 def _block_step(block, x: np.ndarray, keys, values, start: int, mask, weights, shape) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from pyengine import kernels as K
-from pyengine.models.decode_weights import matmul as decode_matmul
 from pyengine.models.decode_weights import weights_of
 from pyengine.models.t5 import additive_padding_mask, relative_position_bucket
 from pyengine.tensor import Tensor, no_grad
@@ -104,12 +103,12 @@ def _rms(norm, x: np.ndarray) -> np.ndarray:
 
 def _linear(x: np.ndarray, layer, cache: T5Cache, activation: str = "none") -> np.ndarray:
     """x @ W^T through the model's (in, out) copy of the layer's weight."""
-    return decode_matmul(x, cache.weights.get(layer, layer.weight), activation=activation)
+    return K.matmul(x, cache.weights.get(layer, layer.weight), activation=activation)
 
 
 def _qkv(x: np.ndarray, attn, cache: T5Cache) -> np.ndarray:
     """x @ [Wq; Wk; Wv]^T (rows, 3 * H * D): the q, k and v of each row side by side, in one GEMM."""
-    return decode_matmul(x, cache.weights.get(attn, attn.q.weight, attn.k.weight, attn.v.weight))
+    return K.matmul(x, cache.weights.get(attn, attn.q.weight, attn.k.weight, attn.v.weight))
 
 
 def _heads(x: np.ndarray, batch: int, heads: int) -> np.ndarray:

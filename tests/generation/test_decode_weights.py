@@ -124,20 +124,3 @@ def test_t5_fine_tuned_then_generating_uses_the_new_weights(tmp_path):
     twin = from_pretrained(tmp_path)
     twin.load_state_dict(model.state_dict())
     np.testing.assert_array_equal(after, twin.generate(ids, max_new_tokens=6))
-
-
-@pytest.mark.parametrize("rows", [1, 8, 9, 16, 21, 32, 33])
-def test_decode_matmul_in_calls_of_eight_rows_equals_one_call(rows):
-    from pyengine import kernels as K
-    from pyengine.models.decode_weights import matmul
-
-    rng = np.random.default_rng(rows)
-    x, w = rng.standard_normal((rows, 40)).astype(np.float32), rng.standard_normal((40, 70)).astype(np.float32)
-    bias = rng.standard_normal(70).astype(np.float32)
-    want = np.maximum(x.astype(np.float64) @ w + bias, 0)
-    got = matmul(x, w, bias, activation="relu")
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    step = 8 if 8 < rows <= 32 else rows  # 9 to 32 rows: calls of 8, each giving the bits of that call alone
-    for start in range(0, rows, step):
-        np.testing.assert_array_equal(got[start:start + step],
-                                      K.matmul(x[start:start + step], w, bias, activation="relu"))
