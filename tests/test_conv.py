@@ -84,13 +84,25 @@ CASES = {
     # Winograd F(4x4, 3x3): 3x3, stride 1, padding <= 2, at least 16 channels in and out and a
     # 4x4 output. Tiles of 4x4 output pixels cut at the edges, up to 16 tiles a vector (AVX-512),
     # chunks of whole tile rows (about 128 tiles); dx is the same algorithm on dy, dw its own.
-    "winograd-pad1": Conv(2, 16, 13, 11, 17, 3, 3, padding=1),     # 13x11 out: edge tiles cut
-    "winograd-pad0": Conv(3, 17, 10, 9, 16, 3, 3),                 # 8x7 out, dx padded by 2
-    "winograd-pad2": Conv(1, 16, 7, 6, 18, 3, 3, padding=2),       # 9x8 out, dx unpadded
-    "winograd-pad-mixed": Conv(2, 16, 9, 14, 16, 3, 3, padding=(0, 2)),
+    # At least 32 tiles in all (winograd_fits; checked below), or im2col runs instead.
+    "winograd-pad1": Conv(3, 16, 13, 11, 17, 3, 3, padding=1),     # 13x11 out: edge tiles cut
+    "winograd-pad0": Conv(8, 17, 10, 9, 16, 3, 3),                 # 8x7 out, dx padded by 2
+    "winograd-pad2": Conv(6, 16, 7, 6, 18, 3, 3, padding=2),       # 9x8 out, dx unpadded
+    "winograd-pad-mixed": Conv(4, 16, 9, 14, 16, 3, 3, padding=(0, 2)),
     "winograd-wide": Conv(1, 16, 6, 75, 16, 3, 3, padding=1),      # 19 tiles a row: two vectors
     "winograd-chunks": Conv(3, 16, 45, 50, 20, 3, 3, padding=1),   # 36 tile rows of 13: 4 chunks
 }
+
+
+
+def winograd_tiles(conv: Conv) -> int:
+    """The 4x4 output tiles of a layer, all images: Winograd needs 32 (csrc/conv/winograd.cpp)."""
+    oh, ow = conv.out_hw()
+    return conv.n * -(-oh // 4) * -(-ow // 4)
+
+
+assert all(winograd_tiles(conv) >= 32 for name, conv in CASES.items() if name.startswith("winograd")), \
+    "a winograd-* case too small for Winograd tests im2col instead"
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
