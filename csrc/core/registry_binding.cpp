@@ -113,7 +113,8 @@ void check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Sh
     size *= fields->dimensions[i];  // numpy keeps the product inside ssize_t
   }
   const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
-  // By kind and type number, not the type number alone: numpy has two int64 types (long, long long).
+  // float32 has one type number (NPY_FLOAT); an index array is checked by kind and size instead,
+  // numpy having two int64 type numbers (long, long long).
   const bool native = native_byte_order(descr->byteorder);
   int64_t itemsize = 4;
   bool int32 = false;
