@@ -236,6 +236,8 @@ int OpBuilder::kernel(Kernel k) {
     if (decl_.args[i].role == Role::output) decl_.returned.push_back(static_cast<int>(i));
   for (size_t i = 0; i < decl_.args.size() && decl_.returned.empty(); ++i)
     if (decl_.args[i].role == Role::inout) decl_.returned.push_back(static_cast<int>(i));
+  for (size_t i = 0; i < decl_.args.size(); ++i)
+    if (is_written(decl_.args[i].role)) decl_.written_mask |= uint32_t{1} << i;
   for (int rank = 0; rank < 3; ++rank)
     for (size_t i = 0; i < decl_.args.size(); ++i)
       if (binding_rank(decl_.args[i].role) == rank) decl_.binding_order.push_back(static_cast<int>(i));
@@ -417,11 +419,7 @@ void Resolution::resolve() {
   // Outputs not given (to be allocated) get their shape from the bound dims.
   for (size_t a = 0; a < n; ++a) {
     const ArgDecl& arg = op_.args[a];
-    if (expected_[a] || !arg.has_pattern) continue;
-    if (shapes_[a]) {
-      expected_[a] = shapes_[a];
-      continue;
-    }
+    if (expected_[a] || !arg.has_pattern || shapes_[a]) continue;  // a given one is its own (expected())
     Shape s;
     bool known = true;
     for (int token : arg.pattern) {

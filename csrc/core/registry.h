@@ -141,6 +141,14 @@ enum class Role {
   optional_inout,   // the same, or None
 };
 const char* role_name(Role role);
+inline bool is_written(Role r) {
+  return r == Role::output || r == Role::optional_output || r == Role::grad ||
+         r == Role::optional_grad || r == Role::inout || r == Role::optional_inout;
+}
+inline bool is_optional(Role r) {
+  return r == Role::optional_input || r == Role::optional_output || r == Role::optional_grad ||
+         r == Role::optional_inout;
+}
 
 enum class DType { f32, index };  // index: int64 or int32 class indices
 enum class AttrKind { flag, integer, real, code, int_pair };
@@ -205,6 +213,7 @@ struct OpDecl {
   uint32_t nonempty_mask = 0;               // bit d: dims[d] is in `nonempty` (set at registration)
   InlineVec<int, kMaxArgs> returned;        // the arguments a call returns (set at registration)
   InlineVec<int, kMaxArgs> binding_order;   // the arguments by binding rank (set at registration)
+  uint32_t written_mask = 0;                // bit a: args[a] is written by the kernel (set at registration)
   std::vector<std::pair<std::string, std::string>> may_alias;  // identical or disjoint
   ShapeRule shape_rule;
   Check check;
@@ -272,7 +281,11 @@ class Resolution {
 
   // Applies the rule, then binds and checks every argument with a pattern.
   void resolve();
-  const MaybeShape& expected(int arg) const { return expected_[arg]; }
+  // The shape an argument must have: from the rule, or a given argument's own
+  // shape once it fitted its pattern (not copied: most calls never ask).
+  const MaybeShape& expected(int arg) const {
+    return expected_[arg] || !shapes_[arg] || !op_.args[arg].has_pattern ? expected_[arg] : shapes_[arg];
+  }
   int64_t group_size() const;
   const Shape& group() const { return group_; }
   int64_t dim_at(int index) const { return dims_[index]; }
@@ -303,8 +316,16 @@ class Call {
       : r_(r), pointers_(pointers), int32_(int32) {}
   Call(const Resolution&, Pointers&&, const Flags&) = delete;  // kept by reference: no temporaries
   Call(const Resolution&, const Pointers&, Flags&&) = delete;
-  float* f32(const char* arg) const;                     // nullptr for a None optional
-  const void* data(const char* arg) const;
+  // nullptr for a None optional
+  float* f32(const char* arg) const { return static_cast<float*>(const_cast<void*>(data(arg))); }
+  // By the declaring literal's address first (inline: a kernel asks for each
+  // of its arguments on every call), then by name.
+  const void* data(const char* arg) const {
+    const std::vector<ArgDecl>& args = r_.op().args;
+    for (size_t i = 0; i < args.size(); ++i)
+      if (args[i].literal == arg) return pointers_[i];
+    return data_by_name(arg);
+  }
   bool is_int32(const char* arg) const;
   int64_t dim(const char* name) const;                   // "*" is the group's size
   const Shape& group() const { return r_.group(); }
@@ -317,6 +338,7 @@ class Call {
   [[noreturn]] void fail(const std::string& message) const { r_.fail(message); }
 
  private:
+  const void* data_by_name(const char* arg) const;
   const Resolution& r_;
   const Pointers& pointers_;  // the caller's, alive for the call
   const Flags& int32_;

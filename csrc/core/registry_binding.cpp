@@ -19,27 +19,15 @@ namespace {
 
 constexpr int64_t kWorthReleasingGil = 1 << 16;  // elements or multiply-adds
 
-bool is_written(Role r) {
-  return r == Role::output || r == Role::optional_output || r == Role::grad ||
-         r == Role::optional_grad || r == Role::inout || r == Role::optional_inout;
-}
-
-bool is_optional(Role r) {
-  return r == Role::optional_input || r == Role::optional_output || r == Role::optional_grad ||
-         r == Role::optional_inout;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- calls
 
-const void* Call::data(const char* arg) const {
+const void* Call::data_by_name(const char* arg) const {
   const int i = r_.op().arg_index(arg);
   if (i < 0) throw std::logic_error(r_.op().name + ": no argument '" + arg + "'");
   return pointers_[i];
 }
-
-float* Call::f32(const char* arg) const { return static_cast<float*>(const_cast<void*>(data(arg))); }
 
 bool Call::is_int32(const char* arg) const {
   const int i = r_.op().arg_index(arg);
@@ -100,10 +88,10 @@ struct ArrayView {
 // through pybind11's accessors, each read of a dtype took a new reference.
 // (`view` is written in place: a returned struct was copied through memory, a
 // store-forwarding stall that perf showed as the hottest instruction of a call.)
-void check_array(const OpDecl& op, const ArgDecl& arg, const py::handle& obj, Shape& shape, ArrayView& view) {
+void check_array(const OpDecl& op, const ArgDecl& arg, PyObject* obj, Shape& shape, ArrayView& view) {
   if (!py::isinstance<py::array>(obj))
-    type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", Py_TYPE(obj.ptr())->tp_name));
-  const auto* fields = py::detail::array_proxy(obj.ptr());
+    type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", Py_TYPE(obj)->tp_name));
+  const auto* fields = py::detail::array_proxy(obj);
   if (fields->nd < 0 || static_cast<size_t>(fields->nd) > kMaxRank)
     value_error(op, cat("'", arg.name, "' has ", fields->nd, " dims; at most ", kMaxRank, " are supported"));
   shape.use_first(0);
@@ -287,41 +275,33 @@ Resolution::Attrs convert_attrs(const OpDecl& op, const InlineVec<PyObject*, kMa
 // The arrays of one call: borrowed from the caller's arguments, or new
 // outputs this call owns (a null pointer: an argument not given). Raw
 // pointers, not py::objects: a table of those is zeroed on every call.
+// Each item is written once by the call, in argument order, before it is read.
 class CallArrays {
  public:
-  explicit CallArrays(size_t n) : n_(n) {
-    for (size_t i = 0; i < n; ++i) absent(i);
-  }
+  CallArrays() = default;
   ~CallArrays() {
-    for (size_t i = 0; i < n_; ++i)
-      if (owned_[i]) Py_DECREF(items_[i]);
+    for (uint32_t owned = owned_; owned; owned &= owned - 1) Py_DECREF(items_[__builtin_ctz(owned)]);
   }
   CallArrays(const CallArrays&) = delete;
   CallArrays& operator=(const CallArrays&) = delete;
-  void borrow(size_t i, py::handle h) { items_[i] = h.ptr(), owned_[i] = false; }
-  void own(size_t i, py::object o) { items_[i] = o.release().ptr(), owned_[i] = true; }
-  void absent(size_t i) { items_[i] = nullptr, owned_[i] = false; }
+  void borrow(size_t i, PyObject* o) { items_[i] = o; }
+  void own(size_t i, py::object o) { items_[i] = o.release().ptr(), owned_ |= uint32_t{1} << i; }
+  void absent(size_t i) { items_[i] = nullptr; }
   bool given(size_t i) const { return items_[i] != nullptr; }
   py::object get(size_t i) const { return py::reinterpret_borrow<py::object>(items_[i]); }
 
  private:
-  size_t n_;
   std::array<PyObject*, kMaxArgs> items_;
-  std::array<bool, kMaxArgs> owned_;
+  uint32_t owned_ = 0;  // bit i: items_[i] is this call's reference
 };
 
-int64_t work_of(const OpDecl& op, const Resolution& r, const InlineVec<ArrayView, kMaxArgs>& views,
-                const CallArrays& arrays) {
-  if (!op.work_dims.empty()) {
-    int64_t w = 1;  // saturates: dims that are huge beside a zero one must not overflow
-    for (int d : op.work_dims)
-      if (__builtin_mul_overflow(w, r.dim_at(d), &w)) return INT64_MAX;
-    return w;
-  }
-  int64_t largest = 0;
-  for (size_t i = 0; i < views.size(); ++i)
-    if (arrays.given(i)) largest = std::max<int64_t>(largest, views[i].size);
-  return largest;
+// The work that decides the GIL release: the declared dims' product, or the largest array.
+int64_t work_of(const OpDecl& op, const Resolution& r, int64_t largest_array) {
+  if (op.work_dims.empty()) return largest_array;
+  int64_t w = 1;  // saturates: dims that are huge beside a zero one must not overflow
+  for (int d : op.work_dims)
+    if (__builtin_mul_overflow(w, r.dim_at(d), &w)) return INT64_MAX;
+  return w;
 }
 
 // A float32 output of shape `s`; MemoryError naming the op, the output and the bytes asked for
@@ -350,18 +330,19 @@ py::object allocate_output(const OpDecl& op, const ArgDecl& arg, const Shape& s)
 
 // A written argument may not share bytes with another one, unless the
 // declaration allows that pair to be the very same array.
-void check_overlaps(const OpDecl& op, const Resolution& r, const InlineVec<ArrayView, kMaxArgs>& views,
-                    const CallArrays& arrays) {
+void check_overlaps(const OpDecl& op, const Resolution::Shapes& shapes,
+                    const InlineVec<ArrayView, kMaxArgs>& views, const CallArrays& arrays) {
   const size_t n = views.size();
-  for (size_t i = 0; i < n; ++i) {
-    if (!arrays.given(i) || !is_written(op.args[i].role) || views[i].nbytes == 0) continue;
+  for (uint32_t written = op.written_mask; written; written &= written - 1) {
+    const size_t i = __builtin_ctz(written);
+    if (!arrays.given(i) || views[i].nbytes == 0) continue;
     const char *begin = views[i].data, *end = begin + views[i].nbytes;
     for (size_t j = 0; j < n; ++j) {
       if (j == i || !arrays.given(j) || views[j].nbytes == 0) continue;
       const char *other = views[j].data, *other_end = other + views[j].nbytes;
       if (!(begin < other_end && other < end)) continue;
       if (begin == other && end == other_end && alias_allowed(op, op.args[i].name, op.args[j].name)) continue;
-      value_error(op, cat("'", op.args[i].name, "' with shape ", shape_str(*r.expected(i)), " overlaps '",
+      value_error(op, cat("'", op.args[i].name, "' with shape ", shape_str(*shapes[i]), " overlaps '",
                           op.args[j].name, "'"));
     }
   }
@@ -370,24 +351,32 @@ void check_overlaps(const OpDecl& op, const Resolution& r, const InlineVec<Array
 py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   const Gathered g = gather(op, args, nargs, kwnames);
   const size_t n = op.args.size();
-  CallArrays arrays(n);
+  CallArrays arrays;
   InlineVec<ArrayView, kMaxArgs> views;
   views.use_first(n);  // read only where given
   Resolution::Shapes shapes;
   shapes.use_first(n);  // absent
   Call::Flags int32;
   int32.use_first(n);  // each written below
+  Call::Pointers pointers;
+  pointers.use_first(n);  // each written below
+  int64_t largest = 0;  // elements of the largest array, the work of an op that declares none
   for (size_t i = 0; i < n; ++i) {
     const ArgDecl& arg = op.args[i];
-    const py::handle obj(g.arrays[i]);
-    int32[i] = false;
-    if (!obj || obj.is_none()) {
+    PyObject* obj = g.arrays[i];
+    if (!obj || obj == Py_None) {
       if (!is_optional(arg.role) && arg.role != Role::output)
         type_error(op, cat("argument '", arg.name, "' must be a numpy.ndarray, got ", obj ? "NoneType" : "nothing"));
+      arrays.absent(i);
+      int32[i] = false;
+      pointers[i] = nullptr;
       continue;
     }
-    check_array(op, arg, obj, shapes[i].fill(), views[i]);
-    int32[i] = views[i].int32;
+    ArrayView& view = views[i];
+    check_array(op, arg, obj, shapes[i].fill(), view);
+    int32[i] = view.int32;
+    pointers[i] = view.data;
+    largest = std::max(largest, view.size);
     arrays.borrow(i, obj);
   }
   const Resolution::Attrs attrs = convert_attrs(op, g.attrs);
@@ -406,16 +395,16 @@ py::object call_op(const OpDecl& op, PyObject* const* args, Py_ssize_t nargs, Py
     for (int64_t d : s) view.size *= d;
     view.nbytes = view.size * static_cast<int64_t>(sizeof(float));
     view.int32 = false;
+    pointers[i] = view.data;
+    largest = std::max(largest, view.size);
     arrays.own(i, std::move(out));
   }
-  check_overlaps(op, r, views, arrays);
-  Call::Pointers pointers;
-  for (size_t i = 0; i < n; ++i) pointers.push_back(arrays.given(i) ? views[i].data : nullptr);
+  check_overlaps(op, shapes, views, arrays);
   const Call call(r, pointers, int32);
   if (op.check) op.check(call);
   {
     std::optional<py::gil_scoped_release> release;
-    if (work_of(op, r, views, arrays) >= kWorthReleasingGil) release.emplace();
+    if (work_of(op, r, largest) >= kWorthReleasingGil) release.emplace();
     const FlushDenormals flush;  // see core/denormals.h
     op.kernel(call);
   }
