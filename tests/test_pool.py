@@ -97,6 +97,11 @@ MAX_CASES = {
     "stride1-p1": ((1, 4, 5, 6), 3, 1, 1, 1, False),
     "kernel-is-image": ((3, 2, 5, 4), (5, 4), 1, 0, 1, False),
     "s3-k2-ceil": ((2, 1, 7, 7), 2, 3, 1, 1, True),
+    # Wider than a vector of output columns at every ISA level (4, 8, 16 floats): full blocks and a
+    # cut last one, kernels wider than the stride.
+    "wide-3x3-s2-p1": ((2, 2, 6, 45), 3, 2, 1, 1, False),
+    "wide-5x5-s3-p2-ceil": ((1, 2, 9, 52), 5, 3, 2, 1, True),
+    "wide-stride1-p1": ((1, 2, 4, 37), 3, 1, 1, 1, False),
 }
 
 
@@ -137,12 +142,13 @@ def test_max_pool2d(name):
 
 def test_max_pool2d_ties_and_nan_as_pytorch():
     """Ties go to the first largest tap in row-major order; a NaN wins; all -inf keeps the first tap."""
-    x = np.zeros((1, 3, 4, 5), F32)
-    x[0, 0] = np.round(randn(rng_for("ties"), 4, 5))  # many equal values
-    x[0, 1, 1, 1] = np.nan
-    x[0, 1, 2, 3] = np.nan
-    x[0, 2] = -np.inf
-    for ceil_mode in (False, True):
+    for width, ceil_mode in ((5, False), (5, True), (41, False), (41, True)):
+        x = np.zeros((1, 3, 4, width), F32)
+        x[0, 0] = np.round(randn(rng_for("ties", width), 4, width))  # many equal values
+        x[0, 1, 1, 1] = np.nan
+        x[0, 1, 2, 3] = np.nan
+        x[0, 1, 3, width - 2:] = np.nan  # NaN in the last, cut block of columns
+        x[0, 2] = -np.inf
         y, idx = K.max_pool2d(x, kernel_size=(3, 3), stride=(1, 2), padding=(1, 1), ceil_mode=ceil_mode)
         ref_y, ref_idx = torch.nn.functional.max_pool2d(torch.tensor(x), 3, (1, 2), 1, ceil_mode=ceil_mode,
                                                         return_indices=True)
