@@ -38,18 +38,25 @@ float centred_squares(const float* x, int64_t n, float mean) {
   return s;
 }
 
-// sum of dy[i] * (x[i] - mean).
-float centred_dot(const float* dy, const float* x, int64_t n, float mean) {
+// sum of dy[i] and of dy[i] * (x[i] - mean), in one pass over both rows.
+void sums_of_dy(const float* dy, const float* x, int64_t n, float mean, double& sum_dy, double& sum_dy_xc) {
   const vfloat m = simd::splat(mean);
-  vfloat acc0{}, acc1{};
+  vfloat s0{}, s1{}, d0{}, d1{};
   int64_t i = 0;
   for (; i + 2 * kWidth <= n; i += 2 * kWidth) {
-    acc0 += simd::load(dy + i) * (simd::load(x + i) - m);
-    acc1 += simd::load(dy + i + kWidth) * (simd::load(x + i + kWidth) - m);
+    const vfloat g0 = simd::load(dy + i), g1 = simd::load(dy + i + kWidth);
+    s0 += g0;
+    s1 += g1;
+    d0 += g0 * (simd::load(x + i) - m);
+    d1 += g1 * (simd::load(x + i + kWidth) - m);
   }
-  float s = simd::hsum(acc0 + acc1);
-  for (; i < n; ++i) s += dy[i] * (x[i] - mean);
-  return s;
+  float s = simd::hsum(s0 + s1), d = simd::hsum(d0 + d1);
+  for (; i < n; ++i) {
+    s += dy[i];
+    d += dy[i] * (x[i] - mean);
+  }
+  sum_dy += s;
+  sum_dy_xc += d;
 }
 
 // out[i] (+)= a * u[i] + b * (v[i] - mean) + k; v may be null (b unused).
@@ -116,8 +123,7 @@ void batchnorm_backward(float* dx, float* dweight, float* dbias, const float* dy
     if (dweight || dbias || (dx && batch_stats))
       for (int64_t n = 0; n < N; ++n) {
         const int64_t at = (n * C + c) * inner;
-        sum_dy += row::sum(dy + at, inner);
-        sum_dy_xc += centred_dot(dy + at, x + at, inner, mean);
+        sums_of_dy(dy + at, x + at, inner, mean, sum_dy, sum_dy_xc);
       }
     if (dweight) dweight[c] += static_cast<float>(sum_dy_xc * rstd);
     if (dbias) dbias[c] += static_cast<float>(sum_dy);
