@@ -190,6 +190,21 @@ void accumulate_vector_grad(float* dx, const float* dy, const float* v, int64_t 
   });
 }
 
+// dx[i] += y[i] <= 0 ? 0 : dy[i] over [i0, i1): ReLU's gradient from its output, as a vector
+// select. (Written as a scalar loop inside the chunk lambda, it compiled to a branch per element,
+// the pointers being captured by reference: 1.7 ms for 221K floats of random signs, measured,
+// against 0.05 ms for the forward.) A NaN dy where y <= 0 gives 0; a NaN y passes dy.
+void accumulate_relu_grad(float* dx, const float* dy, const float* y, int64_t i0, int64_t i1) {
+  using simd::kWidth;
+  const simd::vfloat zero{};
+  int64_t i = i0;
+  for (; i + kWidth <= i1; i += kWidth) {
+    const simd::vfloat g = simd::load(y + i) <= 0.0f ? zero : simd::load(dy + i);
+    simd::store(dx + i, simd::load(dx + i) + g);
+  }
+  for (; i < i1; ++i) dx[i] += y[i] <= 0.0f ? 0.0f : dy[i];
+}
+
 }  // namespace
 
 void binary_forward(float* out, const float* a, const float* b, BinaryOp op, int64_t ndim,
@@ -260,7 +275,7 @@ void relu_forward(float* y, const float* x, int64_t n) {
 // dy where y <= 0 gives 0, and a NaN y passes dy, as in PyTorch.
 void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
   parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) dx[i] += y[i] <= 0.0f ? 0.0f : dy[i];
+    accumulate_relu_grad(dx, dy, y, i0, i1);
   });
 }
 
@@ -276,10 +291,8 @@ void add_relu_forward(float* y, const float* a, const float* b, int64_t n) {
 }
 void add_relu_backward(float* da, float* db, const float* dy, const float* y, int64_t n) {
   parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t i0, int64_t i1) {
-    if (da)
-      for (int64_t i = i0; i < i1; ++i) da[i] += y[i] <= 0.0f ? 0.0f : dy[i];
-    if (db)
-      for (int64_t i = i0; i < i1; ++i) db[i] += y[i] <= 0.0f ? 0.0f : dy[i];
+    if (da) accumulate_relu_grad(da, dy, y, i0, i1);
+    if (db) accumulate_relu_grad(db, dy, y, i0, i1);
   });
 }
 
