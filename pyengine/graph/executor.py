@@ -163,6 +163,8 @@ class CompiledGraph:
             self._transpose_weights()
         if fuse:
             self._fuse_activations()
+            if optimizer is None:
+                self._fuse_add_layer_norms()
         self.arena_bytes, self.planned_bytes = self._plan()
         self._program = self._bind()
         self.refold()
@@ -371,6 +373,32 @@ class CompiledGraph:
                 replaced[id(producer_backward)] = Step(
                     "backward", op, step.ins, [act.outs[0]], act_backward.grad_out, producer_backward.grad_ins,
                     producer_backward.zero_first)
+        self.steps = fused
+
+    def _fuse_add_layer_norms(self) -> None:
+        """Without a backward: an add of two same-shape operands whose output a layer norm alone
+        reads (over the same shape) runs as one add_layer_norm kernel in the layer norm's place,
+        the sum never written (a post-LN transformer block's end: one pass over the rows, not two)."""
+        readers: dict = {}
+        for step in self.steps:
+            for value in step.ins:
+                readers.setdefault(id(value.root), []).append(step)
+        adds = {}  # id(layer norm step) -> the add it absorbs
+        for step in self.steps:
+            consumers = readers.get(id(step.outs[0].root), [])
+            norm = consumers[0] if len(consumers) == 1 else None
+            if (type(step.op) is O.Binary and step.op.name == "add" and step.outs[0] is not self.output
+                    and norm is not None and type(norm.op) is O.LayerNorm and norm.ins[0] is step.outs[0]
+                    and step.outs[0] not in norm.ins[1:] and len({v.spec.shape for v in step.ins + step.outs}) == 1):
+                adds[id(norm)] = step
+        absorbed = {id(add) for add in adds.values()}
+        fused = []
+        for step in self.steps:
+            if id(step) in absorbed:
+                continue
+            add = adds.get(id(step))
+            fused.append(step if add is None else
+                         Step("forward", O.AddLayerNorm(step.op.eps), [*add.ins, *step.ins[1:]], step.outs))
         self.steps = fused
 
     def _fusion_after(self, step: Step, readers: dict, read_backward: set):
