@@ -6,7 +6,8 @@
 // (`multiply`), vectorized per ISA. Causal tiles that are fully masked are
 // skipped and the diagonal ones narrowed to the keys some row attends.
 //
-// Threads: the forward splits (batch, head, query block) units. The backward
+// Threads: the forward gives each thread whole (batch, head) pairs when there
+// are enough of them, else (batch, head, query block) units. The backward
 // gives each thread whole (batch, head) pairs when there are enough of them
 // (dK and dV of a key tile summed over the query blocks, dQ in a per-thread
 // buffer of the head's rows); otherwise it runs a pass over (batch, head, key
@@ -531,12 +532,20 @@ void mask_grads(const Geometry& g, const BackwardArgs& a, double work) {
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const float* mask, const AttentionProblem& p) {
   const Geometry g(p);
-  const int64_t units = p.batch * p.heads * g.q_blocks;
-  const double work = 4.0 * p.batch * p.heads * p.q_len * p.kv_len * p.head_dim;
+  const int64_t heads = p.batch * p.heads, threads = thread_count();
+  const double work = 4.0 * heads * p.q_len * p.kv_len * p.head_dim;
   auto make = [&](ScratchFrame& f) { return ForwardScratch(f, g); };
-  for_each_unit(units, work, make, [&](ForwardScratch& t, int64_t u) {
-    const int64_t bh = u / g.q_blocks, qb = g.q_blocks - 1 - u % g.q_blocks;  // the longest rows first
-    forward_block(t, g, out, lse, q, k, v, mask, bh / p.heads, bh % p.heads, qb);
+  // Whole heads per unit when they share out evenly (as the backward): each
+  // head's keys and values are then packed by one thread, not by every thread
+  // that gets one of its query blocks. Else one query block per unit.
+  const bool per_head = heads % threads == 0 || heads >= 4 * threads;
+  const int64_t blocks = per_head ? g.q_blocks : 1;
+  for_each_unit(heads * g.q_blocks / blocks, work, make, [&](ForwardScratch& t, int64_t u) {
+    for (int64_t i = 0; i < blocks; ++i) {
+      const int64_t unit = u * blocks + i;
+      const int64_t bh = unit / g.q_blocks, qb = g.q_blocks - 1 - unit % g.q_blocks;  // the longest rows first
+      forward_block(t, g, out, lse, q, k, v, mask, bh / p.heads, bh % p.heads, qb);
+    }
   });
 }
 
