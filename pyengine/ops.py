@@ -412,6 +412,18 @@ class LayerNorm(KernelOp):
         self.eps = float(eps)
 
 
+class AddLayerNorm(KernelOp):
+    """layer_norm(a + b) of two same-shape arrays in one pass, the sum never written (a post-LN
+    block's residual add and its layer norm). The executor fuses an add and the layer norm that
+    alone reads it into this op in graphs without a backward (CompiledGraph._fuse_add_layer_norms);
+    its backward adds a + b again."""
+
+    def __init__(self, eps: float):
+        super().__init__("add_layer_norm", eps=float(eps))
+        self.eps = float(eps)
+        self.name = "add+layer_norm"
+
+
 class RMSNorm(KernelOp):
     def __init__(self, eps: float):
         super().__init__("rms_norm", eps=float(eps))

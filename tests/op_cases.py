@@ -96,6 +96,8 @@ EXAMPLES = {
     "log_softmax": (dict(x=_normal(3, 4)), dict()),
     "sum": (dict(x=_normal(3, 4)), dict(axis_begin=1, axis_end=2, scale=0.5)),
     "layer_norm": (dict(x=_normal(3, 4), weight=_normal(4), bias=_normal(4)), dict(eps=1e-5)),
+    "add_layer_norm": (dict(a=_normal(3, 4), b=_normal(3, 4, seed=1), weight=_normal(4), bias=_normal(4)),
+                       dict(eps=1e-5)),
     "cross_entropy": (dict(logits=_normal(3, 4), target=np.array([0, 3, 1], np.int64)),
                       dict(ignore_index=-100)),
     "nll_loss": (dict(logp=_normal(3, 4), target=np.array([2, -100, 1], np.int64)),

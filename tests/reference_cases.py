@@ -255,6 +255,26 @@ def layer_norm_case(rng, shape, eps=1e-5):
                 np_fwd=ref_fwd, torch_fwd=torch_fwd, pe_bwd=pe_bwd, np_bwd=np_bwd)
 
 
+def add_layer_norm_case(rng, shape, eps=1e-5):
+    """layer_norm(a + b): layer_norm_case's references at x = a + b, the gradient of x to both."""
+    a, b = randn(rng, *shape, scale=2.0, shift=3.0), randn(rng, *shape)
+    norm = layer_norm_case(rng, shape, eps)
+    w, bias = norm["inputs"][1:]
+
+    def pe_bwd(g, xs, outs, grads):
+        ga, gb, gw, gbias = _grads(grads, 4)
+        return K.add_layer_norm_backward(g, xs[0], xs[1], xs[2], outs[1], outs[2], grad_a=ga, grad_b=gb,
+                                         grad_weight=gw, grad_bias=gbias)
+
+    def np_bwd(g, a, b, w, bias):
+        dx, dw, dbias = norm["np_bwd"](g, a + b, w, bias)
+        return dx, dx, dw, dbias
+
+    return dict(inputs=[a, b, w, bias], pe_fwd=lambda a, b, w, bias: K.add_layer_norm(a, b, w, bias, eps=eps),
+                np_fwd=lambda a, b, w, bias: norm["np_fwd"](a + b, w, bias),
+                torch_fwd=lambda a, b, w, bias: norm["torch_fwd"](a + b, w, bias), pe_bwd=pe_bwd, np_bwd=np_bwd)
+
+
 def cross_entropy_case(logits, target, ignore_index):
     valid = target != ignore_index
 
@@ -434,6 +454,7 @@ FD_CASES = {
     "softmax": lambda r: softmax_case("softmax", randn(r, 3, 6)),
     "log_softmax": lambda r: softmax_case("log_softmax", randn(r, 3, 6)),
     "layer_norm": lambda r: layer_norm_case(r, (3, 6)),
+    "add_layer_norm": lambda r: add_layer_norm_case(r, (3, 6)),
     "cross_entropy": lambda r: cross_entropy_case(randn(r, 5, 4), np.array([0, 3, -100, 1, 3]),
                                                   -100),
     "clamp": lambda r: clamp_case(r, (3, 5), -0.5, 0.75),

@@ -20,6 +20,7 @@ from reference_cases import (
     TRANS,
     _np_log_softmax,
     _np_softmax,
+    add_layer_norm_case,
     add_relu_case,
     binary_case,
     clamp_case,
@@ -334,6 +335,39 @@ def test_layer_norm_batched_rows():
     case = layer_norm_case(rng_for("3d"), (2, 3, 33), eps=1e-3)
     out, _ = helper_test_op(**case, atol=2e-5, rtol=1e-4, grad_atol=1e-4, grad_rtol=1e-4)
     assert out[1].shape == (2, 3)
+
+
+@pytest.mark.parametrize("cols", [1, 5, 33, 384])
+@pytest.mark.parametrize("rows", [1, 7, 128])
+def test_add_layer_norm(rows, cols):
+    """Against float64 numpy and torch at x = a + b, and the same bits as the add and then layer_norm."""
+    case = add_layer_norm_case(rng_for("add", rows, cols), (rows, cols))
+    out, grads = helper_test_op(**case, atol=2e-5, rtol=1e-4, grad_atol=1e-4, grad_rtol=1e-4)
+    a, b, w, bias = case["inputs"]
+    for got, unfused in zip(out, K.layer_norm(a + b, w, bias)):
+        np.testing.assert_array_equal(got, unfused)
+    gy = rng_for("add-gy", rows, cols).standard_normal((rows, cols)).astype(F32)
+    dx, dw, dbias = K.layer_norm_backward(gy, a + b, w, out[1], out[2])
+    da, db, dw2, dbias2 = K.add_layer_norm_backward(gy, a, b, w, out[1], out[2])
+    for got, want in ((da, dx), (db, dx), (dw2, dw), (dbias2, dbias)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_add_layer_norm_backward_one_gradient():
+    """Only da asked for: it gets dx (written straight into it); one buffer for da and db raises."""
+    case = add_layer_norm_case(rng_for("add-one"), (9, 40))
+    a, b, w, bias = case["inputs"]
+    y, mean, rstd = K.add_layer_norm(a, b, w, bias)
+    gy = rng_for("add-one-gy").standard_normal(y.shape).astype(F32)
+    dx = K.layer_norm_backward(gy, a + b, w, mean, rstd, needs_weight=False, needs_bias=False)[0]
+    for needs_a in (True, False):
+        grads = K.add_layer_norm_backward(gy, a, b, w, mean, rstd, needs_a=needs_a, needs_b=not needs_a,
+                                          needs_weight=False, needs_bias=False)
+        assert sum(g is None for g in grads) == 3
+        np.testing.assert_array_equal(grads[0 if needs_a else 1], dx)
+    shared = np.ones_like(a)
+    with pytest.raises(ValueError, match="add_layer_norm_backward.*overlaps"):
+        K.add_layer_norm_backward(gy, a, b, w, mean, rstd, grad_a=shared, grad_b=shared)
 
 
 # ---------------------------------------------------------------- cross-entropy

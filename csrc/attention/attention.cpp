@@ -6,7 +6,8 @@
 // (`multiply`), vectorized per ISA. Causal tiles that are fully masked are
 // skipped and the diagonal ones narrowed to the keys some row attends.
 //
-// Threads: the forward splits (batch, head, query block) units. The backward
+// Threads: the forward gives each thread whole (batch, head) pairs when there
+// are enough of them, else (batch, head, query block) units. The backward
 // gives each thread whole (batch, head) pairs when there are enough of them
 // (dK and dV of a key tile summed over the query blocks, dQ in a per-thread
 // buffer of the head's rows); otherwise it runs a pass over (batch, head, key
@@ -38,6 +39,7 @@ using simd::vfloat;
 
 constexpr int64_t kTile = 64;  // queries per block, keys per tile
 constexpr int kBlockRows = 4;  // rows of a register block
+constexpr int kWideRows = 8;   // rows of a register block two vectors wide (AVX-512: 16 accumulators)
 constexpr int kBlockVecs = kWidth == 16 ? 4 : 2;  // vectors of a register block (16 registers below AVX-512)
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -82,9 +84,17 @@ inline void multiply_rows(float* c, int64_t ldc, const float* a, int64_t a_row, 
 }
 
 // C (rows x vecs vectors) (+)= A (rows x depth) . B (depth x vecs vectors).
+// A narrow C (two vectors: P.V at head dim 32 under AVX-512) goes 8 rows at a
+// time, 16 accumulators instead of 8 per pair of B loads; each element still
+// sums its depth in order, so the result is the same.
 void multiply(float* c, int64_t ldc, const float* a, int64_t a_row, int64_t a_col, const float* b,
               int64_t ldb, int64_t rows, int64_t vecs, int64_t depth, bool accumulate) {
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+  int64_t first = 0;
+  if (kWidth == 16 && vecs <= 2)
+    for (; first + kWideRows <= rows; first += kWideRows)
+      multiply_rows<kWideRows>(c + first * ldc, ldc, a + first * a_row, a_row, a_col, b, ldb, vecs, depth,
+                               accumulate);
+  for (int64_t r0 = first; r0 < rows; r0 += kBlockRows) {
     float* cr = c + r0 * ldc;
     const float* ar = a + r0 * a_row;
     switch (std::min<int64_t>(kBlockRows, rows - r0)) {
@@ -119,6 +129,20 @@ void pack_transposed(float* dst, const float* src, int64_t stride, int64_t cols,
     for (int64_t j = 0; j < cols; ++j) out[j] = src[j * stride + c];
     for (int64_t j = cols; j < kTile; ++j) out[j] = 0.0f;
   }
+}
+
+// Asks for rows x d values (row stride `stride`) to be brought into the cache:
+// the next head's part of rows just read. Rows thousands of bytes apart (the
+// heads of a (B, T, 3, H, D) projection) defeat the hardware prefetchers, so
+// each row's lines would else come one miss at a time when that head starts.
+void prefetch_rows(const float* src, int64_t stride, int64_t rows, int64_t d, bool write = false) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < d; c += 64 / static_cast<int64_t>(sizeof(float))) {
+      if (write)
+        __builtin_prefetch(src + r * stride + c, 1, 2);
+      else
+        __builtin_prefetch(src + r * stride + c, 0, 2);
+    }
 }
 
 // ---------------------------------------------------------------- geometry
@@ -211,14 +235,16 @@ void for_each_unit(int64_t units, double work, Make&& make, Fn&& fn) {
 // ---------------------------------------------------------------- forward
 
 struct ForwardScratch {
-  float *q, *kt, *v, *s, *o, *m, *l;
-  // kt holds the transposed key tiles of one head, tile t at kt + t * D * kTile:
-  // packed once per head and thread, as the query blocks reach them.
-  int64_t kt_head = -1, kt_tiles = 0;
+  float *q, *kt, *vp, *s, *o, *m, *l;
+  // kt holds the transposed key tiles of one head, tile t at kt + t * D * kTile,
+  // and vp its value rows, contiguous (kTile x d_padded per tile), where they
+  // are strided in memory: packed once per head and thread, as the query
+  // blocks reach them.
+  int64_t kt_head = -1, kt_tiles = 0, v_head = -1, v_tiles = 0;
   ForwardScratch(ScratchFrame& f, const Geometry& g)
       : q(f.floats(kTile * g.d_padded)), kt(f.floats(g.p.head_dim * kTile * g.k_tiles)),
-        v(f.floats(kTile * g.d_padded)), s(f.floats(kTile * kTile)), o(f.floats(kTile * g.d_padded)),
-        m(f.floats(kTile)), l(f.floats(kTile)) {}
+        vp(f.floats(kTile * g.d_padded * g.k_tiles)), s(f.floats(kTile * kTile)),
+        o(f.floats(kTile * g.d_padded)), m(f.floats(kTile)), l(f.floats(kTile)) {}
 
   // The transposed key tile kb of head (b, h).
   const float* key_tile(const Geometry& g, const float* k, int64_t b, int64_t h, int64_t kb) {
@@ -227,10 +253,25 @@ struct ForwardScratch {
     if (kt_head != head) kt_head = head, kt_tiles = 0;
     for (; kt_tiles <= kb; ++kt_tiles) {
       const int64_t j0 = kt_tiles * kTile;
-      pack_transposed(kt + kt_tiles * tile_size, g.row(k, p.k_stride, b, h, j0), p.k_stride[2],
-                      std::min(kTile, p.kv_len - j0), p.head_dim);
+      const int64_t cols = std::min(kTile, p.kv_len - j0);
+      pack_transposed(kt + kt_tiles * tile_size, g.row(k, p.k_stride, b, h, j0), p.k_stride[2], cols,
+                      p.head_dim);
+      if (h + 1 < p.heads) prefetch_rows(g.row(k, p.k_stride, b, h + 1, j0), p.k_stride[2], cols, p.head_dim);
     }
     return kt + kb * tile_size;
+  }
+  // The value rows of tile kb of head (b, h), d_padded apart, zero past d.
+  const float* value_tile(const Geometry& g, const float* v, int64_t b, int64_t h, int64_t kb) {
+    const AttentionProblem& p = g.p;
+    const int64_t head = b * p.heads + h, tile_size = kTile * g.d_padded;
+    if (v_head != head) v_head = head, v_tiles = 0;
+    for (; v_tiles <= kb; ++v_tiles) {
+      const int64_t j0 = v_tiles * kTile, rows = std::min(kTile, p.kv_len - j0);
+      pack_rows(vp + v_tiles * tile_size, g.d_padded, g.row(v, p.v_stride, b, h, j0), p.v_stride[2], rows,
+                rows, p.head_dim, 1.0f);
+      if (h + 1 < p.heads) prefetch_rows(g.row(v, p.v_stride, b, h + 1, j0), p.v_stride[2], rows, p.head_dim);
+    }
+    return vp + kb * tile_size;
   }
 };
 
@@ -241,17 +282,23 @@ void forward_block(ForwardScratch& t, const Geometry& g, float* out, float* lse,
   const int64_t d = p.head_dim, dp = g.d_padded, i0 = qb * kTile;
   const int64_t rows = std::min(kTile, p.q_len - i0), rows4 = round_up(rows, kBlockRows);
   pack_rows(t.q, dp, g.row(q, p.q_stride, b, h, i0), p.q_stride[2], rows, rows4, d, p.scale);
+  if (h + 1 < p.heads) {  // the next head's query rows and output rows, as the key and value tiles
+    prefetch_rows(g.row(q, p.q_stride, b, h + 1, i0), p.q_stride[2], rows, d);
+    prefetch_rows(g.row(out, p.o_stride, b, h + 1, i0), p.o_stride[2], rows, d, true);
+  }
   std::fill(t.o, t.o + rows4 * dp, 0.0f);
   std::fill(t.m, t.m + kTile, -kInf);
   std::fill(t.l, t.l + kTile, 0.0f);
-  const bool v_in_place = d == dp;
+  // Values in place when their rows are contiguous already; else packed (rows
+  // thousands of bytes apart, one page each, cost the P.V product 2x).
+  const bool v_in_place = d == dp && p.v_stride[2] == dp;
   for (int64_t j0 = 0; j0 < p.kv_len; j0 += kTile) {
     const int64_t width = g.tile_width(i0, rows, j0);
     if (width == 0) break;  // causal: no later tile is attended either
     const int64_t vecs = (width + kWidth - 1) / kWidth, padded = vecs * kWidth;
     const float* vj = g.row(v, p.v_stride, b, h, j0);
     const float* kt = t.key_tile(g, k, b, h, j0 / kTile);
-    if (!v_in_place) pack_rows(t.v, dp, vj, p.v_stride[2], width, width, d, 1.0f);
+    const float* vb = v_in_place ? vj : t.value_tile(g, v, b, h, j0 / kTile);
     multiply(t.s, kTile, t.q, dp, 1, kt, kTile, rows4, vecs, d, false);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
@@ -268,7 +315,7 @@ void forward_block(ForwardScratch& t, const Geometry& g, float* out, float* lse,
       const vfloat shift = simd::splat(m_new);
       vfloat sum = vfloat{};
       for (int64_t c = 0; c < padded; c += kWidth) {
-        const vfloat e = simd::exp(simd::load(s + c) - shift);
+        const vfloat e = simd::exp_nonpositive(simd::load(s + c) - shift);
         simd::store(s + c, e);
         sum += e;
       }
@@ -282,8 +329,7 @@ void forward_block(ForwardScratch& t, const Geometry& g, float* out, float* lse,
       }
       if (p.dropout_p > 0.0f) apply_dropout(s, valid, p, b, h, i, j0);
     }
-    const float* vb = v_in_place ? vj : t.v;
-    multiply(t.o, dp, t.s, kTile, 1, vb, v_in_place ? p.v_stride[2] : dp, rows4, g.d_vecs, width, true);
+    multiply(t.o, dp, t.s, kTile, 1, vb, dp, rows4, g.d_vecs, width, true);
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = out + b * p.o_stride[0] + h * p.o_stride[1] + (i0 + r) * p.o_stride[2];
@@ -486,12 +532,20 @@ void mask_grads(const Geometry& g, const BackwardArgs& a, double work) {
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const float* mask, const AttentionProblem& p) {
   const Geometry g(p);
-  const int64_t units = p.batch * p.heads * g.q_blocks;
-  const double work = 4.0 * p.batch * p.heads * p.q_len * p.kv_len * p.head_dim;
+  const int64_t heads = p.batch * p.heads, threads = thread_count();
+  const double work = 4.0 * heads * p.q_len * p.kv_len * p.head_dim;
   auto make = [&](ScratchFrame& f) { return ForwardScratch(f, g); };
-  for_each_unit(units, work, make, [&](ForwardScratch& t, int64_t u) {
-    const int64_t bh = u / g.q_blocks, qb = g.q_blocks - 1 - u % g.q_blocks;  // the longest rows first
-    forward_block(t, g, out, lse, q, k, v, mask, bh / p.heads, bh % p.heads, qb);
+  // Whole heads per unit when they share out evenly (as the backward): each
+  // head's keys and values are then packed by one thread, not by every thread
+  // that gets one of its query blocks. Else one query block per unit.
+  const bool per_head = heads % threads == 0 || heads >= 4 * threads;
+  const int64_t blocks = per_head ? g.q_blocks : 1;
+  for_each_unit(heads * g.q_blocks / blocks, work, make, [&](ForwardScratch& t, int64_t u) {
+    for (int64_t i = 0; i < blocks; ++i) {
+      const int64_t unit = u * blocks + i;
+      const int64_t bh = unit / g.q_blocks, qb = g.q_blocks - 1 - unit % g.q_blocks;  // the longest rows first
+      forward_block(t, g, out, lse, q, k, v, mask, bh / p.heads, bh % p.heads, qb);
+    }
   });
 }
 

@@ -1,4 +1,5 @@
-// Layer norm over the last axis. The forward saves mean and rstd per row;
+// Layer norm over the last axis, alone and after a residual add (add_layernorm:
+// the sum kept in the output's row). The forward saves mean and rstd per row;
 // the backward reduces dweight/dbias in per-thread partial rows, then sums
 // them, so threads never write the same element.
 #include <algorithm>
@@ -16,26 +17,51 @@ namespace PYENGINE_KERNEL_NS {
 using simd::kWidth;
 using simd::vfloat;
 
+constexpr int64_t kChunk = 16384;  // elements per task of the backward's elementwise passes
+
+namespace {
+
+// One row: y = (x - mean) * rstd * weight + bias, mean and rstd stored; y may be x.
+inline void normalize_row(float* yr, const float* xr, const float* weight, const float* bias, int64_t cols,
+                          float eps, float* mean, float* rstd) {
+  const float mu = row::sum(xr, cols) / static_cast<float>(cols);
+  // Second pass over the (cached) row: variance without cancellation.
+  const vfloat vmu = simd::splat(mu);
+  vfloat acc{};
+  int64_t i = 0;
+  for (; i + kWidth <= cols; i += kWidth) {
+    const vfloat d = simd::load(xr + i) - vmu;
+    acc += d * d;
+  }
+  float ss = simd::hsum(acc);
+  for (; i < cols; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
+  const float rs = 1.0f / std::sqrt(ss / static_cast<float>(cols) + eps);
+  for (i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * weight[i] + bias[i];
+  *mean = mu;
+  *rstd = rs;
+}
+
+}  // namespace
+
 void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int64_t rows, int64_t cols, float eps) {
   parallel_for(rows_worth_threads(rows, cols), rows, [&](int64_t r) {
-    const float* xr = x + r * cols;
+    normalize_row(y + r * cols, x + r * cols, weight, bias, cols, eps, mean + r, rstd + r);
+  });
+}
+
+// The sum goes into y's row, which stays in cache for the norm's passes: the
+// same values, in the same order, as the add kernel and then layernorm_forward.
+void add_layernorm_forward(float* y, float* mean, float* rstd, const float* a, const float* b,
+                           const float* weight, const float* bias, int64_t rows, int64_t cols, float eps) {
+  parallel_for(rows_worth_threads(rows, cols), rows, [&](int64_t r) {
+    const float* ar = a + r * cols;
+    const float* br = b + r * cols;
     float* yr = y + r * cols;
-    const float mu = row::sum(xr, cols) / static_cast<float>(cols);
-    // Second pass over the (cached) row: variance without cancellation.
-    const vfloat vmu = simd::splat(mu);
-    vfloat acc{};
     int64_t i = 0;
-    for (; i + kWidth <= cols; i += kWidth) {
-      const vfloat d = simd::load(xr + i) - vmu;
-      acc += d * d;
-    }
-    float ss = simd::hsum(acc);
-    for (; i < cols; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
-    const float rs = 1.0f / std::sqrt(ss / static_cast<float>(cols) + eps);
-    for (i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * weight[i] + bias[i];
-    mean[r] = mu;
-    rstd[r] = rs;
+    for (; i + kWidth <= cols; i += kWidth) simd::store(yr + i, simd::load(ar + i) + simd::load(br + i));
+    for (; i < cols; ++i) yr[i] = ar[i] + br[i];
+    normalize_row(yr, yr, weight, bias, cols, eps, mean + r, rstd + r);
   });
 }
 
@@ -97,6 +123,30 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
       }
       if (dweight) dweight[i] += w;
       if (dbias) dbias[i] += b;
+    }
+  });
+}
+
+// x = a + b again, then layernorm_backward; its dx goes to da and db (into
+// one of them directly when the other is not asked for).
+void add_layernorm_backward(float* da, float* db, float* dweight, float* dbias, const float* dy,
+                            const float* a, const float* b, const float* weight, const float* mean,
+                            const float* rstd, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols;
+  const bool parallel = rows_worth_threads(rows, cols);
+  ScratchFrame scratch;
+  float* x = scratch.floats(static_cast<size_t>(n));
+  float* dx = da && db ? scratch.floats(static_cast<size_t>(n)) : (da ? da : db);
+  parallel_chunks(parallel, n, kChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) x[i] = a[i] + b[i];
+    if (da && db) std::fill(dx + begin, dx + end, 0.0f);
+  });
+  layernorm_backward(dx, dweight, dbias, dy, x, weight, mean, rstd, rows, cols);
+  if (!(da && db)) return;
+  parallel_chunks(parallel, n, kChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      da[i] += dx[i];
+      db[i] += dx[i];
     }
   });
 }

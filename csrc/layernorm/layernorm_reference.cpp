@@ -1,5 +1,6 @@
-// Plain layer norm, accumulated in double.
+// Plain layer norm, accumulated in double, alone and after a residual add.
 #include <cmath>
+#include <vector>
 
 #include "core/kernel_list.inc"
 
@@ -44,6 +45,27 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
       dx[r * cols + i] += static_cast<float>(
           rstd[r] * (double(dyr[i]) * weight[i] - sum_g / cols - xhat * sum_g_xhat / cols));
     }
+  }
+}
+
+// The sum in float, as the optimized kernel, then the plain layer norm.
+void add_layernorm_forward(float* y, float* mean, float* rstd, const float* a, const float* b,
+                           const float* weight, const float* bias, int64_t rows, int64_t cols, float eps) {
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = a[i] + b[i];
+  layernorm_forward(y, mean, rstd, x.data(), weight, bias, rows, cols, eps);
+}
+
+void add_layernorm_backward(float* da, float* db, float* dweight, float* dbias, const float* dy,
+                            const float* a, const float* b, const float* weight, const float* mean,
+                            const float* rstd, int64_t rows, int64_t cols) {
+  const size_t n = static_cast<size_t>(rows * cols);
+  std::vector<float> x(n), dx(n, 0.0f);
+  for (size_t i = 0; i < n; ++i) x[i] = a[i] + b[i];
+  layernorm_backward(dx.data(), dweight, dbias, dy, x.data(), weight, mean, rstd, rows, cols);
+  for (size_t i = 0; i < n; ++i) {
+    if (da) da[i] += dx[i];
+    if (db) db[i] += dx[i];
   }
 }
 
