@@ -34,19 +34,22 @@ using simd::kWidth;
 using simd::vfloat;
 
 // Micro-tiles: MR rows x NR = VECS vectors of columns, accumulated in
-// MR * VECS = kAccumulators vector registers: 24 of AVX-512's 32, 12 of
-// AVX2's or SSE's 16. The widest tile (6 x 4 vectors on AVX-512: per step of
-// k, 4 loads and 6 broadcasts feed 24 FMAs; 6 x 2 on AVX2 and SSE) serves
-// wide C; C of fewer columns takes the narrowest tile that covers them
-// (12 x 2, 8 x 3 or 24 x 1 vectors), so no lane computes padding.
+// MR * VECS vector registers. Wide C takes the wide tile: 14 x 2 vectors on
+// AVX-512 (28 of its 32 registers: per step of k, 2 loads and 14 broadcasts
+// feed 28 FMAs), 6 x 2 on AVX2 and SSE (12 of 16). C of fewer columns takes
+// the narrowest tile of kAccumulators registers that covers them (24 x 1,
+// 12 x 2 or 8 x 3 vectors on AVX-512), so no lane computes padding.
 #if defined(__AVX512F__)
-constexpr int64_t kWideVecs = 4;
+constexpr int64_t kAccumulators = 24;
+constexpr int64_t kWideRows = 14;
+constexpr int64_t N_TASK = 256;  // columns of C per task: 8 wide micro-panels
 #else
-constexpr int64_t kWideVecs = 2;
+constexpr int64_t kAccumulators = 12;
+constexpr int64_t kWideRows = 6;
+constexpr int64_t N_TASK = 8 * kWidth;  // columns of C per task
 #endif
-constexpr int64_t kAccumulators = 6 * kWideVecs;
-constexpr int64_t MC = 144;                          // rows of C per task (a multiple of every MR)
-constexpr int64_t N_TASK = 4 * kWideVecs * kWidth;  // columns of C per task
+constexpr int64_t kWideVecs = 2;
+constexpr int64_t MC = 168;  // rows of C per task (a multiple of every MR: 24, 14, 12, 8, 6)
 // Below this many multiply-adds a problem is packed whole, on one thread.
 constexpr int64_t kSmallWork = 64 * 64 * 64;
 // Below this many multiply-adds the packed GEMM stays on one thread.
@@ -115,6 +118,55 @@ struct TaskGrid {
   int64_t rows, cols;
 };
 
+// ------------------------------------------------------------------ packing
+
+#if defined(__GNUC__) && !defined(__clang__)
+// One round of the in-register transpose: rows i and i + S (i & S == 0)
+// exchange their off-diagonal S-lane blocks. After the rounds S = kWidth/2
+// .. 1, v[q] holds lane q of every input row.
+template <int S>
+inline void transpose_round(vfloat (&v)[kWidth]) {
+  simd::vint keep, take;  // lane l of the new rows i and i + S
+  for (int l = 0; l < kWidth; ++l) {
+    keep[l] = (l & S) ? kWidth + l - S : l;
+    take[l] = (l & S) ? kWidth + l : l + S;
+  }
+  for (int i = 0; i < kWidth; ++i)
+    if ((i & S) == 0) {
+      const vfloat lo = __builtin_shuffle(v[i], v[i + S], keep);
+      v[i + S] = __builtin_shuffle(v[i], v[i + S], take);
+      v[i] = lo;
+    }
+}
+template <int S>
+inline void transpose_rounds(vfloat (&v)[kWidth]) {
+  if constexpr (S >= 1) {
+    transpose_round<S>(v);
+    transpose_rounds<S / 2>(v);
+  }
+}
+#endif
+
+// The transposing copy behind packing: dst[p * ld + r] = src[r * stride + p]
+// for p < depth and r < count, and 0 for count <= r < width (<= kWidth).
+// Blocks of kWidth values of each row go through registers (one load a row,
+// a kWidth x kWidth transpose, one store a p), the rest element by element.
+void transpose_into(float* dst, int64_t ld, const float* src, int64_t stride, int64_t count,
+                    int64_t width, int64_t depth) {
+  int64_t p = 0;
+#if defined(__GNUC__) && !defined(__clang__)
+  for (; p + kWidth <= depth; p += kWidth) {
+    vfloat v[kWidth];
+    for (int64_t r = 0; r < kWidth; ++r)
+      v[r] = r < count ? simd::load(src + r * stride + p) : vfloat{};
+    transpose_rounds<kWidth / 2>(v);
+    for (int64_t q = 0; q < kWidth; ++q) store_n(dst + (p + q) * ld, v[q], width);
+  }
+#endif
+  for (; p < depth; ++p)
+    for (int64_t r = 0; r < width; ++r) dst[p * ld + r] = r < count ? src[r * stride + p] : 0.0f;
+}
+
 // Packing, micro-kernel and drivers for one micro-tile shape.
 template <int64_t MR, int64_t VECS>
 struct Tiled {
@@ -127,38 +179,35 @@ struct Tiled {
                            int64_t i0, int64_t p0, int64_t kc) {
     const int64_t rows = std::min(MR, m - i0);
     if (trans_a) {  // op(A) rows are columns of A: each p reads `rows` contiguous floats
-      for (int64_t p = 0; p < kc; ++p) {
-        const float* src = a + (p0 + p) * m + i0;
-        float* dst = ap + p * MR;
-        for (int64_t r = 0; r < rows; ++r) dst[r] = src[r];
-        for (int64_t r = rows; r < MR; ++r) dst[r] = 0.0f;
-      }
+      for (int64_t p = 0; p < kc; ++p) copy_padded(ap + p * MR, a + (p0 + p) * m + i0, rows, MR);
       return;
     }
-    for (int64_t r = 0; r < MR; ++r) {  // walk each row of A contiguously
-      const float* src = a + (i0 + r) * k + p0;
-      for (int64_t p = 0; p < kc; ++p) ap[p * MR + r] = r < rows ? src[p] : 0.0f;
-    }
+    // Rows of A become columns of the panel, kWidth rows at a time.
+    for (int64_t r = 0; r < MR; r += kWidth)
+      transpose_into(ap + r, MR, a + (i0 + r) * k + p0, k, std::clamp<int64_t>(rows - r, 0, kWidth),
+                     std::min<int64_t>(kWidth, MR - r), kc);
   }
 
   // Depth [p0, p0+kc) x columns [j0, j0+NR) of op(B) as bp[p][c], zero-padded.
   static void pack_b_panel(float* bp, const float* b, int64_t n, int64_t k, bool trans_b,
                            int64_t j0, int64_t p0, int64_t kc) {
     const int64_t cols = std::min(NR, n - j0);
-    if (trans_b) {  // op(B) columns are rows of B: `cols` read streams, one contiguous write
-      const float* src = b + j0 * k + p0;
-      for (int64_t p = 0; p < kc; ++p) {
-        float* dst = bp + p * NR;
-        for (int64_t c = 0; c < cols; ++c) dst[c] = src[c * k + p];
-        for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
-      }
+    if (trans_b) {  // op(B) columns are rows of B, transposed kWidth at a time
+      for (int64_t c = 0; c < NR; c += kWidth)
+        transpose_into(bp + c, NR, b + (j0 + c) * k + p0, k,
+                       std::clamp<int64_t>(cols - c, 0, kWidth), kWidth, kc);
       return;
     }
-    for (int64_t p = 0; p < kc; ++p) {
-      const float* src = b + (p0 + p) * n + j0;
-      float* dst = bp + p * NR;
-      for (int64_t c = 0; c < cols; ++c) dst[c] = src[c];
-      for (int64_t c = cols; c < NR; ++c) dst[c] = 0.0f;
+    for (int64_t p = 0; p < kc; ++p) copy_padded(bp + p * NR, b + (p0 + p) * n + j0, cols, NR);
+  }
+
+  // dst[0, width) = src[0, count), then zeros.
+  static void copy_padded(float* dst, const float* src, int64_t count, int64_t width) {
+    for (int64_t c = 0; c < width; c += kWidth) {
+      const int64_t valid = std::clamp<int64_t>(count - c, 0, kWidth);
+      const vfloat v = valid == kWidth ? simd::load(src + c)
+                                       : simd::load_partial(src + c, valid, 0.0f);
+      store_n(dst + c, v, std::min<int64_t>(kWidth, width - c));
     }
   }
 
@@ -262,30 +311,38 @@ struct Tiled {
           PYENGINE_OMP(omp for schedule(static))
           for (int64_t jp = 0; jp < b_panels; ++jp)
             pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
-          // Untransposed A is read in place but for a last, partial panel.
-          const int64_t a_first = trans_a ? 0 : m / MR, a_panels = m_padded / MR;
+          // A task of one B micro-panel uses each element of A once: an
+          // untransposed A is then read in place, but for a last, partial
+          // panel. Wider tasks reuse each A panel across their B panels, and
+          // pack it (contiguous broadcasts, one stream instead of MR).
+          const bool a_in_place = !trans_a && grid.cols <= NR;
+          const int64_t a_first = a_in_place ? m / MR : 0, a_panels = m_padded / MR;
           PYENGINE_OMP(omp for schedule(static))
           for (int64_t ip = a_first; ip < a_panels; ++ip)
             pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
           auto a_panel = [&](int64_t ir) {
-            return ir + MR <= m && !trans_a ? APanel{a + ir * k + pc, k}
-                                            : APanel{a_pack + (ir / MR) * MR * kc, 0};
+            return ir + MR <= m && a_in_place ? APanel{a + ir * k + pc, k}
+                                              : APanel{a_pack + (ir / MR) * MR * kc, 0};
           };
 
+          // Each task sweeps its B panels (kc x grid.cols, in L2) once per A
+          // micro-panel, which stays near L1 meanwhile. Tasks go column block
+          // by column block: the next task of a thread reuses the B panels
+          // already in its L2, and A panels stream from L3.
           const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
           const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
           PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
-          for (int64_t rt = 0; rt < row_tasks; ++rt)
-            for (int64_t ct = 0; ct < col_tasks; ++ct) {
+          for (int64_t ct = 0; ct < col_tasks; ++ct)
+            for (int64_t rt = 0; rt < row_tasks; ++rt) {
               const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
               const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
-              for (int64_t jr = j_begin; jr < j_end; jr += NR) {
-                const float* bp = b_pack + (jr / NR) * NR * kc;
-                const int64_t col = jc + jr;
-                for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
-                  float* tile = c + ir * n + col;
-                  micro_kernel(tile, epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
-                               a_panel(ir), bp, NR, kc, std::min(MR, m - ir),
+              for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
+                const APanel ap = a_panel(ir);
+                for (int64_t jr = j_begin; jr < j_end; jr += NR) {
+                  const int64_t col = jc + jr;
+                  micro_kernel(c + ir * n + col,
+                               epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n, ap,
+                               b_pack + (jr / NR) * NR * kc, NR, kc, std::min(MR, m - ir),
                                std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
                                first, last, epilogue.activation);
                 }
@@ -332,6 +389,7 @@ struct Tiled {
 
 template <int64_t VECS>
 using TileOf = Tiled<kAccumulators / VECS, VECS>;
+using WideTile = Tiled<kWideRows, kWideVecs>;
 
 using GemmDriver = void (*)(float* c, const float* a, const float* b, int64_t m, int64_t n,
                             int64_t k, bool trans_a, bool trans_b, bool accumulate,
@@ -341,18 +399,18 @@ struct TileDrivers {
   GemmDriver small, packed;
 };
 
-template <int64_t VECS>
+template <typename Tile>
 constexpr TileDrivers drivers_of() {
-  return {TileOf<VECS>::NR, TileOf<VECS>::small_gemm, TileOf<VECS>::packed_gemm};
+  return {Tile::NR, Tile::small_gemm, Tile::packed_gemm};
 }
 
 // The narrowest tile at least n wide, or the widest.
 const TileDrivers& tile_for(int64_t n) {
 #if defined(__AVX512F__)
-  static constexpr TileDrivers tiles[] = {drivers_of<1>(), drivers_of<2>(), drivers_of<3>(),
-                                          drivers_of<4>()};
+  static constexpr TileDrivers tiles[] = {drivers_of<TileOf<1>>(), drivers_of<TileOf<2>>(),
+                                          drivers_of<TileOf<3>>(), drivers_of<WideTile>()};
 #else
-  static constexpr TileDrivers tiles[] = {drivers_of<1>(), drivers_of<2>()};
+  static constexpr TileDrivers tiles[] = {drivers_of<TileOf<1>>(), drivers_of<WideTile>()};
 #endif
   for (const TileDrivers& tile : tiles)
     if (n <= tile.nr) return tile;
