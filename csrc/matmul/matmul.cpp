@@ -4,10 +4,11 @@
 //   for jc in N by NC:             B block (KC x NC) packed once, shared
 //     for pc in K by KC:
 //       pack B[pc, jc] into NR-wide micro-panels, A[:, pc] into MR-high ones
-//       (untransposed A is read in place, but for a partial last panel)
-//       for each task (MC rows x N_TASK columns), in parallel:
-//         for jr:  B micro-panel (KC x NR)
-//           for ir:  A micro-panel (MR x KC)  ->  micro_kernel: MR x NR tile of C
+//       (untransposed A is read in place when a task has one B panel)
+//       for each task (MC rows x N_TASK columns; column block by column
+//       block), in parallel:
+//         for ir:  A micro-panel (MR x KC), near L1
+//           for jr:  B micro-panel (KC x NR), from L2  ->  micro_kernel: MR x NR tile of C
 //
 // Transposes are handled by the packing, so all four op(A).op(B) cases run
 // the same micro-kernel; narrower, taller ones serve C of few columns.
@@ -244,6 +245,19 @@ struct Tiled {
       a += k_stride;
       bp += ldb;
     }
+    if (rows == MR && cols == NR && !preact && (!last || activation == Activation::none)) {
+      // A whole tile with no activation, stored straight from the registers.
+#pragma GCC unroll 32
+      for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+        for (int64_t v = 0; v < VECS; ++v) {
+          float* cv = c + r * ldc + v * kWidth;
+          const vfloat base = first ? (bias ? simd::load(bias + v * kWidth) : vfloat{})
+                                    : simd::load(cv);
+          simd::store(cv, acc[r][v] + base);
+        }
+      return;
+    }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t v = 0; v < VECS && v * kWidth < cols; ++v) {
         const int64_t offset = v * kWidth, count = std::min<int64_t>(kWidth, cols - offset);
@@ -265,19 +279,43 @@ struct Tiled {
 
   // ---------------------------------------------------------------- drivers
 
-  // The task grid of the packed GEMM: blocks of MC rows x N_TASK columns,
-  // halved (rows first, down to one micro-tile) until every thread has at
-  // least two, so mid-sized problems spread over the threads too.
-  static TaskGrid task_grid(int64_t m, int64_t n, int threads) {
+  // The task grid of one (m x n x kc) block of the packed GEMM: blocks of MC
+  // rows x N_TASK columns, halved (rows first, down to one micro-tile) until
+  // there are two tasks a thread, and with several threads up to 16 a thread
+  // while a task keeps 2^22 multiply-adds: the dynamic schedule then ends
+  // each block with at most one short task running alone (GPT-2's LM-head dA,
+  // 1024 x 768 per K block: 39 tasks instead of 21).
+  static TaskGrid task_grid(int64_t m, int64_t n, int64_t kc, int threads) {
     TaskGrid grid{MC, round_up(N_TASK, NR)};
     auto tasks = [&] {
       return ((m + grid.rows - 1) / grid.rows) * ((n + grid.cols - 1) / grid.cols);
     };
-    while (tasks() < 2 * threads && (grid.rows > MR || grid.cols > NR)) {
+    const int64_t fine = threads > 1 ? std::min<int64_t>(16 * threads, m * n * kc >> 22) : 0;
+    const int64_t wanted = std::max<int64_t>(2 * threads, fine);
+    while (tasks() < wanted && (grid.rows > MR || grid.cols > NR)) {
       if (grid.rows > MR) grid.rows = round_up(grid.rows / 2, MR);
       else grid.cols = round_up(grid.cols / 2, NR);
     }
     return grid;
+  }
+
+  // B micro-panels [jp0, jp1) of the block at columns j0, depth [p0, p0+kc):
+  // an untransposed B row by row across the panels (one contiguous read of
+  // the group's columns per row of B, not kc strided ones per panel, which
+  // cost a TLB miss a row when B is wide), a transposed one panel by panel.
+  static void pack_b_panels(float* b_pack, const float* b, int64_t n, int64_t k, bool trans_b,
+                            int64_t j0, int64_t p0, int64_t kc, int64_t jp0, int64_t jp1) {
+    if (trans_b) {
+      for (int64_t jp = jp0; jp < jp1; ++jp)
+        pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, j0 + jp * NR, p0, kc);
+      return;
+    }
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = b + (p0 + p) * n + j0;
+      for (int64_t jp = jp0; jp < jp1; ++jp)
+        copy_padded(b_pack + (jp * kc + p) * NR, src + jp * NR,
+                    std::min(NR, n - j0 - jp * NR), NR);
+    }
   }
 
   // C (m, n) = or += op(A) . op(B), with the epilogue when not accumulating.
@@ -290,12 +328,13 @@ struct Tiled {
     // run on the calling thread: no oversubscription. Below kParallelWork one
     // task covers most of C and the barriers cost more than a second thread gains.
     const bool parallel = m * n * k >= kParallelWork && !in_parallel_region();
-    const TaskGrid grid = task_grid(m, std::min(n, blk.nc), parallel ? thread_count() : 1);
     // K blocks of equal depth, up to 1.5 KC: each block is one more pass over
     // C, and a thin last one (512 + 64) would pay a full pass for little
     // work. K = 768 (GPT-2's width) is one pass, 576 one, 4096 six.
     const int64_t k_blocks = std::max<int64_t>(1, (2 * k + 3 * blk.kc - 1) / (3 * blk.kc));
     const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
+    const TaskGrid grid =
+        task_grid(m, std::min(n, blk.nc), kc_step, parallel ? thread_count() : 1);
     ScratchFrame scratch;
     float* a_pack = scratch.floats(static_cast<size_t>(m_padded * kc_step));
     float* b_pack = scratch.floats(static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR)));
@@ -308,9 +347,11 @@ struct Tiled {
           const bool first = pc == 0 && !accumulate;
           const bool last = pc + kc >= k && !accumulate;
           const int64_t b_panels = (nc + NR - 1) / NR;
+          constexpr int64_t kPackGroup = 8;  // B panels packed together
           PYENGINE_OMP(omp for schedule(static))
-          for (int64_t jp = 0; jp < b_panels; ++jp)
-            pack_b_panel(b_pack + jp * NR * kc, b, n, k, trans_b, jc + jp * NR, pc, kc);
+          for (int64_t g = 0; g < b_panels; g += kPackGroup)
+            pack_b_panels(b_pack, b, n, k, trans_b, jc, pc, kc, g,
+                          std::min(b_panels, g + kPackGroup));
           // A task of one B micro-panel uses each element of A once: an
           // untransposed A is then read in place, but for a last, partial
           // panel. Wider tasks reuse each A panel across their B panels, and
