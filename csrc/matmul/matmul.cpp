@@ -310,9 +310,8 @@ struct Tiled {
   }
 
   // B micro-panels [jp0, jp1) of the block at columns j0, depth [p0, p0+kc):
-  // an untransposed B row by row across the panels (one contiguous read of
-  // the group's columns per row of B, not kc strided ones per panel, which
-  // cost a TLB miss a row when B is wide), a transposed one panel by panel.
+  // an untransposed B row by row across the panels (one contiguous read a row
+  // of B, not kc strided ones a panel), a transposed one panel by panel.
   static void pack_b_panels(float* b_pack, const float* b, int64_t n, int64_t k, bool trans_b,
                             int64_t j0, int64_t p0, int64_t kc, int64_t jp0, int64_t jp1) {
     if (trans_b) {
@@ -345,20 +344,32 @@ struct Tiled {
     const int64_t kc_step = round_up((k + k_blocks - 1) / k_blocks, 8);
     const TaskGrid grid =
         task_grid(m, std::min(n, blk.nc), kc_step, parallel ? thread_count() : 1);
+    // With several threads and blocks, packed blocks are double-buffered: one
+    // barrier a block (packing done) instead of three, so a thread preempted
+    // by another process holds the others up once a block.
+    const int64_t blocks = ((n + blk.nc - 1) / blk.nc) * ((k + kc_step - 1) / kc_step);
+    const bool two = parallel && thread_count() > 1 && blocks > 1;
+    const size_t a_size = static_cast<size_t>(m_padded * kc_step);
+    const size_t b_size = static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR));
     ScratchFrame scratch;
-    float* a_pack = scratch.floats(static_cast<size_t>(m_padded * kc_step));
-    float* b_pack = scratch.floats(static_cast<size_t>(kc_step * round_up(std::min(n, blk.nc), NR)));
+    float* a_packs[2] = {scratch.floats(a_size), nullptr};
+    float* b_packs[2] = {scratch.floats(b_size), nullptr};
+    a_packs[1] = two ? scratch.floats(a_size) : a_packs[0];
+    b_packs[1] = two ? scratch.floats(b_size) : b_packs[0];
 
     parallel_region(parallel, thread_count(), [&] {
+      int64_t step = 0;
       for (int64_t jc = 0; jc < n; jc += blk.nc) {
         const int64_t nc = std::min(blk.nc, n - jc);
-        for (int64_t pc = 0; pc < k; pc += kc_step) {
+        for (int64_t pc = 0; pc < k; pc += kc_step, ++step) {
+          float* const a_pack = a_packs[step % 2];
+          float* const b_pack = b_packs[step % 2];
           const int64_t kc = std::min(kc_step, k - pc);
           const bool first = pc == 0 && !accumulate;
           const bool last = pc + kc >= k && !accumulate;
           const int64_t b_panels = (nc + NR - 1) / NR;
           constexpr int64_t kPackGroup = 8;  // B panels packed together
-          PYENGINE_OMP(omp for schedule(static))
+          PYENGINE_OMP(omp for schedule(static) nowait)
           for (int64_t g = 0; g < b_panels; g += kPackGroup)
             pack_b_panels(b_pack, b, n, k, trans_b, jc, pc, kc, g,
                           std::min(b_panels, g + kPackGroup));
@@ -368,37 +379,39 @@ struct Tiled {
           // pack it (contiguous broadcasts, one stream instead of MR).
           const bool a_in_place = !trans_a && grid.cols <= NR;
           const int64_t a_first = a_in_place ? m / MR : 0, a_panels = m_padded / MR;
-          PYENGINE_OMP(omp for schedule(static))
+          PYENGINE_OMP(omp for schedule(static) nowait)
           for (int64_t ip = a_first; ip < a_panels; ++ip)
             pack_a_panel(a_pack + ip * MR * kc, a, m, k, trans_a, ip * MR, pc, kc);
+          PYENGINE_OMP(omp barrier)
           auto a_panel = [&](int64_t ir) {
             return ir + MR <= m && a_in_place ? APanel{a + ir * k + pc, k}
                                               : APanel{a_pack + (ir / MR) * MR * kc, 0};
           };
 
-          // Each task sweeps its B panels (kc x grid.cols, in L2) once per A
-          // micro-panel, which stays near L1 meanwhile. Tasks go column block
-          // by column block: the next task of a thread reuses the B panels
-          // already in its L2, and A panels stream from L3.
+          // A task sweeps its B panels (kc x grid.cols, in L2) once per A
+          // micro-panel; tasks go column block by column block, so a thread's
+          // next task finds those B panels still in its L2.
           const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
           const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
-          PYENGINE_OMP(omp for collapse(2) schedule(dynamic))
-          for (int64_t ct = 0; ct < col_tasks; ++ct)
-            for (int64_t rt = 0; rt < row_tasks; ++rt) {
-              const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
-              const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
-              for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
-                const APanel ap = a_panel(ir);
-                for (int64_t jr = j_begin; jr < j_end; jr += NR) {
-                  const int64_t col = jc + jr;
-                  micro_kernel(c + ir * n + col,
-                               epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n, ap,
-                               b_pack + (jr / NR) * NR * kc, NR, kc, std::min(MR, m - ir),
-                               std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
-                               first, last, epilogue.activation);
-                }
+          auto run_task = [&](int64_t ct, int64_t rt) {
+            const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
+            const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
+            for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
+              const APanel ap = a_panel(ir);
+              for (int64_t jr = j_begin; jr < j_end; jr += NR) {
+                const int64_t col = jc + jr;
+                micro_kernel(c + ir * n + col,
+                             epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n, ap,
+                             b_pack + (jr / NR) * NR * kc, NR, kc, std::min(MR, m - ir),
+                             std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
+                             first, last, epilogue.activation);
               }
             }
+          };
+          // No barrier after the tasks: nothing before block s + 1's barrier
+          // touches what block s uses (its buffers, its tiles of C).
+          PYENGINE_OMP(omp for schedule(dynamic) nowait)
+          for (int64_t t = 0; t < col_tasks * row_tasks; ++t) run_task(t / row_tasks, t % row_tasks);
         }
       }
     });
