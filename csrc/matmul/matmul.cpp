@@ -5,8 +5,8 @@
 //     for pc in K by KC:
 //       pack B[pc, jc] into NR-wide micro-panels, A[:, pc] into MR-high ones
 //       (untransposed A is read in place when a task has one B panel)
-//       for each task (MC rows x N_TASK columns; column block by column
-//       block), in parallel:
+//       for each task (MC rows x N_TASK columns; row block by row block),
+//       in parallel:
 //         for ir:  A micro-panel (MR x KC), near L1
 //           for jr:  B micro-panel (KC x NR), from L2  ->  micro_kernel: MR x NR tile of C
 //
@@ -389,8 +389,9 @@ struct Tiled {
           };
 
           // A task sweeps its B panels (kc x grid.cols, in L2) once per A
-          // micro-panel; tasks go column block by column block, so a thread's
-          // next task finds those B panels still in its L2.
+          // micro-panel. Tasks go row block by row block: at 2 threads this
+          // beat column-major order by 8-12% on the 4096-row GPT-2 GEMMs
+          // (0.96-0.98 on the LM head's; same-process A/B, quiet host).
           const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
           const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
           auto run_task = [&](int64_t ct, int64_t rt) {
@@ -411,7 +412,7 @@ struct Tiled {
           // No barrier after the tasks: nothing before block s + 1's barrier
           // touches what block s uses (its buffers, its tiles of C).
           PYENGINE_OMP(omp for schedule(dynamic) nowait)
-          for (int64_t t = 0; t < col_tasks * row_tasks; ++t) run_task(t / row_tasks, t % row_tasks);
+          for (int64_t t = 0; t < col_tasks * row_tasks; ++t) run_task(t % col_tasks, t / col_tasks);
         }
       }
     });
