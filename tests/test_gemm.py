@@ -1,10 +1,11 @@
 """The packed GEMM (csrc/matmul/matmul.cpp) at every ISA level, against float64 numpy.
 
 Extends the matmul tests of test_kernels.py towards the GEMM's own structure: odd sizes that
-straddle the micro-tiles (MR x NR: the widest 6x64 on AVX-512, 6x16 on AVX2, 6x8 on SSE; the
+straddle the micro-tiles (MR x NR: the wide 14x32 on AVX-512, 6x16 on AVX2, 6x8 on SSE; the
 narrowest one covering N below that: 24x16, 12x32 or 8x48 on AVX-512, 12x8 on AVX2, 12x4 on
-SSE), the row task (MC = 144), the packed blocks (K blocks of equal depth up to 768,
-NC <= 4096), untransposed A read in place beside a packed last partial panel, and the
+SSE), the row task (MC = 168), the packed blocks (K blocks of equal depth up to 768,
+NC <= 4096), A packed by in-register transposes (K blocks of kWidth and a tail) or, for a
+task of one B panel, read in place beside a packed last partial panel, and the
 small-matrix path on one thread (M*N*K <= 64^3 multiply-adds; B packed whole, or read in place
 when N is a multiple of NR); all four transpose cases; batches run across threads (small
 matrices) or one after another (large ones), with a shared 2-D operand; the fused epilogue
@@ -193,12 +194,13 @@ def check_backward(isa, rng, a, b, trans_a, trans_b, with_bias, tight=False):
 
 
 def _odd_shapes():
-    around_tile = [  # M just off a multiple of MR (6 .. 24) or MC (144); N of NR (4 .. 64)
+    around_tile = [  # M just off a multiple of MR (6 .. 24) or MC (168); N of NR (4 .. 64)
         (5, 7, 299), (7, 9, 131), (11, 15, 57), (13, 17, 3), (23, 31, 1), (25, 33, 33),
         (25, 65, 171), (23, 63, 183), (11, 97, 247), (13, 95, 213), (53, 17, 299),
         (7, 129, 291), (143, 15, 123), (145, 9, 201), (289, 7, 131), (73, 31, 117),
         (47, 47, 45), (9, 33, 61), (151, 41, 97), (25, 48, 300), (23, 16, 77), (25, 13, 900),
         (37, 64, 41), (29, 32, 63), (13, 128, 71),  # small, N a multiple of NR: B read in place
+        (15, 65, 77), (27, 97, 131), (29, 290, 33), (167, 70, 90), (169, 66, 101),  # 14-row tile
     ]
     around_small = [  # M*N*K just below (small path) and just above (packed) 64^3
         (63, 63, 65), (63, 63, 67), (129, 33, 61), (129, 33, 63), (3, 297, 293),
