@@ -92,13 +92,16 @@ struct MaxPoolPlane {
         const int64_t inside = W - first > 0 ? (W - first + stride_w - 1) / stride_w : 0;  // j with iw < W
         const int64_t hi = std::max(lo, std::min(phase_row, inside));
         for (int64_t j = 0; j < lo; ++j) out[j] = minus_inf;
-        const float* in = src + first;
-        if (stride_w == 1) {
-          std::memcpy(out + lo, in + lo, static_cast<size_t>(hi - lo) * sizeof(float));
-        } else if (stride_w == 2) {  // a constant stride the compiler vectorizes (shuffles)
-          for (int64_t j = lo; j < hi; ++j) out[j] = in[2 * j];
-        } else {
-          for (int64_t j = lo; j < hi; ++j) out[j] = in[j * stride_w];
+        const int64_t count = hi - lo;
+        if (count > 0) {
+          const float* in = src + (first + lo * stride_w);  // the input column of j = lo
+          float* at_lo = out + lo;
+          if (stride_w == 1)
+            std::memcpy(at_lo, in, static_cast<size_t>(count) * sizeof(float));
+          else if (stride_w == 2)  // a constant stride the compiler vectorizes (shuffles)
+            for (int64_t j = 0; j < count; ++j) at_lo[j] = in[2 * j];
+          else
+            for (int64_t j = 0; j < count; ++j) at_lo[j] = in[j * stride_w];
         }
         for (int64_t j = hi; j < phase_row; ++j) out[j] = minus_inf;
       }
