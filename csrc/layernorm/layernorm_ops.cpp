@@ -13,18 +13,26 @@ void check_eps(const Call& c) {
   if (!(c.real("eps") >= 0.0f)) c.fail("eps must be >= 0, got " + std::to_string(c.real("eps")));
 }
 
+// What both forwards write first: the normalized rows and the statistics the backward reads.
+registry::OpBuilder& normalized_outputs(registry::OpBuilder& op) {
+  return op.output("y", "(*, cols)").output("mean", "(*)").output("rstd", "(*)");
+}
+
+// What both forwards take after their rows: the affine parameters and eps.
+registry::OpBuilder& affine_and_eps(registry::OpBuilder& op) {
+  return op.input("weight", "(cols)")
+      .input("bias", "(cols)")
+      .real("eps", 1e-5, "added to the variance")
+      .nonempty("cols")
+      .check(check_eps);
+}
+
 PYENGINE_OP("layer_norm_forward", "layernorm",
             "Layer norm over the last axis: y = (x - mean) * rstd * weight + bias; mean and rstd are kept "
             "for the backward.")
-    .output("y", "(*, cols)")
-    .output("mean", "(*)")
-    .output("rstd", "(*)")
+    .apply(normalized_outputs)
     .input("x", "(*, cols)")
-    .input("weight", "(cols)")
-    .input("bias", "(cols)")
-    .real("eps", 1e-5, "added to the variance")
-    .nonempty("cols")
-    .check(check_eps)
+    .apply(affine_and_eps)
     .kernel([](const Call& c) {
       PYENGINE_DISPATCH(layernorm_forward)(c.f32("y"), c.f32("mean"), c.f32("rstd"), c.f32("x"),
                                            c.f32("weight"), c.f32("bias"), c.dim("*"), c.dim("cols"),
@@ -50,16 +58,10 @@ PYENGINE_OP("layer_norm_backward", "layernorm", "Gradients of layer_norm_forward
 PYENGINE_OP("add_layer_norm_forward", "layernorm",
             "Residual add and layer norm over the last axis in one pass: y = (s - mean) * rstd * weight + bias "
             "for s = a + b, which is not written; mean and rstd are kept for the backward.")
-    .output("y", "(*, cols)")
-    .output("mean", "(*)")
-    .output("rstd", "(*)")
+    .apply(normalized_outputs)
     .input("a", "(*, cols)")
     .input("b", "(*, cols)")
-    .input("weight", "(cols)")
-    .input("bias", "(cols)")
-    .real("eps", 1e-5, "added to the variance")
-    .nonempty("cols")
-    .check(check_eps)
+    .apply(affine_and_eps)
     .kernel([](const Call& c) {
       PYENGINE_DISPATCH(add_layernorm_forward)(c.f32("y"), c.f32("mean"), c.f32("rstd"), c.f32("a"),
                                                c.f32("b"), c.f32("weight"), c.f32("bias"), c.dim("*"),
