@@ -4,11 +4,14 @@
 //   for jc in N by NC:             B block (KC x NC) packed once, shared
 //     for pc in K by KC:
 //       pack B[pc, jc] into NR-wide micro-panels, A[:, pc] into MR-high ones
-//       (untransposed A is read in place when a task has one B panel)
+//       (untransposed A is read in place by tiles of few rows, and when a
+//       task has one B panel)
 //       for each task (MC rows x N_TASK columns; row block by row block),
 //       in parallel:
 //         for ir:  A micro-panel (MR x KC), near L1
 //           for jr:  B micro-panel (KC x NR), from L2  ->  micro_kernel: MR x NR tile of C
+//       (or jr outside ir when a B micro-panel fits in L1: it stays there
+//       while the A panels stream past)
 //
 // Transposes are handled by the packing, so all four op(A).op(B) cases run
 // the same micro-kernel; narrower, taller ones serve C of few columns.
@@ -39,7 +42,10 @@ using simd::vfloat;
 // AVX-512 (28 of its 32 registers: per step of k, 2 loads and 14 broadcasts
 // feed 28 FMAs), 6 x 2 on AVX2 and SSE (12 of 16). C of fewer columns takes
 // the narrowest tile of kAccumulators registers that covers them (24 x 1,
-// 12 x 2 or 8 x 3 vectors on AVX-512), so no lane computes padding.
+// 12 x 2 or 8 x 3 vectors on AVX-512), so no lane computes padding; on
+// AVX-512, C of 49 to 256 columns takes 6 x 4 vectors with A read in place
+// (the convolutions' im2col GEMMs, N = 64 .. 256: 3136 x 576 x 64 took 1.3x
+// the time on the wide tile, which packs A for its 2 B panels).
 #if defined(__AVX512F__)
 constexpr int64_t kAccumulators = 24;
 constexpr int64_t kWideRows = 14;
@@ -50,6 +56,10 @@ constexpr int64_t kWideRows = 6;
 constexpr int64_t N_TASK = 8 * kWidth;  // columns of C per task
 #endif
 constexpr int64_t kWideVecs = 2;
+// An untransposed A panel of up to this many rows is read in place, MR
+// strided rows at once: as many streams as the prefetchers follow (the
+// 14-row wide tile packs A instead, one contiguous stream).
+constexpr int64_t kInPlaceRows = 8;
 constexpr int64_t MC = 168;  // rows of C per task (a multiple of every MR: 24, 14, 12, 8, 6)
 // Below this many multiply-adds a problem is packed whole, on one thread.
 constexpr int64_t kSmallWork = 64 * 64 * 64;
@@ -110,7 +120,9 @@ inline void store_row(float* c, float* preact, vfloat acc, int64_t count, const 
 // acc += broadcast(*a) * b. On AVX-512 the broadcast rides in the FMA's
 // memory operand ({1to16}): one fused uop, where a separate broadcast costs
 // one more (measured alone: 14 x 32 with B from L2 about 4% faster, 12 x 32
-// and 8 x 48 in L1 about 10%).
+// and 8 x 48 in L1 about 10%). Tiles of 4 vectors broadcast once into a
+// register instead: the memory form would load each A value 4 times
+// (6 x 64, 3136 x 576 x 64: 1.12x the time).
 inline void fma_splat(vfloat& acc, const float* a, vfloat b) {
 #if defined(__AVX512F__) && defined(__GNUC__)
   asm("vfmadd231ps %1%{1to16%}, %2, %0" : "+v"(acc) : "m"(*a), "v"(b));
@@ -176,6 +188,7 @@ void transpose_into(float* dst, int64_t ld, const float* src, int64_t stride, in
 template <int64_t MR, int64_t VECS>
 struct Tiled {
   static constexpr int64_t NR = VECS * kWidth;
+  static constexpr bool kBroadcastInFma = VECS <= 3;
 
   // ------------------------------------------------------------------ packing
 
@@ -220,11 +233,15 @@ struct Tiled {
 
   // The rows x cols (<= MR x NR) tile of C at c from the A panel (kc x MR
   // values) and kc rows of NR values of B at bp, ldb apart (NR when packed).
-  // The MR x VECS vector accumulators stay in registers.
+  // The MR x VECS vector accumulators stay in registers. Never inlined: in
+  // the drivers' loop nests the compiler ran short of general registers and
+  // kept the row offsets of an in-place A and the B pointer on the stack,
+  // a load per broadcast and a store per step of k.
   template <bool kPackedA>
-  static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap, const float* bp,
-                           int64_t ldb, int64_t kc, int64_t rows, int64_t cols,
-                           const float* bias, bool first, bool last, Activation activation) {
+  [[gnu::noinline]] static void micro_kernel(float* c, float* preact, int64_t ldc, APanel ap,
+                                             const float* bp, int64_t ldb, int64_t kc,
+                                             int64_t rows, int64_t cols, const float* bias,
+                                             bool first, bool last, Activation activation) {
     const int64_t row_stride = kPackedA ? 1 : ap.lda, k_stride = kPackedA ? MR : 1;
     const float* a = ap.a;
     // Ask for the C tile now, every cache line of it: it arrives while the
@@ -243,9 +260,16 @@ struct Tiled {
 #pragma GCC unroll 16
       for (int64_t v = 0; v < VECS; ++v) bv[v] = simd::load(bp + v * kWidth);
 #pragma GCC unroll 32
-      for (int64_t r = 0; r < MR; ++r)
+      for (int64_t r = 0; r < MR; ++r) {
+        if constexpr (kBroadcastInFma) {
 #pragma GCC unroll 16
-        for (int64_t v = 0; v < VECS; ++v) fma_splat(acc[r][v], a + r * row_stride, bv[v]);
+          for (int64_t v = 0; v < VECS; ++v) fma_splat(acc[r][v], a + r * row_stride, bv[v]);
+        } else {
+          const vfloat ar = simd::splat(a[r * row_stride]);
+#pragma GCC unroll 16
+          for (int64_t v = 0; v < VECS; ++v) acc[r][v] += ar * bv[v];
+        }
+      }
       a += k_stride;
       bp += ldb;
     }
@@ -375,9 +399,11 @@ struct Tiled {
                           std::min(b_panels, g + kPackGroup));
           // A task of one B micro-panel uses each element of A once: an
           // untransposed A is then read in place, but for a last, partial
-          // panel. Wider tasks reuse each A panel across their B panels, and
-          // pack it (contiguous broadcasts, one stream instead of MR).
-          const bool a_in_place = !trans_a && grid.cols <= NR;
+          // panel; so is a panel of few rows (kInPlaceRows). Wider tasks of
+          // the wide tile reuse each A panel across their B panels, and pack
+          // it (contiguous broadcasts, one stream instead of MR).
+          const bool a_in_place =
+              !trans_a && (std::min(grid.cols, nc) <= NR || MR <= kInPlaceRows);
           const int64_t a_first = a_in_place ? m / MR : 0, a_panels = m_padded / MR;
           PYENGINE_OMP(omp for schedule(static) nowait)
           for (int64_t ip = a_first; ip < a_panels; ++ip)
@@ -394,19 +420,29 @@ struct Tiled {
           // (0.96-0.98 on the LM head's; same-process A/B, quiet host).
           const int64_t row_tasks = (m + grid.rows - 1) / grid.rows;
           const int64_t col_tasks = (nc + grid.cols - 1) / grid.cols;
+          auto tile = [&](int64_t ir, int64_t jr) {
+            const int64_t col = jc + jr;
+            micro_kernel(c + ir * n + col,
+                         epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n,
+                         a_panel(ir), b_pack + (jr / NR) * NR * kc, NR, kc,
+                         std::min(MR, m - ir), std::min(NR, nc - jr),
+                         epilogue.bias ? epilogue.bias + col : nullptr, first, last,
+                         epilogue.activation);
+          };
+          // The operand a task holds near L1 across the inner loop: a B
+          // micro-panel when it fits (6 x 16 on AVX2, K = 576: 36 KiB; at
+          // 3136 x 576 x 32 holding the A panel instead took 1.6x the time), else
+          // the A panel, sweeping B panels from L2.
+          const bool hold_b = kc * NR * static_cast<int64_t>(sizeof(float)) <= cache_sizes().l1d;
           auto run_task = [&](int64_t ct, int64_t rt) {
-            const int64_t i_end = std::min(m, (rt + 1) * grid.rows);
+            const int64_t i_begin = rt * grid.rows, i_end = std::min(m, i_begin + grid.rows);
             const int64_t j_begin = ct * grid.cols, j_end = std::min(nc, j_begin + grid.cols);
-            for (int64_t ir = rt * grid.rows; ir < i_end; ir += MR) {
-              const APanel ap = a_panel(ir);
-              for (int64_t jr = j_begin; jr < j_end; jr += NR) {
-                const int64_t col = jc + jr;
-                micro_kernel(c + ir * n + col,
-                             epilogue.preact ? epilogue.preact + ir * n + col : nullptr, n, ap,
-                             b_pack + (jr / NR) * NR * kc, NR, kc, std::min(MR, m - ir),
-                             std::min(NR, nc - jr), epilogue.bias ? epilogue.bias + col : nullptr,
-                             first, last, epilogue.activation);
-              }
+            if (hold_b) {
+              for (int64_t jr = j_begin; jr < j_end; jr += NR)
+                for (int64_t ir = i_begin; ir < i_end; ir += MR) tile(ir, jr);
+            } else {
+              for (int64_t ir = i_begin; ir < i_end; ir += MR)
+                for (int64_t jr = j_begin; jr < j_end; jr += NR) tile(ir, jr);
             }
           };
           // No barrier after the tasks: nothing before block s + 1's barrier
@@ -455,30 +491,35 @@ struct Tiled {
 template <int64_t VECS>
 using TileOf = Tiled<kAccumulators / VECS, VECS>;
 using WideTile = Tiled<kWideRows, kWideVecs>;
+#if defined(__AVX512F__)
+using MediumTile = Tiled<6, 4>;
+#endif
 
 using GemmDriver = void (*)(float* c, const float* a, const float* b, int64_t m, int64_t n,
                             int64_t k, bool trans_a, bool trans_b, bool accumulate,
                             const Epilogue& epilogue);
 struct TileDrivers {
-  int64_t nr;
+  int64_t max_n;  // the widest C this tile serves
   GemmDriver small, packed;
 };
 
 template <typename Tile>
-constexpr TileDrivers drivers_of() {
-  return {Tile::NR, Tile::small_gemm, Tile::packed_gemm};
+constexpr TileDrivers drivers_of(int64_t max_n = Tile::NR) {
+  return {max_n, Tile::small_gemm, Tile::packed_gemm};
 }
 
-// The narrowest tile at least n wide, or the widest.
+// The first tile that serves n columns (a narrow one covers them exactly),
+// or the wide one.
 const TileDrivers& tile_for(int64_t n) {
 #if defined(__AVX512F__)
   static constexpr TileDrivers tiles[] = {drivers_of<TileOf<1>>(), drivers_of<TileOf<2>>(),
-                                          drivers_of<TileOf<3>>(), drivers_of<WideTile>()};
+                                          drivers_of<TileOf<3>>(), drivers_of<MediumTile>(256),
+                                          drivers_of<WideTile>()};
 #else
   static constexpr TileDrivers tiles[] = {drivers_of<TileOf<1>>(), drivers_of<WideTile>()};
 #endif
   for (const TileDrivers& tile : tiles)
-    if (n <= tile.nr) return tile;
+    if (n <= tile.max_n) return tile;
   return tiles[std::size(tiles) - 1];
 }
 
