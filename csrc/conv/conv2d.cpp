@@ -133,11 +133,13 @@ bool worth_threads(int64_t elements) {
   return elements >= PYENGINE_PARALLEL_MIN_WORK && !in_parallel_region();
 }
 
-// dst[i] += src[i] for i < n.
+// dst[i] += src[i] for i < n: whole vectors, then one masked one.
 inline void add_run(float* dst, const float* src, int64_t n) {
   int64_t i = 0;
   for (; i + kWidth <= n; i += kWidth) simd::store(dst + i, simd::load(dst + i) + simd::load(src + i));
-  for (; i < n; ++i) dst[i] += src[i];
+  if (i < n)
+    simd::store_partial(dst + i, simd::load_partial(dst + i, n - i, 0.0f) + simd::load_partial(src + i, n - i, 0.0f),
+                        n - i);
 }
 
 // The output positions o in [0, out) whose input o*stride + offset lies in [0, in).
@@ -151,18 +153,45 @@ Span inside(int64_t offset, int64_t stride, int64_t in, int64_t out) {
   return {lo, std::max(lo, std::min(out, ceil_div(in - offset)))};
 }
 
-// Row (c, r, s) of cols, one output row oh of the chunk at a time:
-// fn(oh - c.oh0, ih, span, iw0), where the outputs [span.lo, span.hi) of that
-// row read input row ih at columns iw0, iw0 + sw, ...; ih is -1 when the
-// whole output row is padding.
-template <typename Fn>
-void for_each_run(const ConvShape& g, const Chunk& c, int64_t r, int64_t s, Fn fn) {
-  const Span rows = inside(g.in_row(0, r), g.sh, g.H, g.OH);
-  const Span span = inside(g.in_col(0, s), g.sw, g.W, g.OW);
-  for (int64_t oh = c.oh0; oh < c.oh0 + c.rows; ++oh) {
-    const bool valid = oh >= rows.lo && oh < rows.hi && span.lo < span.hi;
-    fn(oh - c.oh0, valid ? g.in_row(oh, r) : -1, span, g.in_col(span.lo, s));
-  }
+// dst[0, n) = src[0, n): whole vectors, then one masked one. The runs of a
+// small image are short (10 floats a run for LeNet's 5x5 at 14x14): a
+// memcpy call each cost more than the copy (its im2col took 2x the
+// instructions of the GEMM after it).
+inline void copy_run(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) simd::store(dst + i, simd::load(src + i));
+  if (i < n) simd::store_partial(dst + i, simd::load_partial(src + i, n - i, 0.0f), n - i);
+}
+
+// dst[0, n) = 0; most runs have no padding to fill (n = 0).
+inline void zero_run(float* dst, int64_t n) {
+  if (n <= 0) return;
+  if (n < kWidth) simd::store_partial(dst, simd::vfloat{}, n);
+  else std::fill(dst, dst + n, 0.0f);
+}
+
+// Where tap (r, s) reads an input plane: the output rows [rows.lo, rows.hi)
+// and columns [cols.lo, cols.hi) whose input lies inside the image (the
+// others read padding); output (oh, cols.lo) reads the plane's element
+// start + oh * row_step, and the next columns every sw elements. Worked out
+// once a tap, not once a run: the runs of a small image are a few floats.
+struct TapRuns {
+  Span rows, cols;
+  int64_t start, row_step;
+};
+
+TapRuns tap_runs(const ConvShape& g, int64_t r, int64_t s) {
+  const Span cols = inside(g.in_col(0, s), g.sw, g.W, g.OW);
+  return {inside(g.in_row(0, r), g.sh, g.H, g.OH), cols,
+          g.in_row(0, r) * g.W + g.in_col(cols.lo, s), g.sh * g.W};
+}
+
+// The output rows of [lo, hi) that a tap reads inside the image; empty when
+// none of its columns does.
+Span inside_rows(const TapRuns& t, int64_t lo, int64_t hi) {
+  if (t.cols.lo >= t.cols.hi) return {lo, lo};
+  const int64_t first = std::clamp(t.rows.lo, lo, hi);
+  return {first, std::clamp(t.rows.hi, first, hi)};
 }
 
 // cols (CRS, columns) of chunk c and group `group` from x (images, C, H, W)
@@ -171,26 +200,28 @@ void for_each_run(const ConvShape& g, const Chunk& c, int64_t r, int64_t s, Fn f
 void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c, int64_t group) {
   const int64_t block = c.rows * g.OW, columns = c.images * block, rows = g.CRS(), taps = g.R * g.S;
   parallel_for(worth_threads(rows * columns), c.images * rows, [&](int64_t task) {
+    // Locals, not captures: the vector stores may alias anything, so a
+    // captured value would be reloaded after each of them.
+    const int64_t OW = g.OW, sw = g.sw, oh0 = c.oh0, oh_end = c.oh0 + c.rows;
     const int64_t i = task / rows, row = task % rows;
     const float* plane = x + (i * g.C + group * g.Cg() + row / taps) * g.H * g.W;
-    float* dst = cols + row * columns + i * block;
-    for_each_run(g, c, row / g.S % g.R, row % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
-      float* d = dst + oh * g.OW;
-      if (ih < 0) {
-        std::fill(d, d + g.OW, 0.0f);
-        return;
-      }
-      const float* src = plane + ih * g.W + iw0;
-      std::fill(d, d + span.lo, 0.0f);
-      const int64_t count = span.hi - span.lo;
-      if (g.sw == 1)  // a contiguous run: memcpy's vector loop
-        std::memcpy(d + span.lo, src, static_cast<size_t>(count) * sizeof(float));
-      else if (g.sw == 2)  // a constant stride: the compiler vectorizes it with shuffles
-        for (int64_t j = 0; j < count; ++j) d[span.lo + j] = src[2 * j];
+    float* dst = cols + row * columns + i * block;  // output row oh at dst + (oh - oh0) * OW
+    const TapRuns t = tap_runs(g, row / g.S % g.R, row % g.S);
+    const Span valid = inside_rows(t, oh0, oh_end);
+    const int64_t lo = t.cols.lo, hi = t.cols.hi, count = hi - lo, start = t.start, step = t.row_step;
+    zero_run(dst, (valid.lo - oh0) * OW);
+    for (int64_t oh = valid.lo; oh < valid.hi; ++oh) {
+      float* d = dst + (oh - oh0) * OW;
+      const float* src = plane + (start + oh * step);
+      zero_run(d, lo);
+      if (sw == 1) copy_run(d + lo, src, count);
+      else if (sw == 2)  // a constant stride: the compiler vectorizes it with shuffles
+        for (int64_t j = 0; j < count; ++j) d[lo + j] = src[2 * j];
       else
-        for (int64_t j = 0; j < count; ++j) d[span.lo + j] = src[j * g.sw];
-      std::fill(d + span.hi, d + g.OW, 0.0f);
-    });
+        for (int64_t j = 0; j < count; ++j) d[lo + j] = src[j * sw];
+      zero_run(d + hi, OW - hi);
+    }
+    zero_run(dst + (valid.hi - oh0) * OW, (oh_end - valid.hi) * OW);
   });
 }
 
@@ -199,19 +230,22 @@ void im2col(float* cols, const float* x, const ConvShape& g, const Chunk& c, int
 void col2im(float* dx, const float* dcols, const ConvShape& g, const Chunk& c, int64_t group) {
   const int64_t block = c.rows * g.OW, columns = c.images * block, taps = g.R * g.S;
   parallel_for(worth_threads(g.CRS() * columns), c.images * g.Cg(), [&](int64_t task) {
+    const int64_t OW = g.OW, sw = g.sw, oh0 = c.oh0;  // locals, as in im2col
     const int64_t i = task / g.Cg(), channel = task % g.Cg();
     float* plane = dx + (i * g.C + group * g.Cg() + channel) * g.H * g.W;
-    for (int64_t t = 0; t < taps; ++t) {
-      const float* src = dcols + (channel * taps + t) * columns + i * block;
-      for_each_run(g, c, t / g.S, t % g.S, [&](int64_t oh, int64_t ih, Span span, int64_t iw0) {
-        if (ih < 0) return;
-        float* d = plane + ih * g.W + iw0;
-        const float* v = src + oh * g.OW + span.lo;
-        const int64_t count = span.hi - span.lo;
-        if (g.sw == 1) add_run(d, v, count);
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      const TapRuns t = tap_runs(g, tap / g.S, tap % g.S);
+      const Span valid = inside_rows(t, oh0, oh0 + c.rows);
+      const int64_t count = t.cols.hi - t.cols.lo, start = t.start, step = t.row_step;
+      // this tap's row of dcols, the chunk's output row oh at src + (oh - oh0) * OW
+      const float* src = dcols + (channel * taps + tap) * columns + i * block + t.cols.lo;
+      for (int64_t oh = valid.lo; oh < valid.hi; ++oh) {
+        float* d = plane + (start + oh * step);
+        const float* v = src + (oh - oh0) * OW;
+        if (sw == 1) add_run(d, v, count);
         else
-          for (int64_t j = 0; j < count; ++j) d[j * g.sw] += v[j];
-      });
+          for (int64_t j = 0; j < count; ++j) d[j * sw] += v[j];
+      }
     }
   });
 }
