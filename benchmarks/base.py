@@ -23,12 +23,18 @@ module holds everything about a row that is not the kernel's own code:
   ``--max-rounds`` cap), the GFLOP/s record (``extra_info["flops"]`` and ``["gflops"]``,
   which compare.py tabulates) and the FMA probe the GFLOP/s figures are read against;
 - ``parametrize(cases)`` and ``run(benchmark, threads, case, impl)``: what a benchmark test
-  is made of.
+  is made of;
+- ``training_memory_mib`` and ``report_training_memory``: the memory a training step takes,
+  measured in a child process (the training-step benchmarks).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -353,3 +359,37 @@ def run_fma_probe(benchmark, threads, probe_threads):
     benchmark.pedantic(K.fma_probe, args=(PROBE_ITERATIONS, probe_threads), rounds=rounds,
                        iterations=1, warmup_rounds=2)
     record_gflops(benchmark, flops)
+
+
+def training_memory_mib(script, *args) -> float:
+    """The memory training takes, in MiB, as the child ``python SCRIPT ARGS`` reports it through
+    report_training_memory: measured in a child so that one framework's pages do not count for
+    the other."""
+    out = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.abspath(script)))
+    return json.loads(out.stdout.strip().splitlines()[-1])["training_memory_mib"]
+
+
+def _status_mib(field) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def report_training_memory(make_step, steps) -> None:
+    """In the child: the peak resident set of building a step (``make_step()`` returns it: the
+    model, the optimizer, a capture) and running it ``steps`` times, less the resident size
+    before (the frameworks imported and the batch made); printed as JSON on the last line."""
+    # The high-water mark of the resident set, reset first (Linux: "5" to clear_refs), so that
+    # neither the imports' transient peak nor, through getrusage's ru_maxrss, the peak of the
+    # process this child was forked from (a benchmark session of hundreds of MiB) counts.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mib("VmRSS")
+    step = make_step()
+    for _ in range(steps):
+        step()
+    peak = _status_mib("VmHWM")
+    print(json.dumps({"training_memory_mib": round(peak - before, 1)}))

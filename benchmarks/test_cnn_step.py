@@ -14,11 +14,8 @@ steps, less its size before it built anything, the framework imported and the ba
 
 from __future__ import annotations
 
-import json
-import os
-import resource
-import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +24,7 @@ import pyengine
 from pyengine import functional as F
 from pyengine.models import LeNet5, ResNet
 
-from base import Case, kernel, parametrize, run, run_fma_probe
+from base import Case, kernel, parametrize, report_training_memory, run, run_fma_probe, training_memory_mib
 
 SHAPES = {  # name: (constructor keywords, batch, input channels, image side)
     "lenet5": ({"in_channels": 1, "size": 28}, 64, 1, 28),
@@ -127,17 +124,10 @@ def torch_step(case, b):
     return torch_step_of(case.spec[0], b), None
 
 
-def training_memory_mib(name, impl, threads) -> float:
-    """The peak resident memory of building the model and five steps, in a child process."""
-    out = subprocess.run([sys.executable, __file__, name, impl, str(threads)], capture_output=True, text=True,
-                         check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-    return json.loads(out.stdout.strip().splitlines()[-1])["training_memory_mib"]
-
-
 @parametrize(_cases(), impls=("pyengine", "torch"))
 def test_cnn_training_step(benchmark, threads, case, impl):
     run(benchmark, threads, case, impl)
-    benchmark.extra_info["training_memory_mib"] = training_memory_mib(case.spec[0], impl, threads)
+    benchmark.extra_info["training_memory_mib"] = training_memory_mib(__file__, case.spec[0], impl, threads)
 
 
 @pytest.mark.parametrize("impl", ("pyengine", "torch"))
@@ -147,11 +137,6 @@ def test_fma_probe(benchmark, threads, impl):
     run_fma_probe(benchmark, threads, threads)
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 if __name__ == "__main__":  # the child of training_memory_mib: NAME IMPL THREADS
     name, impl, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     pyengine.set_num_threads(threads)
@@ -159,16 +144,5 @@ if __name__ == "__main__":  # the child of training_memory_mib: NAME IMPL THREAD
         import torch
 
         torch.set_num_threads(threads)
-
-    class Buffers:
-        pass
-
-    b = Buffers()
-    for key, value in batch_of(name).items():
-        setattr(b, key, value)
-    before = _resident_mib()
-    step = (pyengine_step_of if impl == "pyengine" else torch_step_of)(name, b)
-    for _ in range(5):
-        step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"training_memory_mib": round(peak - before, 1)}))
+    b = SimpleNamespace(**batch_of(name))
+    report_training_memory(lambda: (pyengine_step_of if impl == "pyengine" else torch_step_of)(name, b), steps=5)

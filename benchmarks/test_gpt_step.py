@@ -11,17 +11,25 @@ So every impl warms up over several optimizer steps before it is timed.
 
 Each row records the model FLOPs of one step (6 N per token for the
 matrices plus the attention's 12 L T d per token, forward and backward) so
-compare.py can print model FLOP/s as a fraction of the FMA probe.
+compare.py can print model FLOP/s as a fraction of the FMA probe. The rows
+of pyengine's replay and of PyTorch's eager step with flush-denormal record
+``extra_info["training_memory_mib"]``: the peak resident set of a child
+process that builds the model and optimizer (and, for pyengine, captures the
+step) and runs three steps, less its size before (base.report_training_memory;
+the compiled and the denormal rows take the memory of the eager one).
 """
 
 from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 
 import pyengine
 from pyengine.models import GPT, GPTConfig
 
-from base import Case, kernel, parametrize, run
+from base import Case, kernel, parametrize, report_training_memory, run, training_memory_mib
 
 SHAPES = {
     "tiny": (GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=256), 8),
@@ -31,6 +39,8 @@ MODES = {"pyengine": ("replay",), "torch": ("eager", "eager flush-denormal", "co
 ROUNDS = {"tiny": (10, 4), "124M": (3, 3)}  # (timed rounds, warm-up steps)
 LR, CLIP = 6e-4, 1.0
 GRAPHS = {}  # case -> (pyengine's captured step, its inputs): profiled after timing
+MEMORY_MODES = ("replay", "eager flush-denormal")  # the rows that measure training memory
+MEMORY_STEPS = 3
 
 
 def model_flops(config: GPTConfig, batch: int) -> int:
@@ -55,36 +65,39 @@ def _cases():
     return cases
 
 
-def _data(case):
-    config, batch = SHAPES[case.spec[0]]
+def batch_of(name):
+    """The tokens and targets of one step, seeded."""
+    config, batch = SHAPES[name]
     rng = np.random.default_rng(0)
     shape = (batch, config.block_size)
     return {"x": rng.integers(0, config.vocab_size, shape), "y": rng.integers(0, config.vocab_size, shape)}
+
+
+def _data(case):
+    return batch_of(case.spec[0])
 
 
 training_step = kernel("gpt_training_step", inputs=_data,
                        missing="{impl} has no autodiff: a training step does not apply")
 
 
-@training_step.impl("pyengine", skip=lambda case: None if case.spec[1] == "pyengine" else "a torch mode")
-def pyengine_step(case, b):
-    config, _ = SHAPES[case.spec[0]]
+def pyengine_graph_of(name, b):
+    """pyengine's captured training step of the shape `name` on the batch b."""
+    config, _ = SHAPES[name]
     pyengine.manual_seed(0)
     model = GPT(config)
     optimizer = pyengine.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1, max_grad_norm=CLIP)
-    graph = pyengine.capture(lambda x, y: model(x, y)[1], b.x, b.y, optimizer=optimizer)
-    GRAPHS[case] = (graph, b)
-    return lambda: graph.run(b.x, b.y), None
+    return pyengine.capture(lambda x, y: model(x, y)[1], b.x, b.y, optimizer=optimizer)
 
 
-@training_step.impl("torch", skip=lambda case: None if case.spec[1] == "torch" else "a pyengine mode")
-def torch_step(case, b):
+def torch_step_of(name, mode, b):
+    """PyTorch's training step of the shape `name` in `mode` (eager or compile, flush-denormal or
+    not) on the batch b."""
     import torch
 
     from pyengine.models.gpt_torch import TorchGPT
 
-    config, _ = SHAPES[case.spec[0]]
-    mode = case.spec[2]
+    config, _ = SHAPES[name]
     torch.set_flush_denormal("flush-denormal" in mode)
     torch.manual_seed(0)
     model = TorchGPT(config)
@@ -99,7 +112,19 @@ def torch_step(case, b):
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
 
-    return step, None
+    return step
+
+
+@training_step.impl("pyengine", skip=lambda case: None if case.spec[1] == "pyengine" else "a torch mode")
+def pyengine_step(case, b):
+    graph = pyengine_graph_of(case.spec[0], b)
+    GRAPHS[case] = (graph, b)
+    return lambda: graph.run(b.x, b.y), None
+
+
+@training_step.impl("torch", skip=lambda case: None if case.spec[1] == "torch" else "a pyengine mode")
+def torch_step(case, b):
+    return torch_step_of(case.spec[0], case.spec[2], b), None
 
 
 @parametrize(_cases(), impls=("pyengine", "torch"))
@@ -108,6 +133,9 @@ def test_gpt_training_step(benchmark, threads, case, impl):
         run(benchmark, threads, case, impl)
         if impl == "pyengine":
             _print_profile(benchmark, case)
+        name, _, mode = case.spec
+        if mode in MEMORY_MODES:
+            benchmark.extra_info["training_memory_mib"] = training_memory_mib(__file__, name, impl, mode, threads)
     finally:
         if impl == "torch":
             import torch
@@ -124,3 +152,20 @@ def _print_profile(benchmark, case) -> None:
     print(f"\n{case.group}: one step by op kind ({total * 1e3:.0f} ms)")
     for kind, seconds, calls in rows[:15]:
         print(f"  {kind:32s} {seconds / total:6.1%}  {calls:4d} calls")
+
+
+if __name__ == "__main__":  # the child of training_memory_mib: NAME IMPL MODE THREADS
+    name, impl, mode, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    pyengine.set_num_threads(threads)
+    b = SimpleNamespace(**batch_of(name))
+    if impl == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        report_training_memory(lambda: torch_step_of(name, mode, b), steps=MEMORY_STEPS)
+    else:
+        def make_step():
+            graph = pyengine_graph_of(name, b)
+            return lambda: graph.run(b.x, b.y)
+
+        report_training_memory(make_step, steps=MEMORY_STEPS)
