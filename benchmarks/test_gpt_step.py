@@ -16,7 +16,8 @@ of pyengine's replay and of PyTorch's eager step with flush-denormal record
 ``extra_info["training_memory_mib"]``: the peak resident set of a child
 process that builds the model and optimizer (and, for pyengine, captures the
 step) and runs three steps, less its size before (base.report_training_memory;
-the compiled and the denormal rows take the memory of the eager one).
+the other torch rows record none: a child per mode would compile, or run
+30 s steps, again).
 """
 
 from __future__ import annotations
