@@ -288,6 +288,21 @@ def test_replay_of_non_adjacent_sum_has_no_transient_allocations():
     assert _peak_growth(lambda: graph.run(x)) < 8192
 
 
+def test_capture_keeps_no_activation_of_its_eager_pass():
+    # A captured graph keeps its arena and the parameters' gradients. The capture pass's
+    # own activations (an eager forward and its autograd graph) must be released, or they
+    # would stay beside the arena for the graph's lifetime.
+    xs, ys = _mlp_data(seed=17, steps=1, batch=256, d_in=64, classes=10)
+    model = _mlp(18, d_in=64, hidden=128, classes=10)
+    optimizer = _sgd(model)
+    growth = _numpy_growth(lambda: _capture_training(model, optimizer, xs[0], ys[0]))
+    graph = _capture_training(model, optimizer, xs[0], ys[0])
+    gradients = sum(p.data.nbytes for p in model.parameters())
+    eager_activations = 256 * 128 * 4 * 4  # four hidden-width activations at the least
+    assert graph.arena_bytes > eager_activations
+    assert growth <= graph.arena_bytes + ALIGNMENT + gradients + eager_activations // 4
+
+
 # ------------------------------------------------------------------ memory plan
 
 
