@@ -27,6 +27,11 @@ registry::OpBuilder& affine_and_eps(registry::OpBuilder& op) {
       .check(check_eps);
 }
 
+// What both backwards read after their inputs: the weight and the forward's statistics.
+registry::OpBuilder& weight_and_statistics(registry::OpBuilder& op) {
+  return op.input("weight", "(cols)").input("mean", "(*)").input("rstd", "(*)").nonempty("cols");
+}
+
 PYENGINE_OP("layer_norm_forward", "layernorm",
             "Layer norm over the last axis: y = (x - mean) * rstd * weight + bias; mean and rstd are kept "
             "for the backward.")
@@ -45,10 +50,7 @@ PYENGINE_OP("layer_norm_backward", "layernorm", "Gradients of layer_norm_forward
     .optional_grad("dbias", "(cols)")
     .grad_input("dy", "(*, cols)")
     .input("x", "(*, cols)")
-    .input("weight", "(cols)")
-    .input("mean", "(*)")
-    .input("rstd", "(*)")
-    .nonempty("cols")
+    .apply(weight_and_statistics)
     .kernel([](const Call& c) {
       PYENGINE_DISPATCH(layernorm_backward)(c.f32("dx"), c.f32("dweight"), c.f32("dbias"), c.f32("dy"),
                                             c.f32("x"), c.f32("weight"), c.f32("mean"), c.f32("rstd"),
@@ -77,10 +79,7 @@ PYENGINE_OP("add_layer_norm_backward", "layernorm",
     .grad_input("dy", "(*, cols)")
     .input("a", "(*, cols)")
     .input("b", "(*, cols)")
-    .input("weight", "(cols)")
-    .input("mean", "(*)")
-    .input("rstd", "(*)")
-    .nonempty("cols")
+    .apply(weight_and_statistics)
     .kernel([](const Call& c) {
       PYENGINE_DISPATCH(add_layernorm_backward)(c.f32("da"), c.f32("db"), c.f32("dweight"), c.f32("dbias"),
                                                 c.f32("dy"), c.f32("a"), c.f32("b"), c.f32("weight"),
