@@ -103,6 +103,13 @@ KERNEL_CASES = [
     (1, 1, 70, 70, 256, True, None),
     (2, 1, 13, 131, 7, False, (1, 1, 13, 131)),
     (3, 2, 129, 64, 129, False, (1, 2, 129, 64)),
+    # up to 4 query rows, a head dim of whole vectors: the few-query path (decoding)
+    (2, 3, 1, 37, 64, True, (2, 1, 1, 37)),
+    (1, 2, 3, 130, 32, True, None),
+    (1, 1, 4, 4, 16, False, (4, 4)),
+    (2, 2, 2, 19, 128, False, (1, 2, 2, 19)),
+    (1, 1, 1, 513, 256, False, None),
+    (1, 2, 4, 2, 64, True, None),  # Tq > Tk: the first two rows attend nothing
 ]
 
 
@@ -295,6 +302,21 @@ def test_fully_masked_rows_give_zeros_and_zero_grads_as_torch(kind):
         assert_close(a, e, atol=3e-5, rtol=1e-4)
     lse = K.attention(q, k, v, np.ascontiguousarray(np.where(keep, 0, -np.inf).astype(F32)), scale=0.3)[1]
     assert np.all(lse[:, :, 1] == np.inf)
+
+
+def test_few_query_rows_masked_out_give_zeros_and_infinite_lse(isa):
+    """The few-query path (<= 4 rows, whole-vector head dim): a row whose additive mask is -inf
+    everywhere gives 0 and lse = +inf, the others the reference."""
+    rng = np.random.default_rng(12)
+    q, k, v = normal(rng, 1, 2, 3, 64), normal(rng, 1, 2, 9, 64), normal(rng, 1, 2, 9, 64)
+    mask = np.zeros((3, 9), F32)
+    mask[1] = -np.inf
+    out, lse = K.attention(q, k, v, mask, scale=0.125)
+    np.testing.assert_array_equal(out[:, :, 1], 0.0)
+    assert np.all(lse[:, :, 1] == np.inf) and np.all(np.isfinite(lse[:, :, [0, 2]]))
+    keep = [0, 2]
+    want = reference(q[:, :, keep], k, v, None, False, 0.125, np.zeros_like(q[:, :, keep]))[0]
+    assert_close(out[:, :, keep], want, atol=2e-6, rtol=1e-5, what=isa)
 
 
 def test_causal_with_more_queries_than_keys_masks_the_first_rows():

@@ -4,7 +4,9 @@
 // backward that recomputes the probabilities tile by tile from the saved
 // log-sum-exp. Every product of a tile is one register-blocked loop
 // (`multiply`), vectorized per ISA. Causal tiles that are fully masked are
-// skipped and the diagonal ones narrowed to the keys some row attends.
+// skipped and the diagonal ones narrowed to the keys some row attends. A
+// forward of up to 4 query rows (a decoding step) takes few_queries.cpp's
+// path instead: keys and values read in place, no tiles of padding rows.
 //
 // Threads: the forward gives each thread whole (batch, head) pairs when there
 // are enough of them, else (batch, head, query block) units. The backward
@@ -24,6 +26,7 @@
 #include <cmath>
 #include <limits>
 
+#include "attention/few_queries.h"
 #include "core/kernel_list.inc"
 #include "core/parallel.h"
 #include "core/philox.h"
@@ -531,6 +534,7 @@ void mask_grads(const Geometry& g, const BackwardArgs& a, double work) {
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const float* mask, const AttentionProblem& p) {
+  if (few_queries_serve(p)) return few_queries_forward(out, lse, q, k, v, mask, p);
   const Geometry g(p);
   const int64_t heads = p.batch * p.heads, threads = thread_count();
   const double work = 4.0 * heads * p.q_len * p.kv_len * p.head_dim;

@@ -31,10 +31,11 @@ def _reference(k_cache, v_cache, qkv, mask, start, scale):
     return (weights @ v).transpose(0, 2, 1, 3), k, v
 
 
+@pytest.mark.parametrize("dim", [8, 64])  # 64: whole vectors at every level, the few-query path for <= 4 steps
 @pytest.mark.parametrize("start, steps, masked", [(0, 5, False), (4, 1, False), (6, 3, True), (9, 1, True)])
-def test_cached_attention_equals_the_reference(isa, start, steps, masked):
+def test_cached_attention_equals_the_reference(isa, start, steps, masked, dim):
     rng = np.random.default_rng(start + steps)
-    batch, heads, capacity, dim = 2, 3, 12, 8
+    batch, heads, capacity = 2, 3, 12
     k_cache = rng.standard_normal((batch, heads, capacity, dim)).astype(np.float32)
     v_cache = rng.standard_normal((batch, heads, capacity, dim)).astype(np.float32)
     qkv = rng.standard_normal((batch, steps, 3, heads, dim)).astype(np.float32)
