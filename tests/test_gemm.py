@@ -321,6 +321,20 @@ def test_few_rows_large_b(isa, m, trans_b):
     check_backward(isa, rng, a, b, m % 2 == 1, trans_b, with_bias=True)
 
 
+# (m, n, k): up to 4 rows of C over rows of B up to 8192 floats split K into slabs of 64 rows
+# or more (at most 16), summed in slab order; one slab, more rows or longer rows of B do not
+SLAB_CASES = [(1, 333, 700), (3, 129, 1025), (4, 48, 130), (1, 8193, 200), (5, 300, 300), (2, 50, 64)]
+
+
+@pytest.mark.parametrize("m,n,k", SLAB_CASES, ids=lambda v: str(v))
+def test_few_rows_split_into_slabs_of_k(isa, m, n, k):
+    rng = rng_for("slabs", m, n, k)
+    a, b, bias = operands(rng, m, n, k, False, False, with_bias=True)
+    check_forward(isa, a, b, bias, False, False, "gelu", with_preact=True)
+    a, b_t, _ = operands(rng, m, n, k, False, True)
+    check_backward(isa, rng, a, b_t, False, True, with_bias=True)  # grad_a += g . b_t: accumulates
+
+
 # ---------------------------------------------------------------- the reference ISA
 
 
@@ -348,6 +362,8 @@ def test_thread_count_independent(isa, restore_threads):
         (*operands(rng, 67, 97, 61, True, True, (6,), (), with_bias=True), True, True, "relu"),
         (*operands(rng, 131, 129, 127, False, True, (), (3,), with_bias=True), False, True, "none"),
         (*operands(rng, 40, 50, 60, True, False, (4,), (4,), with_bias=True), True, False, "none"),
+        (*operands(rng, 3, 333, 700, False, False, with_bias=True), False, False, "gelu"),  # K slabs
+        (*operands(rng, 2, 700, 333, False, True, with_bias=True), False, True, "none"),  # grad_a slabs
     ]
     grads = [randn(rng, *K.matmul_shape(a.shape, b.shape, ta, tb)) for a, b, _, ta, tb, _ in cases]
     inits = [(randn(rng, *a.shape), randn(rng, *b.shape), randn(rng, b.shape[-2 if tb else -1]))
