@@ -10,8 +10,8 @@
 //   forward:        Y (K, Q) = W (K, CRS) . cols, moved to y with bias[k] added on row k and
 //                   the activation applied in that same pass (without a bias, by the GEMM's
 //                   epilogue where Y is y itself)
-//   backward:       dW += dY . cols^T and dcols = W^T . dY: matmul_backward of that
-//                   product (dcols zeroed first); dx += col2im(dcols)
+//   backward:       dW += dY . cols^T (matmul_backward of that product) and
+//                   dcols = W^T . dY (a GEMM that writes it); dx += col2im(dcols)
 //
 // A layer with one input channel a group (depthwise, or a one-channel
 // image) has no depth for a GEMM (CRS = R*S: 9 for 3x3, each packed panel
@@ -330,13 +330,6 @@ void reduce_partials(float* dw, float* partial, int64_t ranges, int64_t size) {
   });
 }
 
-void zero(float* p, int64_t n) {
-  constexpr int64_t kChunk = 16384;
-  parallel_chunks(worth_threads(n), n, kChunk, [&](int64_t begin, int64_t end) {
-    std::fill(p + begin, p + end, 0.0f);
-  });
-}
-
 // dbias[k] += the sum of dy[n, k, :] over the images, in image order.
 void bias_grad(float* dbias, const float* dy, const ConvShape& g) {
   const int64_t P = g.P();
@@ -419,11 +412,18 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
       const float* cols = size ? work : x + c.n * image_x + channels;  // read only for dw
       float* dcols = !dx ? nullptr : size ? work + size : dx + c.n * image_x + channels;
       if (size && dw_into) im2col(work, x + c.n * image_x, g, c, group);
-      if (size && dx) zero(dcols, size);
-      matmul_backward(dw_into ? dw_into + group * Kg * g.CRS() : nullptr, dcols, nullptr,
-                      dy_gemm + group * Kg * columns, w + group * Kg * g.CRS(), cols, 1, Kg, columns, g.CRS(),
-                      false, false, 0, 0);
-      if (size && dx) col2im(dx + c.n * image_x, dcols, g, c, group);
+      const float* w_group = w + group * Kg * g.CRS();
+      const float* dy_group = dy_gemm + group * Kg * columns;
+      // dcols of scratch is written by the GEMM (W^T . dY), not zeroed and
+      // accumulated into; a direct chunk's dcols is dx itself, which accumulates.
+      const bool dcols_written = size && dx;
+      if (dcols_written)
+        matmul_forward(dcols, nullptr, w_group, dy_group, nullptr, Activation::none, 1, g.CRS(), columns, Kg,
+                       true, false, 0, 0);
+      if (dw_into || (dcols && !dcols_written))
+        matmul_backward(dw_into ? dw_into + group * Kg * g.CRS() : nullptr, dcols_written ? nullptr : dcols,
+                        nullptr, dy_group, w_group, cols, 1, Kg, columns, g.CRS(), false, false, 0, 0);
+      if (dcols_written) col2im(dx + c.n * image_x, dcols, g, c, group);
     }
   };
   // Units of chunks that write disjoint parts of dx: the blocks of one image
