@@ -134,6 +134,7 @@ UPDATES = {
     "adam_update": (dict(param=_normal(3, 4), exp_avg=_normal(3, 4), exp_avg_sq=_positive(3, 4),
                          max_exp_avg_sq=_positive(3, 4), grad=_normal(3, 4), grad_scale=np.array(0.5, F32)),
                     dict(lr=1e-3, step=3, amsgrad=True)),
+    "fill": (dict(out=_normal(12)), dict(value=0.5)),
     # ---- gradient clipping (helper embdrop)
     "vector_norm": (dict(norm=np.zeros((), F32), x=_normal(12)), dict(norm_type=2.0)),
     "clip_coefficient": (dict(total=np.zeros((), F32), coef=np.zeros((), F32), norms=_positive(5)),

@@ -517,7 +517,10 @@ def test_output_overlapping_an_input_is_refused():
                    and args[i] is not None and args[i].size]
         read = [i for i, a in enumerate(info.args) if a["role"] not in registry.WRITTEN
                 and args[i] is not None and args[i].dtype == np.float32 and args[i].size]
-        assert written and read, name
+        assert written, name
+        if not read:  # fill reads no array: nothing to overlap
+            assert name == "fill", name
+            continue
         w, r = written[0], read[0]
         call = list(args)
         shared = np.zeros(args[w].size + args[r].size - 1, np.float32)

@@ -37,6 +37,7 @@ from reference_cases import (
     unary_case,
 )
 
+import pyengine
 from pyengine import _C, registry
 from pyengine import kernels as K
 
@@ -653,3 +654,16 @@ def test_relu_and_abs_gradients_propagate_nan_as_pytorch(isa):
         tx = torch.tensor(x, requires_grad=True)
         fn(tx).backward(torch.tensor(dy))
         np.testing.assert_array_equal(dx, tx.grad.numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("n", [0, 1, 17, 4 * 16384 + 5, 1_000_003])  # empty, a tail, several parallel chunks
+def test_fill_writes_the_value_everywhere(isa, n, restore_threads):
+    """fill (the executor zeroes gradient buffers with it) on 1 and 2 threads, against a numpy fill."""
+    for threads in (1, 2):
+        pyengine.set_num_threads(threads)
+        for value in (0.0, -2.5, np.inf):
+            out = randn(np.random.default_rng(n), n) if n else np.empty(0, F32)
+            assert K.fill(out, value=value) is out
+            np.testing.assert_array_equal(out, np.full(n, value, F32), err_msg=f"{isa} {threads} threads")
+    with pytest.raises(ValueError, match="fill"):
+        K.fill(np.zeros((2, 3), F32))  # one flat buffer: the executor passes a view

@@ -245,6 +245,13 @@ registry::OpBuilder& clamp_bounds(registry::OpBuilder& op) {
       });
 }
 
+PYENGINE_OP("fill", "elementwise",
+            "out = value everywhere, in place, across the threads (a graph zeroes its gradient buffers with "
+            "it, each as a flat view).")
+    .inout("out", "(n)")
+    .real("value", 0.0, "the value written")
+    .kernel([](const registry::Call& c) { PYENGINE_DISPATCH(fill)(c.f32("out"), c.real("value"), c.dim("n")); });
+
 PYENGINE_OP("clamp_forward", "elementwise", "min(max(x, min), max), elementwise; NaN stays NaN.")
     .output("y", "(*)")
     .input("x", "(*)")

@@ -136,6 +136,9 @@ void clamp_forward(float* y, const float* x, float lo, float hi, int64_t n) {
 void clamp_backward(float* dx, const float* dy, const float* x, float lo, float hi, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] += x[i] >= lo && x[i] <= hi ? dy[i] : 0.0f;
 }
+void fill(float* out, float value, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = value;
+}
 void exp_forward(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
 }

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pyengine import _C
 from pyengine import ops as O
 from pyengine import ops_cnn as OC
 from pyengine import random as R
@@ -472,7 +473,7 @@ class CompiledGraph:
             if step.kind == "forward" and step.op.is_view:
                 continue
             arrays = lambda values: [None if v is None else v.array for v in values]  # noqa: E731
-            program += [functools.partial(root.array.fill, 0) for root in step.zero_first]
+            program += [_zeroer(root.array) for root in step.zero_first]
             self._labels += ["zero gradients"] * len(step.zero_first)
             if step.kind == "forward":
                 program.append(step.op.bind_forward(arrays(step.outs), arrays(step.ins)))
@@ -480,7 +481,7 @@ class CompiledGraph:
             else:
                 grads = arrays(step.grad_ins)
                 shared = _unshare(grads)  # an input given twice: its repeat accumulates apart, then is added
-                program += [functools.partial(own.fill, 0) for _, own in shared]
+                program += [_zeroer(own) for _, own in shared]
                 program.append(step.op.bind_backward(grads, step.grad_out.array, arrays(step.ins), arrays(step.outs)))
                 program += [functools.partial(np.add, buffer, own, out=buffer) for buffer, own in shared]
                 self._labels += ["zero gradients"] * len(shared) + [f"{step.op.name} backward"]
@@ -607,3 +608,12 @@ def _allocate_arena(nbytes: int) -> np.ndarray:
     except MemoryError:
         raise MemoryError(f"capture: cannot allocate the plan's arena of {nbytes} bytes "
                           f"({nbytes / 2**30:.1f} GiB)") from None
+
+
+def _zeroer(array: np.ndarray):
+    """A program call that zeroes a gradient buffer: the fill kernel, across the threads (a float32
+    buffer in one piece), else numpy's single-threaded fill. Two threads store about twice as fast
+    as one: GPT "tiny"'s step spent 6.7% of its time zeroing with numpy."""
+    if array.dtype == np.float32 and array.flags.c_contiguous and array.size:
+        return functools.partial(_C.fill, array.reshape(-1), 0.0)  # a view: one piece
+    return functools.partial(array.fill, 0)
