@@ -69,6 +69,11 @@ def _set_threads(n):
     # set last anyway so the order never matters.
     numba = _optional_module("numba")
     if numba is not None:
+        # numba's OpenMP threading layer loads the system libgomp, and torch, imported after it,
+        # then binds to that one (the same soname) instead of its own: PyTorch's GPT "tiny" step
+        # took 1556 ms against 390 in a process without it (2 threads). Its own thread pool
+        # ("workqueue") leaves torch alone (375 ms). Set before numba starts any layer.
+        numba.config.THREADING_LAYER = "workqueue"
         if n > numba.config.NUMBA_NUM_THREADS:
             raise pytest.UsageError(f"--threads {n} exceeds NUMBA_NUM_THREADS="
                                     f"{numba.config.NUMBA_NUM_THREADS}; raise that variable")
