@@ -251,3 +251,10 @@ def sgd_momentum(param, grad, buf, lr, momentum):
         b = momentum * buf[i] + grad[i]
         buf[i] = b
         param[i] -= lr * b
+
+
+@njit(**_JIT)
+def fill(out, value):
+    """out[i] = value, across the threads."""
+    for i in prange(out.size):
+        out[i] = value

@@ -12,7 +12,8 @@ Groups (one row per implementation, the ``impl`` parameter), named op, pass and 
   targets, all valid classes: forward, and forward+backward (pyengine's backward recomputes the
   softmax from the logits, the peers reuse what their forward kept: torch its log-softmax, as
   its eager autograd does, numpy its exponentials, numba the rows' logsumexp);
-- ``sgd_update`` with momentum 0.9 on a 10M-element parameter (one step after the first).
+- ``sgd_update`` with momentum 0.9 on a 10M-element parameter (one step after the first);
+- ``fill`` of 10M floats with 0, how a captured graph zeroes its gradient buffers.
 
 Every implementation writes into preallocated buffers (numpy ufuncs with ``out=``, torch aten
 ``.out`` ops or in-place tensor ops without autograd, numba's kernels in ``numba_kernels.py``),
@@ -68,6 +69,7 @@ CASES = [
     _case("cross_entropy", "forward", LOGITS, "(1024, 50304) int64 targets", 15),
     _case("cross_entropy", "forward+backward", LOGITS, "(1024, 50304) int64 targets", 15),
     _case("sgd_update", "step", PARAMS, "momentum 0.9 (10000000,)", 50),
+    _case("fill", "step", PARAMS, "zeros (10000000,)", 50),
 ]
 
 
@@ -109,6 +111,10 @@ def _sgd_inputs(case):
     return {"grad": _normal(rng, n), "param": _normal(rng, n), "momentum_buffer": _normal(rng, n)}
 
 
+def _fill_inputs(case):
+    return {"out": _normal(np.random.default_rng(0), *case.shape)}
+
+
 def _sum_axes(case):
     first = case.spec % len(case.shape)
     return {"axis_begin": first, "axis_end": first + 1}
@@ -125,6 +131,7 @@ cross_entropy = kernel("cross_entropy", inputs=_cross_entropy_inputs,
                        ops=("cross_entropy_forward", "cross_entropy_backward"))
 sgd_update = kernel("sgd_update", inputs=_sgd_inputs, ops=("sgd_update",),
                     options=lambda case: {"lr": LR, "momentum": MOMENTUM})
+fill = kernel("fill", inputs=_fill_inputs, ops=("fill",))
 
 
 # ---------------------------------------------------------------- pyengine
@@ -168,6 +175,11 @@ def pyengine_cross_entropy(case, b):
 def pyengine_sgd_update(case, b):
     return (lambda: K.sgd_update(b.param, b.grad, b.momentum_buffer, lr=LR, momentum=MOMENTUM),
             None)
+
+
+@fill.impl("pyengine")
+def pyengine_fill(case, b):
+    return lambda: K.fill(b.out), None
 
 
 # ---------------------------------------------------------------- numpy (ufuncs with out=)
@@ -280,6 +292,11 @@ def numpy_sgd_update(case, b):
     return step, None
 
 
+@fill.impl("numpy")
+def numpy_fill(case, b):
+    return lambda: b.out.fill(0), None
+
+
 # ---------------------------------------------------------------- torch (aten .out ops, no autograd)
 
 
@@ -373,6 +390,12 @@ def torch_sgd_update(case, b):
     return step, None
 
 
+@fill.impl("torch")
+def torch_fill(case, b):
+    t = _tensors(b)
+    return lambda: t.out.zero_(), None  # what optimizer.zero_grad(set_to_none=False) calls
+
+
 # ---------------------------------------------------------------- numba (numba_kernels.py)
 
 
@@ -443,6 +466,13 @@ def numba_sgd_update(case, b):
 
     lr, momentum = _f32(LR), _f32(MOMENTUM)
     return lambda: nk.sgd_momentum(b.param, b.grad, b.momentum_buffer, lr, momentum), None
+
+
+@fill.impl("numba")
+def numba_fill(case, b):
+    import numba_kernels as nk
+
+    return lambda: nk.fill(b.out, _f32(0.0)), None
 
 
 # ---------------------------------------------------------------- benchmarks
