@@ -7,11 +7,14 @@ code, so a replayed step gives the same numbers as eager mode.
 
 Output 0 is the op's result; further outputs are values saved for the
 backward (layer norm's mean and rstd). Backward gradients accumulate (``+=``)
-into the buffers given; ``None`` marks an input that needs no gradient.
+into the buffers given; ``None`` marks an input that needs no gradient. The
+executor's first writer of a gradient may overwrite it instead, where the
+backward kernel declares an ``accumulate`` flag (KernelOp.overwriting).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -102,6 +105,14 @@ class _KernelPair:
         self.plan = registry.backward_plan(forward, backward) if backward else None
         self.forward_attrs = [a["name"] for a in forward.attrs]
         self.backward_attrs = [a["name"] for a in backward.attrs] if backward else []
+        # A backward with an `accumulate` flag can overwrite its gradients instead of adding into
+        # them; the (gradient, input) index pairs its declaration lets share one array (the
+        # gradient then written over the input it reads: cross_entropy's dlogits over logits).
+        self.backward_overwrites = "accumulate" in self.backward_attrs
+        self.grad_over_input = tuple(
+            (self.inputs.index(written[1:]), self.inputs.index(read))
+            for written, read in (backward.may_alias if backward else ())
+            if backward.arg(written)["role"] in ("grad", "optional_grad") and read in self.inputs)
 
 
 @functools.cache
@@ -182,6 +193,15 @@ class KernelOp(Op):
         args = [grad_ins[i] if kind == "grad" else grad_out if kind == "grad_out"
                 else ins[i] if kind == "input" else outs[i] for kind, i in self.pair.plan.sources]
         return functools.partial(self.pair.backward.kernel, *args, **self._backward_options)
+
+    def overwriting(self) -> KernelOp | None:
+        """This op with a backward that overwrites its gradients (accumulate=False), for the
+        executor's steps that write a gradient first; None when the kernel only adds into them."""
+        if not self.pair.backward_overwrites:
+            return None
+        op = copy.copy(self)
+        op._backward_options = {**self._backward_options, "accumulate": False}
+        return op
 
     def saved(self, ins, outs):
         values = []

@@ -45,6 +45,7 @@ class OpInfo:
     doc: str
     args: tuple  # dicts: name, role, dtype, shape
     attrs: tuple  # dicts: name, kind, default, required, doc (and enum for codes)
+    may_alias: tuple = ()  # (written, read) argument pairs that may be one array
 
     def names(self, *roles) -> list:
         return [a["name"] for a in self.args if a["role"] in roles]
@@ -71,7 +72,7 @@ def _load() -> dict:
     table = {}
     for name, entry in _C.op_table().items():
         table[name] = OpInfo(name, entry["family"], entry["doc"], tuple(entry["args"]),
-                             tuple(entry["attrs"]))
+                             tuple(entry["attrs"]), tuple(tuple(pair) for pair in entry["may_alias"]))
     return table
 
 

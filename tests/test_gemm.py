@@ -146,18 +146,22 @@ def check_forward(isa, a, b, bias, trans_a, trans_b, activation="none", with_pre
     return out, preact
 
 
-def check_backward(isa, rng, a, b, trans_a, trans_b, with_bias, tight=False):
+def check_backward(isa, rng, a, b, trans_a, trans_b, with_bias, tight=False, overwrite=False):
     """Runs K.matmul_backward into pre-filled buffers (tight: zero-filled, and the
-    reference ISA's 1e-5 relative bound) and checks the three gradients against float64."""
+    reference ISA's 1e-5 relative bound; overwrite: NaN-filled, with accumulate=False) and
+    checks the three gradients against float64."""
     shape = K.matmul_shape(a.shape, b.shape, trans_a, trans_b)
     m, n = shape[-2:]
     g = randn(rng, *shape)
-    fill = (lambda s: np.zeros(s, F32)) if tight else (lambda s: randn(rng, *s))
+    fill = ((lambda s: np.full(s, np.nan, F32)) if overwrite else (lambda s: np.zeros(s, F32)) if tight
+            else (lambda s: randn(rng, *s)))
     init = [fill(a.shape), fill(b.shape), fill((n,))]
     bufs = [x.copy() for x in init]
     res = K.matmul_backward(g, a, b, trans_a=trans_a, trans_b=trans_b, needs_bias=with_bias,
                             grad_a=bufs[0], grad_b=bufs[1],
-                            grad_bias=bufs[2] if with_bias else None)
+                            grad_bias=bufs[2] if with_bias else None, accumulate=not overwrite)
+    if overwrite:
+        init = [np.zeros_like(x) for x in init[:2]] + [init[2] if not with_bias else np.zeros_like(init[2])]
     assert res[0] is bufs[0] and res[1] is bufs[1]
     assert res[2] is (bufs[2] if with_bias else None)
 
@@ -179,7 +183,7 @@ def check_backward(isa, rng, a, b, trans_a, trans_b, with_bias, tight=False):
         checks.append(("grad_bias", bufs[2], init[2], g64.reshape(-1, n).sum(0),
                        np.abs(g64).reshape(-1, n).sum(0), batch * m))
     else:
-        np.testing.assert_array_equal(bufs[2], init[2])
+        np.testing.assert_array_equal(bufs[2], init[2])  # NaN too: not written
     for name, got, start, grad, magnitude, length in checks:
         want = start.astype(F64) + grad
         if tight:
@@ -247,6 +251,40 @@ def test_batched(isa, size, layout, trans_a, trans_b):
     out, _ = check_forward(isa, a, b, bias, trans_a, trans_b, "relu", with_preact=True)
     assert out.shape == (*(batch_a or batch_b), m, n)
     check_backward(isa, rng, a, b, trans_a, trans_b, with_bias=True)
+
+
+# ---------------------------------------------------------------- overwriting gradients
+
+OVERWRITE_CASES = {  # (batch_a, batch_b, m, n, k): each path of the GEMM, and the batch layouts
+    "small": ((), (), 9, 17, 33), "packed": ((), (), 37, 45, 203),
+    "k_blocks": ((), (), 200, 300, 1300), "few_rows_slabs": ((), (), 3, 129, 1025),
+    "streams_b": ((), (), 17, 1031, 1029), "batched": ((2, 3), (2, 3), 13, 37, 71),
+    "shared_a": ((), (3,), 13, 37, 71), "shared_b": ((3,), (), 13, 37, 71)}
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize("size", list(OVERWRITE_CASES))
+def test_backward_overwrites(isa, size, trans_a, trans_b):
+    """accumulate=False writes each gradient whole over NaN-filled buffers (a shared operand's
+    still summed over the batch), within the same bounds as accumulating."""
+    batch_a, batch_b, m, n, k = OVERWRITE_CASES[size]
+    rng = rng_for("overwrite", size, trans_a, trans_b)
+    a, b, _ = operands(rng, m, n, k, trans_a, trans_b, batch_a, batch_b)
+    check_backward(isa, rng, a, b, trans_a, trans_b, with_bias=True, overwrite=True)
+    check_backward(isa, rng, a, b, trans_a, trans_b, with_bias=False, overwrite=True)
+
+
+def test_backward_overwrite_of_x_times_x(isa):
+    """x @ x with one gradient buffer for both operands: accumulate=False overwrites it with da,
+    then adds db (the product's gradient with respect to x)."""
+    rng = rng_for("x @ x")
+    x, g = randn(rng, 23, 23), randn(rng, 23, 23)
+    both = np.full((23, 23), np.nan, F32)
+    K.matmul_backward(g, x, x, grad_a=both, grad_b=both, accumulate=False)
+    x64, g64 = x.astype(F64), g.astype(F64)
+    want = g64 @ x64.T + x64.T @ g64
+    tol = LAMBDA * math.sqrt(24) * U * (np.abs(g64) @ np.abs(x64).T + np.abs(x64).T @ np.abs(g64))
+    assert_within(both, want, 2 * tol, f"{isa} x @ x")
 
 
 # ---------------------------------------------------------------- the fused epilogue

@@ -397,6 +397,27 @@ def test_cross_entropy(rows, classes, dtype, ignore_index, ignore):
         np.testing.assert_array_equal(grads[0][target == ignore_index], 0)
 
 
+@pytest.mark.parametrize("ignore", ["none", "some", "all"])
+@pytest.mark.parametrize("rows,classes", [(1, 1), (7, 5), (48, 1000)], ids=str)
+def test_cross_entropy_backward_overwrites_and_runs_in_place(isa, rows, classes, ignore):
+    """accumulate=False writes the gradient over whatever dlogits held (0 in ignored rows), and
+    dlogits may then be logits itself (the executor writes the LM head's gradient over its
+    logits): both give what accumulating into zeros gives, bit for bit."""
+    rng = rng_for("overwrite", rows, classes, ignore)
+    target = make_targets(rng, rows, classes, np.int64, ignore, -100)
+    logits = randn(rng, rows, classes, scale=2.0)
+    dloss = np.array(0.7, np.float32)
+    expected = K.cross_entropy_backward(dloss, logits, target)
+    held = randn(rng, rows, classes, scale=1e3)
+    K.cross_entropy_backward(dloss, logits, target, grad_logits=held, accumulate=False)
+    np.testing.assert_array_equal(held, expected)
+    in_place = logits.copy()
+    K.cross_entropy_backward(dloss, in_place, target, grad_logits=in_place, accumulate=False)
+    np.testing.assert_array_equal(in_place, expected)
+    with pytest.raises(ValueError, match="cross_entropy_backward.*accumulate=False"):
+        K.cross_entropy_backward(dloss, in_place, target, grad_logits=in_place)
+
+
 @pytest.mark.parametrize("dtype", [np.int64, np.int32], ids=["int64", "int32"])
 def test_cross_entropy_large_logits(dtype):
     rng = rng_for("large", dtype)

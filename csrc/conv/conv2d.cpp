@@ -422,7 +422,8 @@ void conv2d_backward(float* dx, float* dw, float* dbias, const float* dy, const 
                        true, false, 0, 0);
       if (dw_into || (dcols && !dcols_written))
         matmul_backward(dw_into ? dw_into + group * Kg * g.CRS() : nullptr, dcols_written ? nullptr : dcols,
-                        nullptr, dy_group, w_group, cols, 1, Kg, columns, g.CRS(), false, false, 0, 0);
+                        nullptr, dy_group, w_group, cols, 1, Kg, columns, g.CRS(), false, false, 0, 0,
+                        /*accumulate=*/true);
       if (dcols_written) col2im(dx + c.n * image_x, dcols, g, c, group);
     }
   };

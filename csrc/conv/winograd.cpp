@@ -479,7 +479,7 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Wino
     parallel_for(split, kPoints, [&](int64_t e) {  // dU[e] (Ko, Ci) += G[e] (Ko, columns) . V[e]^T
       const float* ve = v + e * p.Ci * columns;  // also as the product's A, which dA does not read
       matmul_backward(du_into + e * p.Ko * p.Ci, nullptr, nullptr, g + e * p.Ko * columns, ve, ve, 1, p.Ko,
-                      columns, p.Ci, false, false, 0, 0);
+                      columns, p.Ci, false, false, 0, 0, /*accumulate=*/true);
     });
   };
   // In `ranges` runs of consecutive chunks, each summing into its own dU

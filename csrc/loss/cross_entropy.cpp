@@ -48,22 +48,31 @@ void forward_impl(float* loss, const float* logits, const Index* target, int64_t
 
 template <typename Index>
 void backward_impl(float* dlogits, const float* dloss, const float* logits, const Index* target,
-                   int64_t rows, int64_t classes, int64_t ignore_index) {
+                   int64_t rows, int64_t classes, int64_t ignore_index, bool accumulate) {
   const int64_t count = count_valid(target, rows, ignore_index);
-  if (count == 0) return;
-  const float scale = dloss[0] / static_cast<float>(count);
+  const float scale = count ? dloss[0] / static_cast<float>(count) : 0.0f;
   parallel_for(rows_worth_threads(rows, classes), rows, [&](int64_t r) {
     const int64_t t = static_cast<int64_t>(target[r]);
-    if (t == ignore_index) return;
-    const float* xr = logits + r * classes;
     float* dr = dlogits + r * classes;
+    if (t == ignore_index || count == 0) {
+      if (!accumulate) std::fill(dr, dr + classes, 0.0f);
+      return;
+    }
+    const float* xr = logits + r * classes;
     const float m = row::max(xr, classes);
     const float s = scale / row::exp_shifted(nullptr, xr, classes, m);  // scale * softmax = e * s
     const vfloat vm = simd::splat(m), vs = simd::splat(s);
+    // Element i of the row is read before it is written, at the same index: dr may be xr.
     int64_t i = 0;
-    for (; i + kWidth <= classes; i += kWidth)
-      simd::store(dr + i, simd::load(dr + i) + simd::exp_nonpositive(simd::load(xr + i) - vm) * vs);
-    for (; i < classes; ++i) dr[i] += std::exp(xr[i] - m) * s;
+    if (accumulate) {
+      for (; i + kWidth <= classes; i += kWidth)
+        simd::store(dr + i, simd::load(dr + i) + simd::exp_nonpositive(simd::load(xr + i) - vm) * vs);
+      for (; i < classes; ++i) dr[i] += std::exp(xr[i] - m) * s;
+    } else {
+      for (; i + kWidth <= classes; i += kWidth)
+        simd::store(dr + i, simd::exp_nonpositive(simd::load(xr + i) - vm) * vs);
+      for (; i < classes; ++i) dr[i] = std::exp(xr[i] - m) * s;
+    }
     dr[t] -= scale;
   });
 }
@@ -80,13 +89,13 @@ void cross_entropy_forward(float* loss, const float* logits, const int32_t* targ
 }
 void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
                             const int64_t* target, int64_t rows, int64_t classes,
-                            int64_t ignore_index) {
-  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+                            int64_t ignore_index, bool accumulate) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index, accumulate);
 }
 void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
                             const int32_t* target, int64_t rows, int64_t classes,
-                            int64_t ignore_index) {
-  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+                            int64_t ignore_index, bool accumulate) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index, accumulate);
 }
 
 // ---------------------------------------------------------------- nll loss

@@ -49,8 +49,16 @@ registry::OpBuilder& loss_inputs(registry::OpBuilder& op) {
 
 using Fwd32 = void (*)(float*, const float*, const int32_t*, int64_t, int64_t, int64_t);
 using Fwd64 = void (*)(float*, const float*, const int64_t*, int64_t, int64_t, int64_t);
-using Bwd32 = void (*)(float*, const float*, const float*, const int32_t*, int64_t, int64_t, int64_t);
-using Bwd64 = void (*)(float*, const float*, const float*, const int64_t*, int64_t, int64_t, int64_t);
+using Bwd32 = void (*)(float*, const float*, const float*, const int32_t*, int64_t, int64_t, int64_t, bool);
+using Bwd64 = void (*)(float*, const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, bool);
+
+// The backward may write its gradient over the logits only when it overwrites: accumulating into
+// them would add the gradient to the logits it reads.
+void check_backward(const Call& c) {
+  check_targets(c);
+  if (c.flag("accumulate") && c.data("dlogits") == c.data("logits"))
+    c.fail("dlogits is logits itself: that needs accumulate=False (the gradient then overwrites them)");
+}
 
 PYENGINE_OP("cross_entropy_forward", "loss",
             "Mean cross-entropy of logits against integer targets over the rows whose target is not "
@@ -66,16 +74,20 @@ PYENGINE_OP("cross_entropy_forward", "loss",
     });
 
 PYENGINE_OP("cross_entropy_backward", "loss",
-            "Fused softmax + loss gradient: dlogits += dloss * (softmax(logits) - onehot) / count.")
+            "Fused softmax + loss gradient: dlogits += dloss * (softmax(logits) - onehot) / count; with "
+            "accumulate=False, dlogits = that (0 in ignored rows), and dlogits may be logits itself.")
     .grad("dlogits", "(rows, classes)")
     .grad_input("dloss", "()")
     .apply(loss_inputs)
+    .flag("accumulate", true, "add into dlogits (False: overwrite them; they may then be logits)")
+    .may_alias("dlogits", "logits")
+    .check(check_backward)
     .kernel([](const Call& c) {
       with_targets(c, [&](auto target) {
         using Kernel = std::conditional_t<std::is_same_v<decltype(target), const int32_t*>, Bwd32, Bwd64>;
         PYENGINE_DISPATCH_AS(Kernel, cross_entropy_backward)(c.f32("dlogits"), c.f32("dloss"), c.f32("logits"),
                                                              target, c.dim("rows"), c.dim("classes"),
-                                                             c.integer("ignore_index"));
+                                                             c.integer("ignore_index"), c.flag("accumulate"));
       });
     });
 

@@ -30,22 +30,26 @@ void forward_impl(float* loss, const float* logits, const Index* target, int64_t
 
 template <typename Index>
 void backward_impl(float* dlogits, const float* dloss, const float* logits, const Index* target,
-                   int64_t rows, int64_t classes, int64_t ignore_index) {
+                   int64_t rows, int64_t classes, int64_t ignore_index, bool accumulate) {
   int64_t count = 0;
   for (int64_t r = 0; r < rows; ++r) count += target[r] != ignore_index;
-  if (count == 0) return;
-  const double scale = double(dloss[0]) / count;
+  const double scale = count ? double(dloss[0]) / count : 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = target[r];
-    if (t == ignore_index) continue;
     const float* xr = logits + r * classes;
+    float* dr = dlogits + r * classes;  // may be xr (accumulate false): element i read, then written
+    if (t == ignore_index || count == 0) {
+      for (int64_t i = 0; i < classes && !accumulate; ++i) dr[i] = 0.0f;
+      continue;
+    }
     double m = xr[0];
     for (int64_t i = 1; i < classes; ++i) m = xr[i] > m ? xr[i] : m;
     double s = 0.0;
     for (int64_t i = 0; i < classes; ++i) s += std::exp(xr[i] - m);
-    for (int64_t i = 0; i < classes; ++i)
-      dlogits[r * classes + i] +=
-          static_cast<float>(scale * (std::exp(xr[i] - m) / s - (i == t ? 1.0 : 0.0)));
+    for (int64_t i = 0; i < classes; ++i) {
+      const float g = static_cast<float>(scale * (std::exp(xr[i] - m) / s - (i == t ? 1.0 : 0.0)));
+      dr[i] = accumulate ? dr[i] + g : g;
+    }
   }
 }
 
@@ -61,13 +65,13 @@ void cross_entropy_forward(float* loss, const float* logits, const int32_t* targ
 }
 void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
                             const int64_t* target, int64_t rows, int64_t classes,
-                            int64_t ignore_index) {
-  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+                            int64_t ignore_index, bool accumulate) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index, accumulate);
 }
 void cross_entropy_backward(float* dlogits, const float* dloss, const float* logits,
                             const int32_t* target, int64_t rows, int64_t classes,
-                            int64_t ignore_index) {
-  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index);
+                            int64_t ignore_index, bool accumulate) {
+  backward_impl(dlogits, dloss, logits, target, rows, classes, ignore_index, accumulate);
 }
 
 // ---------------------------------------------------------------- nll loss

@@ -565,8 +565,8 @@ void for_each_matrix(int64_t batch, int64_t work_per_matrix, Fn fn) {
   for (int64_t i = 0; i < batch; ++i) fn(i);
 }
 
-// dbias (n,) += sum over rows of dc (rows, n).
-void column_sums_accumulate(float* dbias, const float* dc, int64_t rows, int64_t n) {
+// dbias (n,) += (or, accumulate false, =) the sum over rows of dc (rows, n).
+void column_sums(float* dbias, const float* dc, int64_t rows, int64_t n, bool accumulate) {
   const bool parallel = rows * n >= PYENGINE_PARALLEL_MIN_WORK && n >= 64;
   parallel_chunks(parallel, n, 64, [&](int64_t j0, int64_t j1) {
     float acc[64] = {};
@@ -574,7 +574,7 @@ void column_sums_accumulate(float* dbias, const float* dc, int64_t rows, int64_t
       const float* row = dc + i * n;
       for (int64_t j = j0; j < j1; ++j) acc[j - j0] += row[j];
     }
-    for (int64_t j = j0; j < j1; ++j) dbias[j] += acc[j - j0];
+    for (int64_t j = j0; j < j1; ++j) dbias[j] = (accumulate ? dbias[j] : 0.0f) + acc[j - j0];
   });
 }
 
@@ -592,7 +592,7 @@ void matmul_forward(float* c, float* preact, const float* a, const float* b, con
 
 void matmul_backward(float* da, float* db, float* dbias, const float* dc, const float* a,
                      const float* b, int64_t batch, int64_t m, int64_t n, int64_t k, bool trans_a,
-                     bool trans_b, int64_t batch_stride_a, int64_t batch_stride_b) {
+                     bool trans_b, int64_t batch_stride_a, int64_t batch_stride_b, bool accumulate) {
   const Epilogue plain{nullptr, nullptr, Activation::none};
   // A shared operand's gradient sums over the batch: one matrix at a time.
   const int64_t parallel_batch = (batch_stride_a == 0 && da) || (batch_stride_b == 0 && db) ? 1 : batch;
@@ -600,24 +600,28 @@ void matmul_backward(float* da, float* db, float* dbias, const float* dc, const 
     const float* dci = dc + i * m * n;
     const float* ai = a + i * batch_stride_a;
     const float* bi = b + i * batch_stride_b;
+    // Overwritten when asked, but a shared operand's after the batch's first matrix, and db
+    // when it is da (x @ x: da is written first).
     if (da) {
       float* dai = da + i * batch_stride_a;
+      const bool add = accumulate || (batch_stride_a == 0 && i > 0);
       if (!trans_a)  // dA (m, k) += dC . op(B)^T
-        gemm(dai, dci, bi, m, k, n, false, !trans_b, true, plain);
+        gemm(dai, dci, bi, m, k, n, false, !trans_b, add, plain);
       else  // dA (k, m) += op(B) . dC^T
-        gemm(dai, bi, dci, k, m, n, trans_b, true, true, plain);
+        gemm(dai, bi, dci, k, m, n, trans_b, true, add, plain);
     }
     if (db) {
       float* dbi = db + i * batch_stride_b;
+      const bool add = accumulate || (batch_stride_b == 0 && i > 0) || db == da;
       if (!trans_b)  // dB (k, n) += op(A)^T . dC
-        gemm(dbi, ai, dci, k, n, m, !trans_a, false, true, plain);
+        gemm(dbi, ai, dci, k, n, m, !trans_a, false, add, plain);
       else  // dB (n, k) += dC^T . op(A)
-        gemm(dbi, dci, ai, n, k, m, true, trans_a, true, plain);
+        gemm(dbi, dci, ai, n, k, m, true, trans_a, add, plain);
     }
   };
   if (parallel_batch == batch) for_each_matrix(batch, m * n * k, one);
   else for (int64_t i = 0; i < batch; ++i) one(i);
-  if (dbias) column_sums_accumulate(dbias, dc, batch * m, n);
+  if (dbias) column_sums(dbias, dc, batch * m, n, accumulate);
 }
 
 int64_t fma_probe(float* sink, int64_t iterations, int threads) {

@@ -87,7 +87,8 @@ PYENGINE_OP("matmul_forward", "matmul",
 
 PYENGINE_OP("matmul_backward", "matmul",
             "Gradients of matmul_forward (without activation): da += dc . op(b)^T, db += op(a)^T . dc, "
-            "dbias += column sums of dc.")
+            "dbias += column sums of dc; with accumulate=False each is overwritten instead (with da = db, "
+            "x @ x, db adds into what da wrote).")
     .optional_grad("da")     // like a
     .optional_grad("db")     // like b
     .optional_grad("dbias")  // (n,)
@@ -96,6 +97,7 @@ PYENGINE_OP("matmul_backward", "matmul",
     .input("b")
     .flag("trans_a", false, "use a^T")
     .flag("trans_b", false, "use b^T")
+    .flag("accumulate", true, "add into the gradients (False: overwrite them)")
     .may_alias("da", "db")  // x @ x: both gradients accumulate into x's, one after the other
     .dims({"batch", "m", "n", "k"})
     .work({"batch", "m", "n", "k"})
@@ -109,7 +111,7 @@ PYENGINE_OP("matmul_backward", "matmul",
       PYENGINE_DISPATCH(matmul_backward)(c.f32("da"), c.f32("db"), c.f32("dbias"), c.f32("dc"), c.f32("a"),
                                          c.f32("b"), c.dim("batch"), m, n, k, c.flag("trans_a"),
                                          c.flag("trans_b"), batch_stride(c, "a", m, k),
-                                         batch_stride(c, "b", k, n));
+                                         batch_stride(c, "b", k, n), c.flag("accumulate"));
     });
 
 }  // namespace

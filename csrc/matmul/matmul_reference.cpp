@@ -1,4 +1,5 @@
 // Plain matmul: the definition the optimized variants are tested against.
+#include <algorithm>
 #include <cmath>
 
 #include "core/kernel_list.inc"
@@ -48,7 +49,12 @@ int64_t fma_probe(float* sink, int64_t iterations, int threads) {
 
 void matmul_backward(float* da, float* db, float* dbias, const float* dc, const float* a,
                      const float* b, int64_t batch, int64_t m, int64_t n, int64_t k, bool trans_a,
-                     bool trans_b, int64_t batch_stride_a, int64_t batch_stride_b) {
+                     bool trans_b, int64_t batch_stride_a, int64_t batch_stride_b, bool accumulate) {
+  if (!accumulate) {  // overwrite: zero, then add as below (da == db is then zeroed once)
+    if (da) std::fill(da, da + (batch_stride_a ? batch : 1) * m * k, 0.0f);
+    if (db) std::fill(db, db + (batch_stride_b ? batch : 1) * k * n, 0.0f);
+    if (dbias) std::fill(dbias, dbias + n, 0.0f);
+  }
   for (int64_t t = 0; t < batch; ++t) {
     const float* at = a + t * batch_stride_a;
     const float* bt = b + t * batch_stride_b;
