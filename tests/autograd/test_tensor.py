@@ -329,9 +329,10 @@ def test_diamond_graph_sums_gradients():
     check_tensor_op([(3, 4), (3, 4)], fn, fn, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["x@x", "x*x", "x-x+x/x", "batched x@x"])
+@pytest.mark.parametrize("case", ["x@x", "x*x", "x-x+x/x", "(x+x)*x", "batched x@x"])
 def test_same_tensor_as_both_operands(case):
     fn = {"x@x": lambda x: x @ x, "x*x": lambda x: x * x, "x-x+x/x": lambda x: (x - x) * 3.0 + x / x,
+          "(x+x)*x": lambda x: (x + x) * x,
           "batched x@x": lambda x: (x.reshape(2, 3, 3) @ x.reshape(2, 3, 3)).reshape(6, 3)}[case]
     shape = (6, 3) if case == "batched x@x" else (4, 4)
     check_tensor_op([shape], fn, fn, kinds="away", atol=1e-5, rtol=1e-4)

@@ -518,6 +518,48 @@ def test_logits_read_after_the_loss_backward_keep_their_own_gradient_buffer():
     np.testing.assert_allclose(layer.weight.grad.numpy(), eager.weight.grad.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_same_shape_add_and_sub_backward_read_neither_operand():
+    """Their gradients are dout and +-dout: the operands' buffers are free after the forward
+    (a residual branch's output is not kept for the backward), and the replay matches eager;
+    a broadcasting add still sums over the broadcast dims and reads its operands' shapes."""
+    def make():
+        pe.manual_seed(5)
+        return nn.Linear(6, 6), nn.Parameter(np.linspace(-1, 1, 6, dtype=F32))
+
+    def loss_fn(layer, shift):
+        def loss(x, y):
+            branch = layer(x)
+            h = (x + branch) - branch.tanh() + shift  # same-shape add and sub, then a broadcast add
+            return F.cross_entropy(h, y)
+        return loss
+
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((5, 6)).astype(F32) for _ in range(3)]
+    ys = [rng.integers(0, 6, 5).astype(np.int64) for _ in range(3)]
+    eager_layer, eager_shift = make()
+    opt = pe.optim.SGD([*eager_layer.parameters(), eager_shift], lr=0.1)
+    expected = []
+    for x, y in zip(xs, ys):
+        opt.zero_grad()
+        loss = loss_fn(eager_layer, eager_shift)(Tensor(x), y)
+        loss.backward()
+        opt.step()
+        expected.append(loss.item())
+    layer, shift = make()
+    graph = pe.capture(loss_fn(layer, shift), xs[0], ys[0],
+                       optimizer=pe.optim.SGD([*layer.parameters(), shift], lr=0.1))
+    passes = [s for s in graph.steps if s.kind == "backward" and s.op.name in ("add", "sub")]
+    same = [s for s in passes if s.ins[0].spec.shape == s.ins[1].spec.shape]
+    assert len(same) == 2 and len(passes) == 3
+    assert all(s.reads() == [s.grad_out] for s in same)
+    assert [v.spec.shape for v in (set(passes) - set(same)).pop().reads()[:2]] == [(5, 6), (6,)]
+    got = [graph.run(x, y).item() for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    for got_param, want in ((shift, eager_shift), (layer.weight, eager_layer.weight)):
+        np.testing.assert_allclose(got_param.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got_param.grad.numpy(), want.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_replay_does_not_apply_stale_grads_of_unused_parameters():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 4)).astype(F32)
